@@ -1,0 +1,208 @@
+"""Key-path helpers: address the leaves of *any* pytree by a "/"-joined path.
+
+Works for nested dicts, ``flax.core.FrozenDict``, Linen variable dicts,
+``nnx.State`` (the trailing ``.value`` of a Variable is dropped from the path),
+lists/tuples and registered dataclasses. Nothing here assumes a flat dict.
+
+Masks and per-leaf settings are pytrees with the *same structure* as the
+params, holding ``None`` at leaves that are not pruned. Use :func:`is_none`
+as ``is_leaf`` when mapping over such trees.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> params = {'dense': {'kernel': jnp.ones((3, 4)), 'bias': jnp.zeros(4)}}
+  >>> [p for p, _ in leaves_with_paths(params)]
+  ['dense/bias', 'dense/kernel']
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+
+PyTree = Any
+Rules = Sequence[tuple[str, Any]]
+
+__all__ = [
+    "is_none",
+    "path_str",
+    "leaves_with_paths",
+    "map_with_path",
+    "match_rules",
+    "rule_tree",
+    "prunable_tree",
+    "check_same_structure",
+    "DEFAULT_EXCLUDE",
+]
+
+#: Leaves whose path matches this regex are never pruned by default:
+#: biases, norm scales and statistics, and position / class-token tables.
+DEFAULT_EXCLUDE = (
+    r"(^|/)(bias|scale|mean|var|running_mean|running_var|"
+    r"pos_embed\w*|position_embeddings?|pos_embedding|posemb\w*|"
+    r"cls|cls_token|class_token|token_type_embeddings)$"
+)
+
+
+def is_none(x: Any) -> bool:
+    """``is_leaf`` predicate that treats ``None`` as a leaf (masks use None)."""
+    return x is None
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return str(key.name)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def path_str(keypath: Sequence[Any]) -> str:
+    """Joins a JAX key path into ``"a/b/0/kernel"``.
+
+    The ``.value`` attribute that ``nnx.State`` adds under each Variable is
+    dropped, so NNX and Linen trees of the same model give the same paths.
+    """
+    names = [_key_name(k) for k in keypath]
+    if names and isinstance(keypath[-1], jax.tree_util.GetAttrKey) and names[-1] == "value":
+        names = names[:-1]
+    return "/".join(names)
+
+
+def leaves_with_paths(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+    """Returns ``[(path, leaf), ...]`` in ``jax.tree`` flattening order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return [(path_str(p), leaf) for p, leaf in flat]
+
+
+def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
+    """``jax.tree.map`` whose ``fn`` also receives the leaf's "/"-joined path first."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x, *r: fn(path_str(p), x, *r), tree, *rest, is_leaf=is_leaf
+    )
+
+
+def _compile_rules(rules: Rules | None, name: str = "rules") -> list[tuple[re.Pattern, Any]]:
+    if rules is None:
+        return []
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
+        raise TypeError(f"{name} must be a list of (regex, value) pairs, got {type(rules).__name__}")
+    compiled = []
+    for i, rule in enumerate(rules):
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise TypeError(f"{name}[{i}] must be a (regex: str, value) pair, got {rule!r}")
+        try:
+            compiled.append((re.compile(rule[0]), rule[1]))
+        except re.error as e:
+            raise ValueError(f"{name}[{i}]: invalid regex {rule[0]!r}: {e}") from None
+    return compiled
+
+
+_NO_MATCH = object()
+
+
+def match_rules(path: str, rules: Rules | None, default: Any = None) -> Any:
+    """Value of the first ``(regex, value)`` rule whose regex ``re.search``-es ``path``.
+
+    Like big_vision's per-parameter rules: order matters, first match wins.
+
+    >>> match_rules('block1/conv/kernel', [('head', 0.0), ('conv', 0.9)], default=0.5)
+    0.9
+    """
+    for pattern, value in _compile_rules(rules):
+        if pattern.search(path):
+            return value
+    return default
+
+
+def rule_tree(tree: PyTree, rules: Rules | None, default: Any = None, *, strict: bool = False,
+              name: str = "rules") -> PyTree:
+    """Pytree with, at each leaf, the value of the first matching rule (else ``default``).
+
+    With ``strict=True``, a rule that matches no leaf raises ``ValueError``
+    (it is almost always a typo in the regex).
+    """
+    compiled = _compile_rules(rules, name)
+    used = [False] * len(compiled)
+
+    def pick(path, _):
+        for i, (pattern, value) in enumerate(compiled):
+            if pattern.search(path):
+                used[i] = True
+                return value
+        return default
+
+    out = map_with_path(pick, tree)
+    if strict:
+        unused = [compiled[i][0].pattern for i, u in enumerate(used) if not u]
+        if unused:
+            paths = [p for p, _ in leaves_with_paths(tree)]
+            raise ValueError(
+                f"{name}: regex {unused} matched no leaf path. Available paths: {paths[:20]}"
+                + (" ..." if len(paths) > 20 else "")
+            )
+    return out
+
+
+def _default_prunable(path: str, leaf: Any) -> bool:
+    return np.ndim(leaf) >= 2 and re.search(DEFAULT_EXCLUDE, path) is None
+
+
+def prunable_tree(params: PyTree, rules: Rules | None = None, *, strict: bool = False) -> PyTree:
+    """Bool pytree: which leaves are pruned.
+
+    By default, leaves with ``ndim >= 2`` (kernels, embeddings) are prunable;
+    biases, norm scales/statistics and position/class-token tables are not
+    (see :data:`DEFAULT_EXCLUDE`). ``rules`` is a list of ``(regex, bool)``;
+    the first rule matching a leaf's path decides, else the default applies.
+
+    >>> import jax.numpy as jnp
+    >>> params = {'conv': {'kernel': jnp.ones((3, 3, 2, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
+    >>> prunable_tree(params, rules=[('head', False)])
+    {'conv': {'kernel': True}, 'head': {'kernel': False}}
+    """
+    decided = rule_tree(params, rules, default=_NO_MATCH, strict=strict)
+
+    def pick(path, leaf, rule):
+        if rule is _NO_MATCH:
+            return _default_prunable(path, leaf)
+        if not isinstance(rule, (bool, np.bool_)):
+            raise TypeError(f"prunable rules must map to bool, got {rule!r} for leaf {path!r}")
+        return bool(rule)
+
+    return map_with_path(pick, params, decided)
+
+
+def check_same_structure(params: PyTree, other: PyTree, what: str = "masks", *,
+                         allow_none: bool = True, check_shapes: bool = True) -> None:
+    """Raises ``ValueError`` naming the first path where ``other`` differs from ``params``.
+
+    ``other`` may hold ``None`` at leaves (when ``allow_none``); array leaves
+    must have the param's shape.
+    """
+    p_leaves = leaves_with_paths(params)
+    o_leaves = leaves_with_paths(other, is_leaf=is_none if allow_none else None)
+    p_paths = [p for p, _ in p_leaves]
+    o_paths = [p for p, _ in o_leaves]
+    if p_paths != o_paths:
+        missing = sorted(set(p_paths) - set(o_paths))
+        extra = sorted(set(o_paths) - set(p_paths))
+        raise ValueError(
+            f"{what} do not have the structure of params: missing paths {missing[:10]}, "
+            f"unexpected paths {extra[:10]}"
+        )
+    if check_shapes:
+        for (path, p), (_, o) in zip(p_leaves, o_leaves):
+            if o is None:
+                continue
+            if np.shape(o) != np.shape(p):
+                raise ValueError(
+                    f"{what} leaf {path!r} has shape {np.shape(o)}, expected the param's shape {np.shape(p)}"
+                )
