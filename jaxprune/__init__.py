@@ -39,3 +39,10 @@ __all__ = [
     # reporting
     "SparsitySummary", "sparsity_summary",
 ]
+
+
+def __getattr__(name):  # lazy submodules: `jaxprune.data` imports tensorflow-datasets.
+    if name in ("data", "models"):
+        import importlib
+        return importlib.import_module(f"jaxprune.{name}")
+    raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")

@@ -105,8 +105,14 @@ def _get_builder(name: str, data_dir: str | None):
     if '/' in name and name.split('/', 1)[1] not in _builders.SHAPES_TASKS:
       raise ValueError(f'unknown offline task {name!r}; available: {list_offline_tasks()}')
     builder = tfds.builder(name, data_dir=data_dir or _builders.default_data_dir())
-    if not builder.is_prepared():
-      builder.download_and_prepare()
+    if not builder.is_prepared():  # offline: generated locally, a few seconds
+      from tensorflow_datasets.core.utils import tqdm_utils
+      shown = getattr(tqdm_utils, '_active', True)
+      tfds.display_progress_bar(False)
+      try:
+        builder.download_and_prepare()
+      finally:
+        tfds.display_progress_bar(shown)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -115,7 +121,7 @@ def _get_builder(name: str, data_dir: str | None):
                      f'({list_offline_tasks()[:3]}...) nor a tensorflow-datasets name') from e
   if not builder.is_prepared():
     raise RuntimeError(
-        f'dataset {name!r} is not prepared in data_dir={builder.data_dir!r} and jaxprune never '
+        f'dataset {name!r} is not prepared (looked in {builder.data_dir!r}) and jaxprune never '
         f'downloads. On a machine with network and TensorFlow run\n'
         f'  tfds build {name} --data_dir=DIR --file_format=array_record\n'
         f'copy DIR here and pass data_dir=DIR (or set TFDS_DATA_DIR=DIR). '
@@ -127,7 +133,8 @@ def _read_split(builder, name: str, split: str, max_examples: int | None,
                 image_key: str, label_key: str) -> Iterator[tuple[list, np.ndarray]]:
   """Yields chunks (list of uint8 HWC images, int labels) of a prepared split."""
   import tensorflow_datasets as tfds
-  fmt = str(builder.info.file_format or '')
+  fmt = builder.info.file_format
+  fmt = str(getattr(fmt, 'value', fmt) or 'tfrecord').lower()
   if 'array_record' in fmt or 'parquet' in fmt:
     try:
       source = builder.as_data_source(split=split)
@@ -143,7 +150,7 @@ def _read_split(builder, name: str, split: str, max_examples: int | None,
     import tensorflow  # noqa: F401  pylint: disable=unused-import
   except ImportError:
     raise RuntimeError(
-        f'dataset {name!r} in {builder.data_dir!r} is stored as {fmt or "TFRecord"}, which needs '
+        f'dataset {name!r} in {builder.data_dir!r} is stored as {fmt}, which needs '
         f'TensorFlow to read. Either `pip install tensorflow-cpu`, or re-prepare it as '
         f'array_record: `tfds build {name} --data_dir=DIR --file_format=array_record` '
         f'(or `tfds convert_format`) and pass data_dir=DIR.') from None
@@ -334,7 +341,7 @@ def augment(images: np.ndarray, seed, *, crop_padding: int = 0, flip: bool = Fal
 
 
 def batches(ds: Dataset, batch_size: int, *, seed=0, shuffle: bool = True,
-            epochs: int | None = 1, drop_remainder: bool = True, crop_padding: int = 0,
+            epochs: int | None = None, drop_remainder: bool = True, crop_padding: int = 0,
             flip: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Yields ``{'image': float32 (B, H, W, C), 'label': int32 (B,)}`` batches.
 
@@ -345,7 +352,7 @@ def batches(ds: Dataset, batch_size: int, *, seed=0, shuffle: bool = True,
 
   Example:
     >>> ds = Dataset(np.zeros((10, 4, 4, 3), np.float32), np.arange(10, dtype=np.int32), 10, 'toy')
-    >>> [b['label'].shape[0] for b in batches(ds, 4, drop_remainder=False)]
+    >>> [b['label'].shape[0] for b in batches(ds, 4, epochs=1, drop_remainder=False)]
     [4, 4, 2]
   """
   if batch_size < 1:

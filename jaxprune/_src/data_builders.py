@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -256,30 +257,36 @@ def _render(task: ShapesTask, rng: np.random.Generator, n: int):
 def generate_shapes(task: ShapesTask, split: str, n: int | None = None):
   """Images (n, 32, 32, 3) uint8 and labels (n,) int64 of one split of ``task``.
 
-  Deterministic in (task.seed, split). Images equal to an image of an earlier
-  split (train < validation < test) are replaced, so splits are disjoint.
+  Deterministic in ``task.seed``; ``n`` (default: the full split size,
+  ``SPLIT_SIZES``) takes the first n. Images byte-identical to one of an
+  earlier split (train < validation < test) are redrawn, so splits are disjoint.
 
   Example:
     >>> x, y = generate_shapes(SHAPES_TASKS['task_00'], 'train', 4)
-    >>> x.shape, sorted(set(y.tolist())) == [0, 1]
-    ((4, 32, 32, 3), True)
+    >>> x.shape, y.dtype
+    ((4, 32, 32, 3), dtype('int64'))
   """
   if split not in _SPLIT_INDEX:
     raise ValueError(f'split must be one of {tuple(_SPLIT_INDEX)}, got {split!r}')
-  n = SPLIT_SIZES[split] if n is None else int(n)
+  images, labels = _all_splits(task)[split]
+  return images[:n].copy(), labels[:n].copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _all_splits(task: ShapesTask) -> dict:
   seen: set[bytes] = set()
-  for earlier in list(_SPLIT_INDEX)[:_SPLIT_INDEX[split]]:
-    ex, _ = _render(task, np.random.default_rng([task.seed, _SPLIT_INDEX[earlier]]),
-                    SPLIT_SIZES[earlier])
-    seen.update(im.tobytes() for im in ex)
-  rng = np.random.default_rng([task.seed, _SPLIT_INDEX[split]])
-  images, labels = _render(task, rng, n)
-  for _ in range(100):  # redraw (rare) collisions with earlier splits
-    dup = np.array([im.tobytes() in seen for im in images])
-    if not dup.any():
-      break
-    images[dup] = _rerender_like(task, rng, labels[dup])
-  return images, labels
+  out = {}
+  for split, index in _SPLIT_INDEX.items():
+    rng = np.random.default_rng([task.seed, index])
+    images, labels = _render(task, rng, SPLIT_SIZES[split])
+    for _ in range(100):  # redraw (rare) collisions with earlier splits
+      dup = np.array([im.tobytes() in seen for im in images])
+      if not dup.any():
+        break
+      images[dup] = _rerender_like(task, rng, labels[dup])
+    seen.update(im.tobytes() for im in images)
+    out[split] = (images, labels)
+  return out
 
 
 def _rerender_like(task: ShapesTask, rng: np.random.Generator, labels: np.ndarray):
@@ -293,6 +300,7 @@ def _rerender_like(task: ShapesTask, rng: np.random.Generator, labels: np.ndarra
   return out
 
 
+@functools.lru_cache(maxsize=1)
 def digits_arrays():
   """All 1,797 sklearn digits as (N, 32, 32, 3) uint8 images, (N,) int64 labels, split ids.
 
@@ -311,6 +319,8 @@ def digits_arrays():
     idx = rng.permutation(np.nonzero(labels == c)[0])
     n_test, n_val = round(0.2 * len(idx)), round(0.1 * len(idx))
     split[idx[:n_test]], split[idx[n_test:n_test + n_val]] = 2, 1
+  for a in (images, labels, split):
+    a.setflags(write=False)
   return images, labels, split
 
 
@@ -325,6 +335,14 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, data_dir=None, file_format=None, **kwargs):
     super().__init__(data_dir=data_dir or default_data_dir(),
                      file_format=file_format or 'array_record', **kwargs)
+
+  # tfds derives a checksums path from the defining package through
+  # `importlib_resources`, which is not installed on Python >= 3.9 (tfds 4.9.10):
+  # these builders download nothing, so they have no code path / checksums.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
 
   def _split_generators(self, dl_manager):
     del dl_manager

@@ -66,6 +66,7 @@ def _kth_key(keys: Sequence[jax.Array], k: jax.Array) -> jax.Array:
     return lo
 
 
+@jax.jit
 def _prune_lowest(flat_scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
     """Keep-masks over several flat arrays pruning exactly ``n_prune`` lowest entries jointly."""
     keys = [_sortable_key(s) for s in flat_scores]
