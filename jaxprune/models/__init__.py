@@ -18,6 +18,7 @@ Example:
 """
 
 from jaxprune.models._core import (
+    check_widths,
     from_config,
     get_config,
     layer_widths,
@@ -64,7 +65,7 @@ __all__ = [
     "bert_tiny_test", "minilm_l6_config", "bert_base_config",
     # widths / configs
     "rebuild", "get_config", "from_config", "register_model", "registered_models",
-    "layer_widths", "width", "sub_widths",
+    "layer_widths", "check_widths", "width", "sub_widths",
     # NNX
     "NnxSmallCNN", "NnxCifarResNet", "NnxViT", "nnx_rebuild", "load_linen_variables",
 ]

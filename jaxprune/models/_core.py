@@ -14,13 +14,10 @@ the shapes of (possibly shrunk) variables; :func:`get_config` /
 :func:`from_config` turn a model, widths included, into JSON and back.
 
 Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jaxprune.models import SmallCNN, rebuild
-  >>> model = SmallCNN(channels=(8, 16), num_classes=3)
-  >>> variables = model.init(jax.random.key(0), model.example_input(1))
-  >>> small = jax.tree.map(lambda a: a, variables)   # slice some leaves here
-  >>> rebuild(model, small).widths
-  ()
+  >>> from jaxprune.models import SmallCNN, get_config, from_config
+  >>> model = SmallCNN(channels=(8, 16), widths=(("conv_1", 4),))   # conv_1 shrunk to 4 filters
+  >>> from_config(get_config(model)) == model
+  True
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ __all__ = [
     "from_config",
     "rebuild",
     "layer_widths",
+    "check_widths",
 ]
 
 _ATTN_PROJ = ("query", "key", "value")
@@ -128,6 +126,7 @@ def get_config(model: nn.Module) -> dict:
     [['conv_0', 2]]
     """
     cls = type(model)
+    _check_widths_field(getattr(model, "widths", ()), cls.__name__)
     if cls.__name__ not in _REGISTRY:
         raise TypeError(
             f"get_config: {cls.__name__} is not a registered model (known: {sorted(_REGISTRY)}); "
@@ -154,11 +153,16 @@ def from_config(config: Mapping[str, Any]) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"from_config: unknown model class {name!r}; known: {sorted(_REGISTRY)}")
     cls = _REGISTRY[name]
+    if not isinstance(config["config"], Mapping):
+        raise ValueError(f"from_config: config['config'] must be a dict of fields, got {config['config']!r}")
     known = {f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
     unknown = sorted(set(config["config"]) - known)
     if unknown:
         raise ValueError(f"from_config: {name} has no field(s) {unknown}; fields are {sorted(known)}")
-    return cls(**{k: _to_tuple(v) for k, v in config["config"].items()})
+    model = cls(**{k: _to_tuple(v) for k, v in config["config"].items()})
+    if getattr(model, "widths", ()):
+        check_widths(model)
+    return model
 
 
 # --------------------------------------------------------------------------- rebuild
@@ -199,6 +203,31 @@ def layer_widths(params: Any) -> dict[str, int]:
     return out
 
 
+def check_widths(model: nn.Module) -> None:
+    """Raises ``ValueError`` if ``model.widths`` names a layer the model lacks or gives an inconsistent model.
+
+    Traces the model abstractly (``jax.eval_shape``, no compilation).
+
+    >>> from jaxprune.models import SmallCNN
+    >>> check_widths(SmallCNN(widths=(("conv_0", 4),)))
+    >>> check_widths(SmallCNN(widths=(("conv0", 4),)))
+    Traceback (most recent call last):
+    ...
+    ValueError: SmallCNN.widths: no layer named 'conv0'; layers are ['conv_0', 'conv_1', 'conv_2', 'head']
+    """
+    _check_widths_field(model.widths, type(model).__name__)
+    for k, _ in model.widths:
+        width(model.widths, k, 1)  # validates the value
+    try:
+        shapes = _init_shapes(model)
+    except Exception as e:
+        raise ValueError(f"{type(model).__name__}.widths={dict(model.widths)} give an inconsistent model: {e}") from e
+    layers = set(layer_widths(shapes["params"]))
+    for k, _ in model.widths:
+        if k not in layers:
+            raise ValueError(f"{type(model).__name__}.widths: no layer named {k!r}; layers are {sorted(layers)[:30]}")
+
+
 def _collections(variables: Any) -> dict[str, Any]:
     if isinstance(variables, Mapping) and "params" in variables:
         return {k: variables[k] for k in variables}
@@ -231,9 +260,9 @@ def rebuild(model: nn.Module, variables: Any) -> nn.Module:
     >>> from jaxprune.models import SmallCNN
     >>> model = SmallCNN(channels=(8, 16), num_classes=3)
     >>> v = model.init(jax.random.key(0), model.example_input(1))
-    >>> v = jax.tree_util.tree_map_with_path(lambda p, a: a[..., :4] if 'conv_1' in jax.tree_util.keystr(p) or
-    ...     ('bn_1' in jax.tree_util.keystr(p)) else a, v)
+    >>> v['params']['conv_1']['kernel'] = v['params']['conv_1']['kernel'][..., :4]
     >>> v['params']['head']['kernel'] = v['params']['head']['kernel'][:4]
+    >>> v = {c: {**t, 'bn_1': jax.tree.map(lambda a: a[:4], t['bn_1'])} for c, t in v.items()}
     >>> rebuild(model, v).widths
     (('conv_1', 4),)
     """
@@ -242,6 +271,7 @@ def rebuild(model: nn.Module, variables: Any) -> nn.Module:
             f"rebuild: expected a jaxprune reference Linen model (with `widths` and `example_input`), "
             f"got {type(model).__name__}"
         )
+    _check_widths_field(model.widths, type(model).__name__)
     given = _collections(variables)
     base = model.clone(widths=())
     default = _init_shapes(base)

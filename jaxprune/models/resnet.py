@@ -188,35 +188,35 @@ class ResNet(nn.Module):
 
 def cifar_resnet20(num_classes: int = 10, **kw: Any) -> CifarResNet:
     """ResNet-20 for 32x32 inputs (3 stages of 3 basic blocks)."""
-    return CifarResNet(stage_sizes=(3, 3, 3), num_classes=num_classes, **kw)
+    return CifarResNet(**{"stage_sizes": (3, 3, 3), "num_classes": num_classes, **kw})
 
 
 def cifar_resnet32(num_classes: int = 10, **kw: Any) -> CifarResNet:
     """ResNet-32 for 32x32 inputs (3 stages of 5 basic blocks)."""
-    return CifarResNet(stage_sizes=(5, 5, 5), num_classes=num_classes, **kw)
+    return CifarResNet(**{"stage_sizes": (5, 5, 5), "num_classes": num_classes, **kw})
 
 
 def cifar_resnet56(num_classes: int = 10, **kw: Any) -> CifarResNet:
     """ResNet-56 for 32x32 inputs (3 stages of 9 basic blocks)."""
-    return CifarResNet(stage_sizes=(9, 9, 9), num_classes=num_classes, **kw)
+    return CifarResNet(**{"stage_sizes": (9, 9, 9), "num_classes": num_classes, **kw})
 
 
 def cifar_resnet34(num_classes: int = 10, image_size: int = 64, **kw: Any) -> CifarResNet:
     """Nevis'22-style CifarResNet34: ResNet-34 stages with a 3x3/1 stem and no maxpool (64x64 inputs)."""
-    return CifarResNet(stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512), num_classes=num_classes,
-                       image_size=image_size, **kw)
+    return CifarResNet(**{"stage_sizes": (3, 4, 6, 3), "stage_widths": (64, 128, 256, 512),
+                          "num_classes": num_classes, "image_size": image_size, **kw})
 
 
 def resnet18(num_classes: int = 1000, **kw: Any) -> ResNet:
     """torchvision ResNet-18 (pass ``small_input=True`` for 32x32/64x64 data)."""
-    return ResNet(stage_sizes=(2, 2, 2, 2), block="basic", num_classes=num_classes, **kw)
+    return ResNet(**{"stage_sizes": (2, 2, 2, 2), "block": "basic", "num_classes": num_classes, **kw})
 
 
 def resnet34(num_classes: int = 1000, **kw: Any) -> ResNet:
     """torchvision ResNet-34."""
-    return ResNet(stage_sizes=(3, 4, 6, 3), block="basic", num_classes=num_classes, **kw)
+    return ResNet(**{"stage_sizes": (3, 4, 6, 3), "block": "basic", "num_classes": num_classes, **kw})
 
 
 def resnet50(num_classes: int = 1000, **kw: Any) -> ResNet:
     """torchvision ResNet-50 v1.5 (bottleneck blocks, stride on the 3x3 conv)."""
-    return ResNet(stage_sizes=(3, 4, 6, 3), block="bottleneck", num_classes=num_classes, **kw)
+    return ResNet(**{"stage_sizes": (3, 4, 6, 3), "block": "bottleneck", "num_classes": num_classes, **kw})

@@ -113,14 +113,14 @@ def vit_tiny_test(num_classes: int = 10, **kw: Any) -> ViT:
 
 def vit_ti16(num_classes: int = 1000, **kw: Any) -> ViT:
     """ViT-Ti/16: dim 192, 3 heads, 12 layers, MLP 768."""
-    return ViT(hidden_size=192, num_heads=3, num_layers=12, mlp_dim=768, num_classes=num_classes, **kw)
+    return ViT(**{**dict(hidden_size=192, num_heads=3, num_layers=12, mlp_dim=768), "num_classes": num_classes, **kw})
 
 
 def vit_s16(num_classes: int = 1000, **kw: Any) -> ViT:
     """ViT-S/16: dim 384, 6 heads, 12 layers, MLP 1536."""
-    return ViT(hidden_size=384, num_heads=6, num_layers=12, mlp_dim=1536, num_classes=num_classes, **kw)
+    return ViT(**{**dict(hidden_size=384, num_heads=6, num_layers=12, mlp_dim=1536), "num_classes": num_classes, **kw})
 
 
 def vit_b16(num_classes: int = 1000, **kw: Any) -> ViT:
     """ViT-B/16: dim 768, 12 heads, 12 layers, MLP 3072."""
-    return ViT(hidden_size=768, num_heads=12, num_layers=12, mlp_dim=3072, num_classes=num_classes, **kw)
+    return ViT(**{**dict(hidden_size=768, num_heads=12, num_layers=12, mlp_dim=3072), "num_classes": num_classes, **kw})
