@@ -17,6 +17,17 @@ from jaxprune._src.summary import SparsitySummary, sparsity_summary
 from jaxprune._src.tree import (DEFAULT_EXCLUDE, check_same_structure, is_none, leaves_with_paths, map_with_path,
                                 match_rules, path_str, prunable_tree, rule_tree)
 
+from jaxprune._src import algorithms as _algorithms
+from jaxprune._src import checkpoint as _checkpoint
+from jaxprune._src import flops as _flops
+from jaxprune._src import sparse_format as _sparse_format
+from jaxprune._src import structured as _structured
+from jaxprune._src.algorithms import *  # noqa: F401,F403  (gmp, rigl, set_pruner, acdc, ...)
+from jaxprune._src.checkpoint import *  # noqa: F401,F403  (save_checkpoint, restore_checkpoint, ...)
+from jaxprune._src.flops import *  # noqa: F401,F403  (flops, param_count, param_bytes, ...)
+from jaxprune._src.sparse_format import *  # noqa: F401,F403  (pack_masks, compact_sparse, ...)
+from jaxprune._src.structured import *  # noqa: F401,F403  (trace_groups, make_plan, shrink, ...)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -39,10 +50,14 @@ __all__ = [
     # reporting
     "SparsitySummary", "sparsity_summary",
 ]
+# algorithms, structured engine, FLOPs, checkpoints (each module's own __all__):
+__all__ += list(_algorithms.__all__) + list(_structured.__all__) + list(_flops.__all__)
+__all__ += list(_checkpoint.__all__) + list(_sparse_format.__all__)
+del _algorithms, _checkpoint, _flops, _sparse_format, _structured
 
 
 def __getattr__(name):  # lazy submodules: `jaxprune.data` imports tensorflow-datasets.
-    if name in ("data", "models"):
+    if name in ("data", "models", "convert"):
         import importlib
         return importlib.import_module(f"jaxprune.{name}")
     raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")

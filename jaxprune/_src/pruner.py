@@ -18,6 +18,9 @@ Contract (all functions pure and jit-able; shapes never depend on the step):
     zeroed and receive no updates.
   * ``reset_regrown``: if True, optimizer moments of coordinates whose mask goes
     from False to True are zeroed (drop-and-grow methods).
+  * ``param_update``: if True, ``update`` returns ``(masks, aux, delta)`` where
+    ``delta`` (shaped like params) is added to the kept weights at that step
+    (second-order methods such as WoodFisher/OBS correct the remaining weights).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Pruner(NamedTuple):
     observe: Callable[..., PyTree] | None = None
     straight_through: bool = False
     reset_regrown: bool = False
+    param_update: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

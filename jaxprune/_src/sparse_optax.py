@@ -8,6 +8,7 @@ are masked before the inner optimizer sees them.
 
 Example:
   >>> import optax, jax, jax.numpy as jnp
+  >>> from jaxprune import magnitude_pruner, one_shot
   >>> params = {'w': jnp.arange(1., 17.).reshape(4, 4)}
   >>> opt = sparse_optimizer(optax.sgd(0.1), magnitude_pruner(one_shot(0.75)))
   >>> state = opt.init(params)
@@ -97,11 +98,19 @@ def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
         if pruner.observe is not None:
             aux = pruner.observe(params, updates, aux, step)
         old_masks = state.masks
-        masks, aux = lax.cond(
-            pruner.schedule.is_update(step),
-            lambda: pruner.update(params, updates, old_masks, aux, step, k_upd),
-            lambda: (old_masks, aux),
-        )
+        if pruner.param_update:
+            masks, aux, delta = lax.cond(
+                pruner.schedule.is_update(step),
+                lambda: pruner.update(params, updates, old_masks, aux, step, k_upd),
+                lambda: (old_masks, aux, jax.tree.map(jnp.zeros_like, params)),
+            )
+        else:
+            masks, aux = lax.cond(
+                pruner.schedule.is_update(step),
+                lambda: pruner.update(params, updates, old_masks, aux, step, k_upd),
+                lambda: (old_masks, aux),
+            )
+            delta = None
         inner_state = state.inner_state
         if pruner.reset_regrown:
             regrown = jax.tree.map(lambda o, n: False if o is None else n & ~o, old_masks, masks,
@@ -118,6 +127,10 @@ def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
             new_updates = jax.tree.map(
                 lambda m, u, p: u if m is None else jnp.where(m, u, -p).astype(u.dtype),
                 masks, new_updates, params, is_leaf=tree_lib.is_none)
+        if delta is not None:  # pruner's own correction of the kept weights (e.g. OBS)
+            new_updates = jax.tree.map(
+                lambda m, u, d: (u + d).astype(u.dtype) if m is None else jnp.where(m, u + d, u).astype(u.dtype),
+                masks, new_updates, delta, is_leaf=tree_lib.is_none)
         return new_updates, SparseState(step + 1, masks, aux, key, inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

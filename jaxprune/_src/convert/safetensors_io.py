@@ -1,0 +1,79 @@
+"""Reading and writing name -> array checkpoints: safetensors (NumPy API, no torch) and torch files.
+
+``load_state_dict(path)`` dispatches on the extension: ``.safetensors`` is read
+with ``safetensors.numpy.load_file``; ``.pt``/``.pth``/``.bin`` with
+``torch.load(weights_only=True)`` (torch is an optional extra and imported only
+then). Both return ``{name: np.ndarray}``.
+
+Example:
+  >>> import numpy as np, tempfile, os
+  >>> path = os.path.join(tempfile.mkdtemp(), 'w.safetensors')
+  >>> save_safetensors({'fc.weight': np.ones((2, 3), np.float32)}, path)
+  >>> load_state_dict(path)['fc.weight'].shape
+  (2, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxprune._src.convert.common import state_dict_to_numpy
+
+__all__ = ["load_safetensors", "save_safetensors", "load_torch_state_dict", "load_state_dict"]
+
+
+def _require_safetensors():
+    try:
+        import safetensors.numpy as stn
+    except ImportError as e:  # pragma: no cover - safetensors ships with flax's deps here
+        raise ImportError("reading .safetensors needs the 'safetensors' package: pip install safetensors") from e
+    return stn
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{name: np.ndarray}`` from a ``.safetensors`` file (no torch needed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no safetensors file at {path!r}")
+    return dict(_require_safetensors().load_file(path))
+
+
+def save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Writes ``{name: array}`` (NumPy / JAX arrays or torch tensors) to a ``.safetensors`` file."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict_to_numpy(tensors).items()}
+    _require_safetensors().save_file(arrays, os.fspath(path), metadata=dict(metadata) if metadata else None)
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{name: np.ndarray}`` from a torch checkpoint (``torch.save(model.state_dict())``); needs torch.
+
+    A checkpoint dict holding the weights under ``'state_dict'`` or ``'model'`` is unwrapped.
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {os.fspath(path)!r} needs PyTorch (optional extra): "
+                          "pip install 'jaxprune[torch]', or convert it to .safetensors") from e
+    obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{os.fspath(path)!r} does not hold a state dict (got {type(obj).__name__})")
+    return state_dict_to_numpy(obj)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{name: np.ndarray}`` from a ``.safetensors`` or torch (``.pt``, ``.pth``, ``.bin``) checkpoint."""
+    p = os.fspath(path)
+    ext = os.path.splitext(p)[1].lower()
+    if ext == ".safetensors":
+        return load_safetensors(p)
+    if ext in (".pt", ".pth", ".bin", ".ckpt"):
+        return load_torch_state_dict(p)
+    raise ValueError(f"load_state_dict: unknown checkpoint extension {ext!r} of {p!r} "
+                     "(expected .safetensors, .pt, .pth, .bin or .ckpt)")

@@ -1,0 +1,115 @@
+"""FLOPs from XLA's cost analysis, parameter counts and bytes, before/after tables.
+
+``flops(fn, *args)`` compiles ``fn`` for the given arguments (arrays or
+``jax.ShapeDtypeStruct``; nothing is executed) and reads ``"flops"`` from
+``compiled.cost_analysis()`` -- the count the compute-optimal-transfer study
+uses. Non-array arguments and keyword arguments are static.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxprune._src.tree import leaves_with_paths
+
+__all__ = ["flops", "param_count", "param_bytes", "model_stats", "compare_models"]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+
+
+def _cost(compiled) -> dict:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return dict(ca or {})
+
+
+def flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    """XLA FLOPs of one call ``fn(*args, **kwargs)`` (jit-compiled, not run).
+
+    >>> import jax.numpy as jnp
+    >>> flops(lambda a, b: a @ b, jnp.ones((4, 8)), jnp.ones((8, 2)))
+    128.0
+    """
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    is_arr = [_is_array(x) for x in leaves]
+    dyn = [x for x, a in zip(leaves, is_arr) if a]
+
+    def wrapped(*d):
+        it = iter(d)
+        full = [next(it) if a else x for x, a in zip(leaves, is_arr)]
+        return fn(*jax.tree_util.tree_unflatten(tree, full), **kwargs)
+
+    compiled = jax.jit(wrapped).lower(*dyn).compile()
+    return float(_cost(compiled).get("flops", 0.0))
+
+
+def _array_leaves(tree: Any):
+    return [(p, x) for p, x in leaves_with_paths(tree) if _is_array(x) or hasattr(x, "shape")]
+
+
+def param_count(tree: Any) -> int:
+    """Number of scalars in all array leaves (every collection; key arrays count as their shape).
+
+    >>> import jax.numpy as jnp
+    >>> param_count({'w': jnp.ones((3, 4)), 'b': jnp.zeros(4)})
+    16
+    """
+    return int(sum(int(np.prod(np.shape(x))) for _, x in _array_leaves(tree)))
+
+
+def param_bytes(tree: Any) -> int:
+    """Bytes of all array leaves (``size * itemsize``).
+
+    >>> import jax.numpy as jnp
+    >>> param_bytes({'w': jnp.ones((3, 4), jnp.bfloat16)})
+    24
+    """
+    total = 0
+    for _, x in _array_leaves(tree):
+        try:
+            itemsize = np.dtype(x.dtype).itemsize
+        except TypeError:  # extended dtypes (PRNG keys)
+            itemsize = getattr(x.dtype, "itemsize", 0) or 0
+        total += int(np.prod(np.shape(x))) * itemsize
+    return int(total)
+
+
+def model_stats(apply_fn: Callable[..., Any], params: Any, *args: Any, **kwargs: Any) -> dict:
+    """``{'flops', 'params', 'bytes'}`` of ``apply_fn(params, *args, **kwargs)``."""
+    return dict(flops=flops(apply_fn, params, *args, **kwargs), params=param_count(params),
+                bytes=param_bytes(params))
+
+
+def _fmt(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3f}{unit}"
+    return f"{x:.0f}"
+
+
+def compare_models(before: tuple, after: tuple, *args: Any, **kwargs: Any) -> str:
+    """A before/after table of XLA FLOPs, parameter count and bytes.
+
+    ``before`` and ``after`` are ``(apply_fn, params)`` pairs run on the same
+    ``*args``. Returns the table as a string (its rows are also easy to parse).
+
+    >>> import jax.numpy as jnp
+    >>> f = lambda p, x: x @ p
+    >>> print(compare_models((f, jnp.ones((8, 4))), (f, jnp.ones((8, 2))), jnp.ones((1, 8))))  # doctest: +SKIP
+    """
+    b = model_stats(before[0], before[1], *args, **kwargs)
+    a = model_stats(after[0], after[1], *args, **kwargs)
+    rows = [("metric", "before", "after", "ratio")]
+    for k, label in (("flops", "FLOPs (XLA)"), ("params", "params"), ("bytes", "bytes")):
+        ratio = b[k] / a[k] if a[k] else float("inf")
+        rows.append((label, _fmt(b[k]), _fmt(a[k]), f"{ratio:.2f}x"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+

@@ -1,0 +1,263 @@
+"""Run a shrunk model through its own jaxpr: the generic fallback for any traceable model.
+
+:func:`make_shrunk_fn` re-evaluates the jaxpr traced by :func:`trace_groups`
+equation by equation on the shrunk params, rewriting the shape parameters that
+the pruning changed (``reshape`` new sizes, ``broadcast_in_dim`` shapes,
+``split`` sizes, ``slice`` bounds, ``pad`` widths, ``feature_group_count`` of
+grouped convs, ``gather`` slice sizes, any ``shape`` parameter) from the new
+size of each axis class. Sub-jaxprs (``jit``, ``custom_jvp``/``custom_vjp``,
+``remat``) are inlined; ``scan`` and ``cond`` are rebuilt with ``lax.scan`` /
+``lax.switch``. The result is a pure, jit-able ``fn(shrunk_params, *args)``.
+
+Only the batch size of the inputs may differ from the example inputs: the
+other sizes are those of the traced example. Custom derivative rules of
+inlined ``custom_jvp``/``custom_vjp`` functions are replaced by plain autodiff
+of their primal code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax import lax
+from jax.extend import core as jcore
+
+from jaxprune._src.structured import _rules
+from jaxprune._src.structured.plan import PrunePlan
+from jaxprune._src.structured.shrink import check_plan
+from jaxprune._src.structured.trace import DependencyGraph, trace_groups
+from jaxprune._src.tree import leaves_with_paths
+
+__all__ = ["make_shrunk_fn", "shrunk_fn_from_graph", "shrunk_flops"]
+
+
+def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarray]:
+    """Removed units per atomic class; raises if the plan was made for another graph."""
+    st = graph._state
+    removed = {}
+    for g in plan.groups:
+        gid = g["id"]
+        if gid >= len(graph.groups):
+            raise ValueError(f"plan group {gid} ({g['name']}) does not exist in the traced model")
+        grp = graph.groups[gid]
+        if grp.size != g["size"] or grp.name != g["name"]:
+            raise ValueError(f"plan group {gid} is {g['name']} with {g['size']} units, but the traced model's "
+                             f"group {gid} is {grp.name} with {grp.size} units: plan made for another model")
+        removed[st["atoms"][gid]] = np.setdiff1d(np.arange(grp.size), np.asarray(g["kept"], dtype=np.int64))
+    for path, shape in graph.leaf_shapes.items():
+        if tuple(plan.leaf_shapes.get(path, ())) != tuple(shape):
+            raise ValueError(f"plan expects leaf {path!r} with shape {plan.leaf_shapes.get(path)}, "
+                             f"the traced model has {tuple(shape)}")
+    return removed
+
+
+class _Evaluator:
+    def __init__(self, graph: DependencyGraph, plan: PrunePlan):
+        st = graph._state
+        self.w = st["walker"]
+        self.res = st["resolved"]
+        self.closed = st["closed"]
+        self.n_params = len(graph.leaf_shapes)
+        self.removed = _check_match(graph, plan)
+        self._top_env = st["env"]
+
+    # -- sizes
+    def new_size(self, node: int, cache: dict, override: dict) -> int:
+        uf = self.w.uf
+        r = uf.find(node)
+        if r in cache:
+            return cache[r]
+        if r in override:
+            out = override[r]
+        elif r in self.res.derived:
+            kind, parts = self.res.derived[r]
+            sizes = [self.new_size(p, cache, override) for p in parts]
+            out = int(np.prod(sizes)) if kind == "product" else int(sum(sizes))
+        else:
+            rem = self.removed.get(r)
+            out = uf.size[r] - (0 if rem is None else len(rem))
+        cache[r] = out
+        return out
+
+    def shape(self, base: int, ndim: int, cache, override) -> tuple[int, ...]:
+        return tuple(self.new_size(base + i, cache, override) for i in range(ndim))
+
+    # -- evaluation
+    def __call__(self, flat_params, dyn_args):
+        jaxpr = self.closed.jaxpr
+        override: dict[int, int] = {}
+        cache: dict[int, int] = {}
+        uf = self.w.uf
+        top_env = self._top_env
+        for v, x in zip(jaxpr.invars[self.n_params:], dyn_args):
+            base = top_env[v]
+            for ax, (s, t) in enumerate(zip(_rules._shape(v), np.shape(x))):
+                if s != t:
+                    override[uf.find(base + ax)] = int(t)
+        return self.eval(jaxpr, self.closed.consts, list(flat_params) + list(dyn_args), (), cache, override)
+
+    def eval(self, jaxpr, consts, args, ctx, cache, override):
+        env = {}
+
+        def read(v):
+            return v.val if isinstance(v, jcore.Literal) else env[v]
+
+        for v, c in zip(jaxpr.constvars, consts):
+            env[v] = c
+        for v, a in zip(jaxpr.invars, args):
+            env[v] = a
+        for i, eqn in enumerate(jaxpr.eqns):
+            key = ctx + (i,)
+            invals = [read(v) for v in eqn.invars]
+            outs_b = self.w.eqn_outs[key]
+            new_shapes = [self.shape(b, len(_rules._shape(v)), cache, override) for b, v in zip(outs_b, eqn.outvars)]
+            name = eqn.primitive.name
+            p = eqn.params
+            if name in _rules.CALLS and _rules.CALLS[name]:
+                sub = p[_rules.CALLS[name]]
+                closed = sub if isinstance(sub, jcore.ClosedJaxpr) else None
+                inner = closed.jaxpr if closed is not None else sub
+                outs = self.eval(inner, closed.consts if closed is not None else (), invals, key, cache, override)
+            elif name == "scan":
+                outs = self._scan(eqn, invals, key, cache, override)
+            elif name == "cond":
+                branches = [
+                    (lambda *ops, _b=br, _k=key + ("b", bi): self.eval(_b.jaxpr, _b.consts, list(ops), _k, cache,
+                                                                      override))
+                    for bi, br in enumerate(p["branches"])
+                ]
+                outs = lax.switch(invals[0], branches, *invals[1:])
+            else:
+                params = self._rewrite(eqn, key, new_shapes, invals, cache, override)
+                outs = eqn.primitive.bind(*invals, **params)
+                if not eqn.primitive.multiple_results:
+                    outs = [outs]
+            for v, o in zip(eqn.outvars, outs):
+                if not isinstance(v, jcore.DropVar):
+                    env[v] = o
+        return [read(v) for v in jaxpr.outvars]
+
+    def _scan(self, eqn, invals, key, cache, override):
+        p = eqn.params
+        nc, ncarry = p["num_consts"], p["num_carry"]
+        closed = p["jaxpr"]
+        consts, init, xs = invals[:nc], invals[nc:nc + ncarry], invals[nc + ncarry:]
+
+        def body(carry, x):
+            outs = self.eval(closed.jaxpr, closed.consts, list(consts) + list(carry) + list(x), key, cache, override)
+            return outs[:ncarry], outs[ncarry:]
+
+        carry, ys = lax.scan(body, list(init), list(xs), length=p["length"], reverse=p["reverse"],
+                             unroll=p.get("unroll", 1))
+        return list(carry) + list(ys)
+
+    def _rewrite(self, eqn, key, new_shapes, invals, cache, override) -> dict:
+        name = eqn.primitive.name
+        p = dict(eqn.params)
+        old_out = [_rules._shape(v) for v in eqn.outvars]
+        if new_shapes == old_out and all(np.shape(x) == _rules._shape(v) for x, v in zip(invals, eqn.invars)):
+            return p
+        extra = self.w.eqn_extra.get(key, {})
+        size = lambda n: self.new_size(n, cache, override)  # noqa: E731
+        if name == "reshape":
+            p["new_sizes"] = new_shapes[0]
+        elif name == "split":
+            p["sizes"] = tuple(s[p["axis"]] for s in new_shapes)
+        elif name == "slice":
+            start, limit = list(p["start_indices"]), list(p["limit_indices"])
+            for ax, n in enumerate(np.shape(invals[0])):
+                if ax in extra.get("pieces", {}):
+                    lo, _ = extra["pieces"][ax]
+                    start[ax] = size(lo)
+                    limit[ax] = start[ax] + new_shapes[0][ax]
+                elif start[ax] == 0 and limit[ax] == _rules._shape(eqn.invars[0])[ax]:
+                    limit[ax] = n
+            p["start_indices"], p["limit_indices"] = tuple(start), tuple(limit)
+        elif name == "pad":
+            cfg = list(p["padding_config"])
+            for ax, (lo, hi) in extra.get("pieces", {}).items():
+                cfg[ax] = (size(lo), size(hi), 0)
+            p["padding_config"] = tuple(cfg)
+        elif name == "conv_general_dilated" and "groups_node" in extra:
+            p["feature_group_count"] = size(extra["groups_node"])
+        elif name in ("dynamic_slice",):
+            p["slice_sizes"] = new_shapes[0]
+        elif name == "gather":
+            old_in = _rules._shape(eqn.invars[0])
+            p["slice_sizes"] = tuple(
+                np.shape(invals[0])[ax] if s == old_in[ax] and s != 1 else s for ax, s in enumerate(p["slice_sizes"]))
+        if "shape" in p and p["shape"] is not None and tuple(p["shape"]) == old_out[0]:
+            p["shape"] = new_shapes[0]
+        return p
+
+
+def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..., Any]:
+    """Like :func:`make_shrunk_fn`, for an already traced graph."""
+    st = graph._state
+    if st is None:
+        raise ValueError("graph has no trace state (was it built by trace_groups?)")
+    ev = _Evaluator(graph, plan)
+    a_tree, is_arr, out_treedef = st["a_tree"], st["is_arr"], st["out_tree"]
+    paths = list(graph.leaf_shapes)
+
+    def fn(shrunk_params, *args):
+        leaves = leaves_with_paths(shrunk_params)
+        if [p for p, _ in leaves] != paths:
+            raise ValueError(f"shrunk params do not have the traced params' leaves: got {[p for p, _ in leaves][:5]}"
+                             f"..., expected {paths[:5]}...")
+        for path, x in leaves:
+            want = plan.shapes[path][1] if path in plan.shapes else plan.leaf_shapes[path]
+            if tuple(np.shape(x)) != tuple(want):
+                raise ValueError(f"shrunk params leaf {path!r} has shape {np.shape(x)}, the plan says {tuple(want)}")
+        flat_args, tree = jax.tree_util.tree_flatten(args)
+        if tree != a_tree:
+            raise ValueError(f"arguments must have the structure of the example arguments: {a_tree}, got {tree}")
+        dyn = [x for x, a in zip(flat_args, is_arr) if a]
+        outs = ev([x for _, x in leaves], dyn)
+        return jax.tree_util.tree_unflatten(out_treedef, outs)
+
+    return fn
+
+
+def make_shrunk_fn(apply_fn: Callable[..., Any], params: Any, plan: PrunePlan, *example_args: Any,
+                   **example_kwargs: Any) -> Callable[..., Any]:
+    """A pure ``fn(shrunk_params, *args)`` that runs ``apply_fn`` pruned according to ``plan``.
+
+    Works for any model :func:`trace_groups` can trace (Linen, NNX, plain
+    functions); arguments as for :func:`trace_groups`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune._src.structured import trace_groups, make_plan, shrink
+      >>> f = lambda p, x: (x @ p['a']).reshape(1, 2, -1).sum(-1) @ p['b']
+      >>> p = {'a': jnp.ones((2, 8)), 'b': jnp.ones((2, 3))}
+      >>> x = jnp.ones((1, 2))
+      >>> plan = make_plan(p, trace_groups(f, p, x), 0.5)
+      >>> make_shrunk_fn(f, p, plan, x)(shrink(p, plan), x).shape
+      (1, 3)
+    """
+    check_plan(params, plan)
+    graph = trace_groups(apply_fn, params, *example_args, **example_kwargs)
+    return shrunk_fn_from_graph(graph, plan)
+
+
+def shrunk_flops(params: Any, graph: DependencyGraph, plan: PrunePlan) -> float:
+    """XLA FLOPs of the traced function run pruned by ``plan`` (compiled from shapes only)."""
+    from jaxprune._src.flops import flops
+
+    st = graph._state
+    fn = shrunk_fn_from_graph(graph, plan)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+    shapes = _reshape_tree(shapes, plan)
+    args = jax.tree_util.tree_unflatten(st["a_tree"], [
+        jax.ShapeDtypeStruct(np.shape(x), x.dtype) if a else x for x, a in zip(st["a_leaves"], st["is_arr"])])
+    return flops(fn, shapes, *args)
+
+
+def _reshape_tree(shapes, plan: PrunePlan):
+    from jaxprune._src.tree import map_with_path
+
+    return map_with_path(lambda path, s: jax.ShapeDtypeStruct(plan.shapes[path][1], s.dtype)
+                         if path in plan.shapes else s, shapes)
