@@ -15,6 +15,10 @@ Two registered ``tfds.core.GeneratorBasedBuilder`` families, stored as
   ``shapes_offline/task_00`` .. ``task_15``. Splits ``train`` (2,000),
   ``validation`` (500), ``test`` (1,000), classes exactly balanced, no image
   of a later split is byte-identical to one of an earlier split.
+* ``shapes_offline/upstream`` -- the pretraining task of the small-scale
+  transfer studies (``UPSTREAM_TASKS``): shape x colour (100 classes), mixed
+  backgrounds, 12,000 / 1,000 / 2,000 images; not in ``SHAPES_TASKS``, so never
+  part of a downstream task stream.
 
 Generation is vectorised numpy and deterministic (``generate_shapes``).
 Builders default to ``default_data_dir()``: ``$JAXPRUNE_DATA_DIR`` or
@@ -48,7 +52,7 @@ SIZES = ('small', 'medium', 'large')
 POSITIONS = ('top_left', 'top_right', 'bottom_left', 'bottom_right')
 FACTORS = {'shape': SHAPES, 'colour': tuple(COLOURS), 'texture': TEXTURES,
            'size': SIZES, 'position': POSITIONS}
-BACKGROUNDS = ('black', 'plain', 'gradient', 'noise', 'clutter')
+BACKGROUNDS = ('black', 'plain', 'gradient', 'noise', 'clutter', 'mixed')
 SPLIT_SIZES = {'train': 2000, 'validation': 500, 'test': 1000}
 _SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
 _SIZE_RANGES = ((3.0, 5.0), (6.5, 8.5), (10.0, 12.0))
@@ -86,6 +90,10 @@ class ShapesTask:
   rotation: float = 0.0
   brightness: float = 1.0
   seed: int = 0
+  split_sizes: tuple = ()  # ((split, n), ...) overriding SPLIT_SIZES (the upstream task)
+
+  def split_size(self, split: str) -> int:
+    return dict(self.split_sizes).get(split, SPLIT_SIZES[split])
 
   @property
   def class_names(self) -> list[str]:
@@ -119,6 +127,16 @@ SHAPES_TASKS: dict[str, ShapesTask] = dict([
           brightness=0.55),
     _task(15, 'shape', ('triangle', 'semicircle', 'x'), 'gradient', rotation=180.0),
 ])
+
+
+#: Upstream (pretraining) task of the small-scale transfer studies: shape x colour, 100 classes,
+#: every background, mild noise and rotation, a larger train split. Kept out of ``SHAPES_TASKS``
+#: (and so out of ``list_offline_tasks``/``task_stream``): it is not a downstream task.
+UPSTREAM_TASKS: dict[str, ShapesTask] = {
+    'upstream': ShapesTask('upstream', 'shape_colour', tuple((s, c) for s in SHAPES for c in COLOURS),
+                           'mixed', noise=0.03, rotation=30.0, seed=999,
+                           split_sizes=(('train', 12000), ('validation', 1000), ('test', 2000))),
+}
 
 
 def _shape_mask(shape: str, dx, dy, r):
@@ -167,6 +185,15 @@ def _texture(texture: str, x, y, period, phase):
 
 def _background(kind: str, rng: np.random.Generator, n: int, x, y) -> np.ndarray:
   s = IMAGE_SIZE
+  if kind == 'mixed':  # each image gets one of the other kinds (the upstream task)
+    kinds = BACKGROUNDS[:-1]
+    pick = rng.integers(0, len(kinds), n)
+    out = np.empty((n, s, s, 3), np.float32)
+    for i, k in enumerate(kinds):
+      sel = np.nonzero(pick == i)[0]
+      if sel.size:
+        out[sel] = _background(k, rng, sel.size, x, y)
+    return out
   if kind == 'black':
     return np.zeros((n, s, s, 3), np.float32)
   if kind in ('plain', 'clutter'):
@@ -278,7 +305,7 @@ def _all_splits(task: ShapesTask) -> dict:
   out = {}
   for split, index in _SPLIT_INDEX.items():
     rng = np.random.default_rng([task.seed, index])
-    images, labels = _render(task, rng, SPLIT_SIZES[split])
+    images, labels = _render(task, rng, task.split_size(split))
     for _ in range(100):  # redraw (rare) collisions with earlier splits
       dup = np.array([im.tobytes() in seen for im in images])
       if not dup.any():
@@ -378,7 +405,7 @@ class ShapesOffline(_OfflineBuilder):
   """Procedural 32x32 RGB shapes; one builder config per task (``SHAPES_TASKS``)."""
 
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [ShapesConfig(t) for t in SHAPES_TASKS.values()]
+  BUILDER_CONFIGS = [ShapesConfig(t) for t in list(SHAPES_TASKS.values()) + list(UPSTREAM_TASKS.values())]
 
   def _info(self):
     return tfds.core.DatasetInfo(

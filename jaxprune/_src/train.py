@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Any, Callable, NamedTuple
@@ -29,15 +30,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxprune._src.algorithms._common import fixed_mask_pruner
 from jaxprune._src.pruner import Pruner
-from jaxprune._src.schedules import no_update
-from jaxprune._src.sparse_optax import sparse_optimizer
-from jaxprune._src import tree as tree_lib
+from jaxprune._src.sparse_optax import get_masks, sparse_optimizer
 
 PyTree = Any
 
-__all__ = ["TrainConfig", "TrainState", "FitResult", "sgdw", "fixed_mask_pruner", "fit", "evaluate",
-           "cross_entropy"]
+__all__ = ["TrainConfig", "TrainState", "FitResult", "sgdw", "scale_by_warmup_cosine", "warmup_cosine", "xla_flops",
+           "fixed_mask_pruner", "fit", "evaluate", "cross_entropy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,34 +84,72 @@ class FitResult:
     step_flops: float
     seconds: float
     step_seconds: float  # median wall time of one step after compilation
+    masks: PyTree = None  # final masks of the pruner (None without ``masks=``/``pruner=``)
 
     @property
     def total_flops(self) -> float:
         return self.step_flops * self.steps_run
 
 
+class ScheduleState(NamedTuple):
+    """State of :func:`scale_by_warmup_cosine`: the step and the schedule's hyper-parameters (arrays)."""
+
+    count: jax.Array
+    peak: jax.Array
+    warmup: jax.Array
+    total: jax.Array
+
+
+def warmup_cosine(count, peak, warmup, total):
+    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``total``.
+
+    Same values as ``optax.warmup_cosine_decay_schedule(0, peak, warmup, total, 0)``
+    (``warmup=0``: ``optax.cosine_decay_schedule(peak, total)``); every argument may be traced.
+
+    >>> float(warmup_cosine(5, 1.0, 10, 100))
+    0.5
+    """
+    c = jnp.asarray(count, jnp.float32)
+    warmup = jnp.asarray(warmup, jnp.float32)
+    total = jnp.maximum(jnp.asarray(total, jnp.float32), warmup + 1.0)
+    warm = peak * c / jnp.maximum(warmup, 1.0)
+    progress = jnp.clip((c - warmup) / (total - warmup), 0.0, 1.0)
+    cos = 0.5 * peak * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(c < warmup, warm, cos)
+
+
+def scale_by_warmup_cosine(peak: float, warmup: int, total: int) -> optax.GradientTransformation:
+    """``-lr(t) * update`` with :func:`warmup_cosine`; ``peak``/``warmup``/``total`` live in the state.
+
+    Keeping them in the state (not in the code) lets one compiled train step serve every
+    step budget and learning rate of a grid.
+    """
+    def init(params):
+        del params
+        f = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        return ScheduleState(jnp.zeros((), jnp.int32), f(peak), f(warmup), f(total))
+
+    def update(updates, state, params=None):
+        del params
+        lr = warmup_cosine(state.count, state.peak, state.warmup, state.total)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+        return updates, state._replace(count=state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
 def sgdw(cfg: TrainConfig, params: PyTree) -> optax.GradientTransformation:
-    """SGD + momentum + decoupled weight decay (not on ndim<=1 leaves), warm-up + cosine LR."""
-    if cfg.warmup_steps > 0:
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
-                                                max(cfg.steps, cfg.warmup_steps + 1), 0.0)
-    else:
-        lr = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps)
+    """SGD + momentum + decoupled weight decay (not on ndim<=1 leaves), warm-up + cosine LR.
+
+    The schedule's peak LR, warm-up and length are optimizer *state*, so fits that differ
+    only in ``steps``/``learning_rate``/``warmup_steps`` reuse one compiled step.
+    """
     decay_mask = jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
     return optax.chain(
         optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov) if cfg.momentum else optax.identity(),
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-        optax.scale_by_learning_rate(lr),
+        scale_by_warmup_cosine(cfg.learning_rate, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1)),
     )
-
-
-def fixed_mask_pruner(masks: PyTree) -> Pruner:
-    """A pruner that keeps ``masks`` fixed forever (fixed-mask finetuning)."""
-    def init(params, key=None):
-        tree_lib.check_same_structure(params, masks, what="fixed masks")
-        return masks, ()
-
-    return Pruner(init=init, update=lambda p, g, m, a, s, k: (m, a), schedule=no_update())
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -145,8 +183,36 @@ def _make_step(model, tx, label_smoothing):
     return step
 
 
-def evaluate(model, variables: PyTree, ds, batch_size: int = 512) -> dict[str, float]:
-    """Top-1, top-5 accuracy and mean loss of ``model`` on a :class:`jaxprune.data.Dataset`."""
+_CACHE_SIZE = 64
+_EVAL_FNS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
+_STEPS: "collections.OrderedDict[Any, tuple]" = collections.OrderedDict()
+
+
+def _cache_get(cache, key, make):
+    """A small LRU of jitted/compiled functions; ``key=None`` (unhashable model) disables it."""
+    if key is None:
+        return make()
+    try:
+        hit = cache.pop(key)
+    except KeyError:
+        hit = make()
+    except TypeError:  # unhashable part in the key
+        return make()
+    cache[key] = hit
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return hit
+
+
+def _hashable(model) -> Any:
+    try:
+        hash(model)
+        return model
+    except TypeError:
+        return None
+
+
+def _eval_fn(model):
     @jax.jit
     def batch_stats(v, x, y, w):
         logits = model.apply(v, x, train=False)
@@ -156,6 +222,17 @@ def evaluate(model, variables: PyTree, ds, batch_size: int = 512) -> dict[str, f
         top5 = jnp.any(jax.lax.top_k(logits, k)[1] == y[:, None], axis=-1)
         return jnp.sum(w * top1), jnp.sum(w * top5), jnp.sum(w * loss)
 
+    return batch_stats
+
+
+def evaluate(model, variables: PyTree, ds, batch_size: int = 512) -> dict[str, float]:
+    """Top-1, top-5 accuracy and mean loss of ``model`` on a :class:`jaxprune.data.Dataset`.
+
+    The jitted evaluation function is cached per (hashable) model, so repeated
+    evaluations (every ``eval_every`` steps of :func:`fit`) compile once.
+    """
+    m = _hashable(model)
+    batch_stats = _cache_get(_EVAL_FNS, None if m is None else ("eval", m), lambda: _eval_fn(model))
     n = len(ds.labels)
     bs = min(batch_size, n)
     tot = np.zeros(3)
@@ -169,6 +246,33 @@ def evaluate(model, variables: PyTree, ds, batch_size: int = 512) -> dict[str, f
             w = np.concatenate([w, np.zeros(pad, np.float32)])
         tot += np.array([float(v) for v in batch_stats(variables, x, y, w)])
     return {"accuracy": tot[0] / n, "top5": tot[1] / n, "loss": tot[2] / n}
+
+
+def xla_flops(fn: Callable, *args: Any, compiled=None) -> float:
+    """XLA cost-analysis FLOPs of ``fn(*args)``, counted by the **CPU** compiler.
+
+    GPU backends lower convolutions to cuDNN custom calls, which XLA's cost
+    analysis does not count (a ResNet step reads as ~50x cheaper), so on any
+    non-CPU backend the function is also compiled (not run) for the host CPU
+    from the arguments' shapes. ``compiled``: an already compiled ``fn`` for
+    the default backend (used as is on CPU).
+
+    >>> xla_flops(lambda a, b: a @ b, jnp.ones((4, 8)), jnp.ones((8, 2)))
+    128.0
+    """
+    from jaxprune._src.flops import _cost
+
+    if jax.default_backend() == "cpu":
+        c = compiled if compiled is not None else jax.jit(fn).lower(*args).compile()
+        return float(_cost(c).get("flops", 0.0))
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=cpu), args)
+    return float(_cost(jax.jit(fn).lower(*abstract).compile()).get("flops", 0.0))
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
 
 
 def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
@@ -186,11 +290,10 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
       pruner: any :class:`jaxprune.Pruner` to run during training (exclusive with ``masks``).
     """
     from jaxprune._src.data import batches  # local: data imports tensorflow-datasets
-    from jaxprune._src.flops import _cost
-
     if masks is not None and pruner is not None:
         raise ValueError("pass either masks= (fixed) or pruner=, not both")
     params, model_state = _split_variables(variables)
+    own_tx = tx is None
     tx = tx if tx is not None else sgdw(cfg, params)
     if masks is not None:
         pruner = fixed_mask_pruner(masks)
@@ -204,8 +307,18 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
                  crop_padding=4 if cfg.augment else 0, flip=cfg.augment)
     first = next(it)
     t0 = time.perf_counter()
-    compiled = jax.jit(_make_step(model, tx, cfg.label_smoothing)).lower(state, first).compile()
-    step_flops = float(_cost(compiled).get("flops", 0.0))
+
+    def compile_step():
+        step_fn = _make_step(model, tx, cfg.label_smoothing)
+        c = jax.jit(step_fn).lower(state, first).compile()
+        return c, xla_flops(step_fn, state, first, compiled=c)
+
+    # The default optimizer keeps its schedule in the state and a fixed-mask pruner keeps its
+    # masks there: one compiled step serves every fit of the same model, shapes and recipe.
+    m = _hashable(model) if (own_tx and (pruner is None or masks is not None)) else None
+    key = None if m is None else (m, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.label_smoothing,
+                                  masks is not None, _signature((state, first)))
+    compiled, step_flops = _cache_get(_STEPS, key, compile_step)
     history: list[dict[str, float]] = []
     best = (-1.0, 0, None)
     bad_evals, times = 0, []
@@ -247,4 +360,5 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
         step_flops=step_flops,
         seconds=time.perf_counter() - t0,
         step_seconds=step_seconds,
+        masks=None if pruner is None else get_masks(state.opt_state),
     )
