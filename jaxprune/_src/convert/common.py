@@ -227,3 +227,31 @@ def model_shapes(model: Any, *args: Any, **kwargs: Any) -> dict[str, tuple[int, 
         args = (model.example_input(1),)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
     return expected_shapes(shapes)
+
+
+def attn_out_kernel(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Converter of an attention output weight ``(D, H*Dh)`` (torch layout) to ``(H, Dh, D)``."""
+    def fn(w: np.ndarray) -> np.ndarray:
+        if w.ndim != 2 or w.shape[1] % heads:
+            raise ValueError(f"expected an attention output weight (D, H*Dh) with H={heads}, got shape {w.shape}")
+        return w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
+    return fn
+
+
+def layer_norm_entries(flax: str, torch: str) -> list[Entry]:
+    """LayerNorm ``weight``/``bias`` -> ``scale``/``bias``."""
+    return [Entry(f"params/{flax}/scale", f"{torch}.weight"), Entry(f"params/{flax}/bias", f"{torch}.bias")]
+
+
+def dense_entries(flax: str, torch: str) -> list[Entry]:
+    """torch Linear ``weight (out, in)``/``bias`` -> Flax Dense ``kernel (in, out)``/``bias``."""
+    return [Entry(f"params/{flax}/kernel", f"{torch}.weight", linear_kernel),
+            Entry(f"params/{flax}/bias", f"{torch}.bias")]
+
+
+def count_layers(state_dict: Mapping[str, Any], prefix: str, what: str) -> int:
+    """Number of layers ``{prefix}.{i}.*`` (``prefix`` a regex), checking the indices are contiguous."""
+    idx = {int(m.group(1)) for k in state_dict if (m := re.match(rf"^{prefix}\.(\d+)\.", k))}
+    if idx != set(range(len(idx))):
+        raise ValueError(f"{what}: layer indices are not contiguous: {sorted(idx)}")
+    return len(idx)

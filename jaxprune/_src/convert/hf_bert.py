@@ -38,7 +38,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxprune._src.convert.common import Entry, assemble, linear_kernel, model_shapes, to_numpy
+from jaxprune._src.convert.common import (Entry, assemble, attn_out_kernel, count_layers, dense_entries,
+                                          layer_norm_entries, linear_kernel, model_shapes, to_numpy)
 from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["hf_bert_config", "convert_hf_bert", "from_hf_bert", "flax_to_hf_bert", "normalize_hf_bert_keys"]
@@ -82,28 +83,12 @@ def _heads_bias(heads: int) -> Callable[[np.ndarray], np.ndarray]:
     return fn
 
 
-def _out_kernel(heads: int) -> Callable[[np.ndarray], np.ndarray]:
-    def fn(w: np.ndarray) -> np.ndarray:  # (D, H*Dh) -> (H, Dh, D)
-        if w.ndim != 2 or w.shape[1] % heads:
-            raise ValueError(f"expected a (D, H*Dh) output weight with H={heads}, got shape {w.shape}")
-        return w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
-    return fn
 
 
-def _ln(flax: str, torch: str) -> list[Entry]:
-    return [Entry(f"params/{flax}/scale", f"{torch}.weight"), Entry(f"params/{flax}/bias", f"{torch}.bias")]
 
 
-def _dense(flax: str, torch: str) -> list[Entry]:
-    return [Entry(f"params/{flax}/kernel", f"{torch}.weight", linear_kernel),
-            Entry(f"params/{flax}/bias", f"{torch}.bias")]
 
 
-def _num_layers(sd: Mapping[str, Any]) -> int:
-    idx = {int(m.group(1)) for k in sd if (m := re.match(r"^encoder\.layer\.(\d+)\.", k))}
-    if idx != set(range(len(idx))):
-        raise ValueError(f"HF BERT: encoder.layer indices are not contiguous: {sorted(idx)}")
-    return len(idx)
 
 
 def hf_bert_config(state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None,
@@ -131,7 +116,7 @@ def hf_bert_config(state_dict: Mapping[str, Any], config: Mapping[str, Any] | No
             raise ValueError(f"HF BERT: missing key {k!r} (is this a BertModel state dict?)")
     shape = lambda k: tuple(np.shape(to_numpy(sd[k], k)))  # noqa: E731
     vocab, d = shape(need[0])
-    cfg = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=_num_layers(sd),
+    cfg = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=count_layers(sd, r"encoder\.layer", "HF BERT"),
                num_attention_heads=max(1, d // 64), intermediate_size=shape(need[3])[0],
                max_position_embeddings=shape(need[1])[0], type_vocab_size=shape(need[2])[0], layer_norm_eps=1e-12)
     if config is not None:
@@ -154,7 +139,7 @@ def _entries(num_layers: int, heads: int, pooler: bool) -> list[Entry]:
     e = "embeddings"
     entries = [Entry(f"params/{e}/{n}/embedding", f"{e}.{n}.weight")
                for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
-    entries += _ln(f"{e}/LayerNorm", f"{e}.LayerNorm")
+    entries += layer_norm_entries(f"{e}/LayerNorm", f"{e}.LayerNorm")
     for i in range(num_layers):
         t, f = f"encoder.layer.{i}", f"layer_{i}"
         for n in ("query", "key", "value"):
@@ -162,13 +147,13 @@ def _entries(num_layers: int, heads: int, pooler: bool) -> list[Entry]:
                               _heads_kernel(heads)),
                         Entry(f"params/{f}/attention/{n}/bias", f"{t}.attention.self.{n}.bias", _heads_bias(heads))]
         entries += [Entry(f"params/{f}/attention/out/kernel", f"{t}.attention.output.dense.weight",
-                          _out_kernel(heads)),
+                          attn_out_kernel(heads)),
                     Entry(f"params/{f}/attention/out/bias", f"{t}.attention.output.dense.bias")]
-        entries += _ln(f"{f}/attention_norm", f"{t}.attention.output.LayerNorm")
-        entries += _dense(f"{f}/mlp/fc1", f"{t}.intermediate.dense") + _dense(f"{f}/mlp/fc2", f"{t}.output.dense")
-        entries += _ln(f"{f}/output_norm", f"{t}.output.LayerNorm")
+        entries += layer_norm_entries(f"{f}/attention_norm", f"{t}.attention.output.LayerNorm")
+        entries += dense_entries(f"{f}/mlp/fc1", f"{t}.intermediate.dense") + dense_entries(f"{f}/mlp/fc2", f"{t}.output.dense")
+        entries += layer_norm_entries(f"{f}/output_norm", f"{t}.output.LayerNorm")
     if pooler:
-        entries += _dense("pooler", "pooler.dense")
+        entries += dense_entries("pooler", "pooler.dense")
     return entries
 
 

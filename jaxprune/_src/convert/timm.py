@@ -39,7 +39,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from jaxprune._src.convert.common import Entry, assemble, conv_kernel, linear_kernel, model_shapes, to_numpy
+from jaxprune._src.convert.common import (Entry, assemble, attn_out_kernel, conv_kernel, count_layers, dense_entries,
+                                          layer_norm_entries, linear_kernel, model_shapes, to_numpy)
 from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["timm_vit_config", "convert_timm_vit", "from_timm_vit", "flax_to_timm_vit", "STANDARD_VIT_HEADS"]
@@ -71,28 +72,12 @@ def _qkv_bias(j: int, heads: int) -> Callable[[np.ndarray], np.ndarray]:
     return fn
 
 
-def _out_kernel(heads: int) -> Callable[[np.ndarray], np.ndarray]:
-    def fn(w: np.ndarray) -> np.ndarray:  # (D, H*Dh) -> (H, Dh, D)
-        if w.ndim != 2 or w.shape[1] % heads:
-            raise ValueError(f"expected an attention proj weight (D, H*Dh) with H={heads}, got shape {w.shape}")
-        return w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
-    return fn
 
 
-def _ln(flax: str, torch: str) -> list[Entry]:
-    return [Entry(f"params/{flax}/scale", f"{torch}.weight"), Entry(f"params/{flax}/bias", f"{torch}.bias")]
 
 
-def _dense(flax: str, torch: str) -> list[Entry]:
-    return [Entry(f"params/{flax}/kernel", f"{torch}.weight", linear_kernel),
-            Entry(f"params/{flax}/bias", f"{torch}.bias")]
 
 
-def _num_layers(state_dict: Mapping[str, Any]) -> int:
-    idx = {int(m.group(1)) for k in state_dict if (m := re.match(r"^blocks\.(\d+)\.", k))}
-    if idx != set(range(len(idx))):
-        raise ValueError(f"timm ViT: block indices are not contiguous: {sorted(idx)}")
-    return len(idx)
 
 
 def timm_vit_config(state_dict: Mapping[str, Any], num_heads: int | None = None, **overrides: Any) -> dict:
@@ -122,7 +107,7 @@ def timm_vit_config(state_dict: Mapping[str, Any], num_heads: int | None = None,
             raise ValueError(f"timm ViT: embedding width {d} is not a standard ViT size "
                              f"{sorted(STANDARD_VIT_HEADS)}; pass num_heads")
         num_heads = STANDARD_VIT_HEADS[d]
-    cfg = dict(image_size=side * p, patch_size=p, hidden_size=d, num_layers=_num_layers(state_dict),
+    cfg = dict(image_size=side * p, patch_size=p, hidden_size=d, num_layers=count_layers(state_dict, "blocks", "timm ViT"),
                num_heads=int(num_heads), mlp_dim=int(np.shape(to_numpy(state_dict["blocks.0.mlp.fc1.weight"]))[0]),
                num_classes=int(np.shape(to_numpy(state_dict["head.weight"]))[0]), in_channels=c,
                layer_norm_eps=1e-6)
@@ -136,14 +121,14 @@ def _entries(num_layers: int, heads: int) -> list[Entry]:
                Entry("params/patch_embed/bias", "patch_embed.proj.bias")]
     for i in range(num_layers):
         t, f = f"blocks.{i}", f"encoder_{i}"
-        entries += _ln(f"{f}/ln1", f"{t}.norm1") + _ln(f"{f}/ln2", f"{t}.norm2")
+        entries += layer_norm_entries(f"{f}/ln1", f"{t}.norm1") + layer_norm_entries(f"{f}/ln2", f"{t}.norm2")
         for j, name in enumerate(("query", "key", "value")):
             entries.append(Entry(f"params/{f}/attn/{name}/kernel", f"{t}.attn.qkv.weight", _qkv_kernel(j, heads)))
             entries.append(Entry(f"params/{f}/attn/{name}/bias", f"{t}.attn.qkv.bias", _qkv_bias(j, heads)))
-        entries += [Entry(f"params/{f}/attn/out/kernel", f"{t}.attn.proj.weight", _out_kernel(heads)),
+        entries += [Entry(f"params/{f}/attn/out/kernel", f"{t}.attn.proj.weight", attn_out_kernel(heads)),
                     Entry(f"params/{f}/attn/out/bias", f"{t}.attn.proj.bias")]
-        entries += _dense(f"{f}/mlp/fc1", f"{t}.mlp.fc1") + _dense(f"{f}/mlp/fc2", f"{t}.mlp.fc2")
-    entries += _ln("norm", "norm") + _dense("head", "head")
+        entries += dense_entries(f"{f}/mlp/fc1", f"{t}.mlp.fc1") + dense_entries(f"{f}/mlp/fc2", f"{t}.mlp.fc2")
+    entries += layer_norm_entries("norm", "norm") + dense_entries("head", "head")
     return entries
 
 
