@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxprune import magnitude_pruner, models as M, polynomial, prune, sparse_optimizer
-from jaxprune._src.checkpoint import (Checkpoint, CheckpointError, SparseCheckpointer, checkpoint_size_bytes,
+from jaxprune._src.checkpoint import (Checkpoint, CheckpointError, SparseCheckpointer,
                                       checkpoint_steps, restore_checkpoint, restore_shrunk_model, save_checkpoint)
 from jaxprune._src.sparse_format import (compact_sparse, dense_from_compact, pack_mask, pack_masks, unpack_mask,
                                          unpack_masks)

@@ -1,7 +1,6 @@
 """Group importance and planning: ratios, rounding, global ranking, ignore rules, budgets."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax

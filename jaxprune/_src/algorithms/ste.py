@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxprune._src.algorithms._common import check_spec
 from jaxprune._src.masks import apply_masks
