@@ -92,7 +92,8 @@ def main(argv=None):
                  ("vit_tiny_test", models.vit_tiny_test(num_classes=10), ("heads", "units"))]
         args.ratios, args.reps, args.batch = [0.5], 3, 2
     else:
-        table = {"resnet50": (models.resnet50, None), "vit_b16": (models.vit_b16, ("heads", "units"))}
+        table = {"resnet50": (lambda: models.resnet50(image_size=224), None),
+                 "vit_b16": (models.vit_b16, ("heads", "units"))}
         specs = [(n, table[n][0](), table[n][1]) for n in args.models]
     rows = []
     for name, model, kinds in specs:

@@ -6,7 +6,7 @@ magnitude (unstructured) and 2:4 (N:M) — finetunes each with its mask fixed,
 and reports accuracy, per-layer sparsity and step time as a table, JSON and a
 PNG plot. No network needed; a few minutes on 2 CPU cores.
 
-  python scripts/demo.py                 # default run (--out runs/demo)
+  python scripts/demo.py                 # default run (--out runs/demo), then a short study-A run
   python scripts/demo.py --quick         # smoke test (under a minute)
 """
 
@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--sparsity", type=float, default=0.9, help="global magnitude sparsity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-study-a", action="store_true",
+                   help="skip the short study-A run at the end (always skipped with --quick)")
     return p.parse_args(argv)
 
 
@@ -104,6 +106,12 @@ def main(argv=None) -> dict:
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md + "\n\n" + "\n\n".join(f"### {k}\n\n{v.to_markdown()}" for k, v in summaries.items()) + "\n")
     print(f"\nwrote {args.out}/results.json, results.md, demo.png  ({seconds:.0f} s)")
+    if not (args.quick or args.no_study_a):
+        from jaxprune._src.transfer.study_a import short_study_a
+        print("\nShort study A (zero-shot filter/channel/kernel pruning before finetuning, accuracy vs XLA compute;"
+              " a tiny smoke-scale version: run scripts/study_a.py for the small-scale study):")
+        study = short_study_a(os.path.join(args.out, "study_a"), progress=progress)
+        result["study_a"] = {k: v for k, v in study.items() if k in ("summary", "config")}
     return result
 
 
