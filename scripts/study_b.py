@@ -87,7 +87,7 @@ def main(argv=None):
     else:
         sys.exit("--upstream-dir is required (run scripts/sparse_upstream.py first), or use --quick")
     result = st.run_study_b(ups, datasets, cfg, modes=tuple(args.modes.split(",")), data_dir=args.data_dir)
-    result["upstream"] = [dict(u.stats, method=u.method, sparsity=u.sparsity) for u in ups]
+    result["upstream"] = [dict(u.stats, method=u.method, target_sparsity=u.sparsity) for u in ups]
     print(st.write_study_b(args.out, result))
 
 
