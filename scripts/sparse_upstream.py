@@ -1,7 +1,7 @@
 """Study B upstream: train a small CNN with each sparse-training method at 80/90/95% sparsity.
 
-Methods (see jaxprune/_src/sparse_upstream.py): dense, gmp, acdc, rigl1x, rigl5x (full mode),
-set, ste (optional), str, woodfisher (opt-in), lth (lottery ticket with rewinding). Every run
+Methods (see jaxprune/_src/sparse_upstream.py): dense, gmp, acdc, rigl1x, rigl5x,
+set, ste, str, woodfisher, lth (lottery ticket with rewinding). Every run
 is one code path (jaxprune._src.train.fit); the method only picks the pruner / reparameterisation
 / rounds. Writes, under --out:
 
@@ -54,7 +54,7 @@ def parse_args(argv=None):
 
 def config_from_args(args):
     if args.config == "full":
-        cfg, methods = su.full_upstream_config(seed=args.seed), su.DEFAULT_METHODS[:4] + ("rigl5x",) + su.DEFAULT_METHODS[4:] + ("woodfisher",)
+        cfg, methods = su.full_upstream_config(seed=args.seed), su.DEFAULT_METHODS
     elif args.quick:
         cfg = su.SparseUpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
                                       lth_rounds=1, seed=args.seed)

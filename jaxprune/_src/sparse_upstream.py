@@ -19,7 +19,7 @@ method         what it is (``T`` = ``cfg.steps``)
 ``rigl1x``     RigL, ERK, drop fraction 0.3 cosine-decayed, updates until 0.75T
 ``rigl5x``     the same for 5T steps
 ``set``        SET (random regrowth), ERK, like rigl1x
-``ste``        straight-through estimator on the GMP schedule (optional method)
+``ste``        straight-through estimator on the GMP schedule
 ``str``        STR, learnable per-layer thresholds; the sparsity is *learned* (the
                per-target threshold decay of :data:`STR_DECAY` aims at the target)
 ``woodfisher`` gradual WoodFisher (block-diagonal empirical Fisher, OBS update),
@@ -67,9 +67,8 @@ __all__ = ["METHODS", "STR_DECAY", "SparseUpstreamConfig", "SparseUpstream", "Re
            "save_sparse_upstream", "load_sparse_upstream", "run_name", "prunable_sparsity", "run_sparse_upstream",
            "DEFAULT_METHODS", "write_upstream_report"]
 
-#: Methods run by default (``rigl5x`` in full mode only; ``ste`` optional; ``woodfisher`` opt-in:
-#: the gradual WoodFisher pruner of ``algorithms/obs.py`` hangs at its first update on CPU here).
-DEFAULT_METHODS = ("dense", "gmp", "acdc", "rigl1x", "set", "str", "lth")
+#: Methods run by default: every method of the study (plus SET and STE).
+DEFAULT_METHODS = ("dense", "gmp", "acdc", "rigl1x", "rigl5x", "set", "ste", "str", "woodfisher", "lth")
 
 METHODS = ("dense", "gmp", "acdc", "rigl1x", "rigl5x", "set", "ste", "str", "woodfisher", "lth")
 
