@@ -25,6 +25,8 @@ from jaxprune._src import structured as _structured
 from jaxprune._src.algorithms import *  # noqa: F401,F403  (gmp, rigl, set_pruner, acdc, ...)
 from jaxprune._src.checkpoint import *  # noqa: F401,F403  (save_checkpoint, restore_checkpoint, ...)
 from jaxprune._src.flops import *  # noqa: F401,F403  (flops, param_count, param_bytes, ...)
+from jaxprune._src import mask_library as _mask_library
+from jaxprune._src.mask_library import *  # noqa: F401,F403  (study C: MaskLibrary, vote_scores, vote_plan, ...)
 from jaxprune._src.sparse_format import *  # noqa: F401,F403  (pack_masks, compact_sparse, ...)
 from jaxprune._src.structured import *  # noqa: F401,F403  (trace_groups, make_plan, shrink, ...)
 
@@ -52,12 +54,12 @@ __all__ = [
 ]
 # algorithms, structured engine, FLOPs, checkpoints (each module's own __all__):
 __all__ += list(_algorithms.__all__) + list(_structured.__all__) + list(_flops.__all__)
-__all__ += list(_checkpoint.__all__) + list(_sparse_format.__all__)
-del _algorithms, _checkpoint, _flops, _sparse_format, _structured
+__all__ += list(_checkpoint.__all__) + list(_sparse_format.__all__) + list(_mask_library.__all__)
+del _mask_library, _algorithms, _checkpoint, _flops, _sparse_format, _structured
 
 
 def __getattr__(name):  # lazy submodules: `jaxprune.data` imports tensorflow-datasets.
-    if name in ("data", "models", "convert"):
+    if name in ("data", "models", "convert", "transfer", "cli"):
         import importlib
         return importlib.import_module(f"jaxprune.{name}")
     raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")

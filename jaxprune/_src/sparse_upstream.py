@@ -459,12 +459,11 @@ def write_upstream_report(out_dir: str, result: dict) -> None:
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
     except ImportError:  # pragma: no cover
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     dense = [r for r in result["runs"] if r["method"] == "dense"]
     for m in dict.fromkeys(r["method"] for r in result["runs"] if r["method"] != "dense"):
         rs = [r for r in result["runs"] if r["method"] == m]
@@ -476,4 +475,3 @@ def write_upstream_report(out_dir: str, result: dict) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "results.png"), dpi=100)
-    plt.close(fig)

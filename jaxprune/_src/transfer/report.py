@@ -51,14 +51,13 @@ def _markdown(results: dict) -> str:
 
 
 def _plot(results: dict, path: str, task: str | None = None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
     colours = {"dense": "black", "filter": "tab:blue", "channel": "tab:orange", "kernel": "tab:green"}
     markers = ["o", "s", "^", "D", "v", "P"]
     ratios = sorted({v["ratio"] for v in results["variants"] if v["method"] != "dense"})
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     for v in results["variants"]:
         if task is None:
             pts = results["curves"][v["label"]]["points"]
@@ -80,7 +79,6 @@ def _plot(results: dict, path: str, task: str | None = None) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_outputs(results: dict, out_dir: str) -> dict[str, str]:

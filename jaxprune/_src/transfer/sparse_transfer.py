@@ -486,12 +486,11 @@ def write_study_b(out_dir: str, result: dict) -> str:
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text)
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
     except ImportError:  # pragma: no cover
         return text
-    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
+    fig = Figure(figsize=(5 * len(tables), 4))
+    axes = fig.subplots(1, len(tables), squeeze=False)
     for ax, (mode, t) in zip(axes[0], tables.items()):
         for m in dict.fromkeys(r[0] for r in t["rows"] if r[0] != "dense"):
             rows = [r for r in t["rows"] if r[0] == m]
@@ -503,5 +502,4 @@ def write_study_b(out_dir: str, result: dict) -> str:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "results.png"), dpi=100)
-    plt.close(fig)
     return text

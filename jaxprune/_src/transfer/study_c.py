@@ -1,0 +1,596 @@
+"""Study C: one-shot structured pruning from the pruned models of similar tasks (mask vote), as a library.
+
+Protocol (:func:`run_study_c`), per architecture (``'cnn'``: CifarResNet,
+filters pruned; ``'vit'``: small ViT, whole heads and MLP hidden units):
+
+1. **Upstream**: pretrain (or restore from the cache) the model on the offline
+   shape x colour task (100 classes).
+2. **Heads**: on every downstream task the classifier is replaced by a ridge
+   regression probe fitted on the (pruned) model's penultimate features of the
+   task's train split, so that "0 finetuning steps" is a meaningful number and
+   every method starts from the best linear head for its features.
+3. **Library** (source tasks): for each source task and budget, *iterative*
+   Taylor pruning with finetuning -- ``source_rounds`` rounds, each pruning
+   (``|w * grad|`` group importance, global ranking) to a geometrically
+   shrinking parameter-bytes budget and then finetuning ``source_steps``
+   masked steps -- and the final plan's keep-masks go into a
+   :class:`~jaxprune._src.mask_library.MaskLibrary` with the task's embedding
+   (mean pretrained penultimate feature), saved with orbax.
+4. **Targets** (held out, never in the library): prune the pretrained model
+   *once* to each budget with ``vote`` (kNN of the target's embedding in the
+   library, similarity-weighted vote, :func:`vote_plan`), ``magnitude``
+   (L1), ``random`` or ``taylor`` (one-shot, ``taylor_batches`` batches of the
+   target), fit the ridge head, finetune ``steps`` masked steps (SGDW,
+   warm-up + cosine) and report test accuracy; ``dense`` is the unpruned
+   reference. Masked training computes exactly what the shrunk model computes
+   (:func:`plan_to_masks` semantics) and reuses one compiled step per model.
+
+Outputs (:func:`write_outputs`): ``results.json``, ``results.md`` (mean
+accuracy over targets and seeds per arch x method x budget x steps) and
+``accuracy_vs_steps.png``.
+
+Example:
+  >>> res = run_study_c(quick_config(), out_dir='runs/study_c')   # doctest: +SKIP
+  >>> res['summary']['cnn']['vote_wins']                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune import models as models_lib
+from jaxprune._src import mask_library as ml
+from jaxprune._src.transfer.upstream import Upstream, UpstreamConfig, _save, load_upstream, load_upstream_data
+
+__all__ = ["StudyCConfig", "default_config", "quick_config", "full_config", "run_study_c", "write_outputs",
+           "penultimate_features", "ridge_head", "METHODS"]
+
+METHODS = ("vote", "magnitude", "random", "taylor")
+_KINDS = {"cnn": ("channels",), "vit": ("heads", "units")}
+_HEADS = ("fc", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyCConfig:
+    """Everything a study-C run needs (see :func:`default_config`)."""
+
+    archs: tuple = ("cnn", "vit")
+    cnn: UpstreamConfig = UpstreamConfig(stage_widths=(16, 32, 64), image_size=16, steps=1000)
+    vit: dict = dataclasses.field(default_factory=lambda: dict(patch_size=4, hidden_size=64, num_layers=2,
+                                                               num_heads=8, mlp_dim=128, steps=1000,
+                                                               learning_rate=1e-3))
+    image_size: int = 16
+    sources: tuple = ("digits_offline",) + tuple(f"shapes_offline/task_{i:02d}" for i in
+                                                 (0, 1, 2, 4, 6, 7, 9, 11, 12, 14, 15))
+    targets: tuple = tuple(f"shapes_offline/task_{i:02d}" for i in (3, 5, 8, 10, 13))
+    budgets: tuple = (0.5, 0.3)  # relative parameter bytes of the shrunk model
+    budget_kind: str = "param_bytes"  # or 'flops' (XLA forward FLOPs; slower planning)
+    steps: tuple = (0, 25, 100)
+    seeds: tuple = (0, 1)
+    methods: tuple = METHODS
+    k: int = 3
+    weights: str = "softmax"
+    temperature: float = 0.2
+    embedding: str = "mean"  # task_embedding method: 'mean' or 'prototypes'
+    source_rounds: int = 2
+    source_steps: int = 30
+    taylor_batches: int = 4
+    batch_size: int = 32
+    learning_rate: float = 0.02
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.1
+    max_train_examples: int | None = 1000
+    max_test_examples: int | None = 500
+    ridge: float = 1e-2
+    data_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cnn"] = self.cnn.to_dict()
+        return d
+
+
+def default_config(**overrides: Any) -> StudyCConfig:
+    """Default small study: 12 source / 5 target offline tasks, CNN + ViT, 2 budgets, 2 seeds (~18-25 min, 2 CPUs)."""
+    return dataclasses.replace(StudyCConfig(), **overrides)
+
+
+def quick_config(**overrides: Any) -> StudyCConfig:
+    """Smoke test (~1-2 min on 2 CPU cores): tiny models at 8x8, 3 sources, 2 targets, 1 budget, 1 seed."""
+    base = StudyCConfig(
+        cnn=UpstreamConfig(stage_widths=(8, 16, 16), image_size=8, steps=60, train_examples=1000, warmup_steps=5),
+        vit=dict(patch_size=4, hidden_size=16, num_layers=1, num_heads=4, mlp_dim=32, steps=60, learning_rate=2e-3,
+                 train_examples=1000),
+        image_size=8, sources=("shapes_offline/task_00", "shapes_offline/task_04", "shapes_offline/task_07"),
+        targets=("shapes_offline/task_01", "shapes_offline/task_05"), budgets=(0.5,), steps=(0, 10), seeds=(0,),
+        k=2, source_rounds=1, source_steps=10, taylor_batches=2, max_train_examples=256,
+        max_test_examples=256)
+    return dataclasses.replace(base, **overrides)
+
+
+def full_config(**overrides: Any) -> StudyCConfig:
+    """Larger run: wider models at 32x32, all 17 offline tasks split 12/5, 3 budgets, 3 seeds, up to 400 steps."""
+    base = StudyCConfig(
+        cnn=UpstreamConfig(stage_sizes=(2, 2, 2), stage_widths=(32, 64, 128), image_size=32, steps=4000),
+        vit=dict(patch_size=4, hidden_size=128, num_layers=4, num_heads=8, mlp_dim=256, steps=4000,
+                 learning_rate=1e-3),
+        image_size=32, budgets=(0.6, 0.4, 0.25), steps=(0, 25, 100, 400), seeds=(0, 1, 2), source_rounds=3,
+        source_steps=100, max_train_examples=None, max_test_examples=None, k=3, batch_size=64)
+    return dataclasses.replace(base, **overrides)
+
+
+# ----------------------------------------------------------------------------- model helpers
+_FEAT_FNS: dict = {}
+_GRAD_FNS: dict = {}
+
+
+def _head_name(params) -> str:
+    for h in _HEADS:
+        if h in params:
+            return h
+    raise ValueError(f"study C: expected a classifier named one of {_HEADS} in params, got {sorted(params)}")
+
+
+def penultimate_features(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Inputs of the model's classifier (its last ``nn.Dense`` call), eval mode, ``(n, d)``.
+
+    >>> m = models_lib.vit_tiny_test(num_classes=3)
+    >>> v = m.init(jax.random.key(0), m.example_input(1))
+    >>> penultimate_features(m, v, np.zeros((5, 16, 16, 3), np.float32)).shape
+    (5, 32)
+    """
+    import flax.linen as nn
+
+    if model not in _FEAT_FNS:
+        def feats(v, x):
+            seen = []
+
+            def grab(next_fun, args, kwargs, context):
+                if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+                    seen.append(args[0])
+                return next_fun(*args, **kwargs)
+
+            with nn.intercept_methods(grab):
+                model.apply(v, x, train=False)
+            if not seen:
+                raise ValueError(f"penultimate_features: {type(model).__name__} calls no nn.Dense")
+            return seen[-1]
+
+        _FEAT_FNS[model] = jax.jit(feats)
+    fn = _FEAT_FNS[model]
+    out = []
+    n = len(images)
+    for i in range(0, n, batch_size):
+        x = images[i:i + batch_size]
+        pad = batch_size - len(x) if n > batch_size else 0
+        if pad:
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+        out.append(np.asarray(fn(variables, x))[:len(x) - pad])
+    return np.concatenate(out)
+
+
+def ridge_head(features: np.ndarray, labels: np.ndarray, num_classes: int, ridge: float = 1e-2) -> dict:
+    """``{'kernel': (d, C), 'bias': (C,)}`` of a ridge regression onto one-hot labels (a linear probe).
+
+    ``ridge`` is relative to the mean feature variance.
+
+    >>> h = ridge_head(np.eye(4), np.arange(4), 4, 1e-6)
+    >>> (np.eye(4) @ h['kernel'] + h['bias']).argmax(1).tolist()
+    [0, 1, 2, 3]
+    """
+    f = np.asarray(features, np.float64)
+    y = np.eye(num_classes)[np.asarray(labels)]
+    mu, ym = f.mean(0), y.mean(0)
+    fc = f - mu
+    gram = fc.T @ fc
+    lam = ridge * max(np.trace(gram) / max(f.shape[1], 1), 1e-12)
+    w = np.linalg.solve(gram + lam * np.eye(f.shape[1]), fc.T @ (y - ym))
+    return {"kernel": w.astype(np.float32), "bias": (ym - mu @ w).astype(np.float32)}
+
+
+def _with_head(model, variables, ds, ridge: float, masks=None):
+    """(task model, variables with a ridge head for ``ds``, features); ``masks`` zero pruned units first."""
+    params = variables["params"]
+    head = _head_name(params)
+    tm = model.clone(num_classes=ds.num_classes, widths=tuple((k, w) for k, w in model.widths if k != head))
+    d = np.shape(params[head]["kernel"])[0]
+    v = dict(variables, params=dict(params, **{head: {"kernel": np.zeros((d, ds.num_classes), np.float32),
+                                                      "bias": np.zeros((ds.num_classes,), np.float32)}}))
+    if masks is not None:
+        v = _apply(v, masks)
+    feats = penultimate_features(tm, v, ds.images)
+    h = ridge_head(feats, ds.labels, ds.num_classes, ridge)
+    v = dict(v, params=dict(v["params"], **{head: h}))
+    return tm, v, feats
+
+
+def _apply(variables, masks):
+    """Zeroes masked entries on the host (numpy: no per-shape eager compilation)."""
+    return jax.tree.map(lambda x, m: x if m is None else np.where(np.asarray(m), np.asarray(x), 0).astype(x.dtype),
+                        variables, masks, is_leaf=lambda x: x is None)
+
+
+def _full_masks(variables, plan):
+    """Params masks with an array at *every* leaf (one pytree structure for every plan: one compiled step)."""
+    from jaxprune._src.structured import plan_to_masks
+
+    m = plan_to_masks(variables, plan)
+    return jax.tree.map(lambda x, mm: np.ones(np.shape(x), bool) if mm is None else np.asarray(mm), variables, m,
+                        is_leaf=lambda x: x is None)
+
+
+def _taylor_grads(model, variables, ds, n_batches: int, batch_size: int, seed: int):
+    from jaxprune._src.data import batches
+    from jaxprune._src.train import cross_entropy
+
+    if model not in _GRAD_FNS:
+        def g(v, x, y):
+            return jax.grad(lambda p: cross_entropy(model.apply(dict(v, params=p), x, train=False), y))(v["params"])
+        _GRAD_FNS[model] = jax.jit(g)
+    acc = None
+    it = batches(ds, min(batch_size, len(ds)), seed=seed, epochs=None)
+    for _ in range(n_batches):
+        b = next(it)
+        gr = jax.tree.map(np.asarray, _GRAD_FNS[model](variables, b["image"], b["label"]))
+        acc = gr if acc is None else jax.tree.map(np.add, acc, gr)
+    grads = jax.tree.map(lambda x: x / n_batches, acc)
+    return dict(jax.tree.map(np.zeros_like, variables), params=grads)
+
+
+def _budget(cfg: StudyCConfig, fraction: float):
+    from jaxprune._src.structured import flops_budget, param_bytes_budget
+
+    if cfg.budget_kind == "param_bytes":
+        return param_bytes_budget(fraction, relative=True)
+    if cfg.budget_kind == "flops":
+        return flops_budget(fraction, relative=True)
+    raise ValueError(f"StudyCConfig.budget_kind must be 'param_bytes' or 'flops', got {cfg.budget_kind!r}")
+
+
+def _finetune(cfg, model, variables, masks, train, test, steps: int, seed: int) -> float:
+    from jaxprune._src.train import TrainConfig, evaluate, fit
+
+    if steps > 0:
+        tc = TrainConfig(steps=int(steps), batch_size=min(cfg.batch_size, len(train)),
+                         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                         warmup_steps=int(cfg.warmup_fraction * steps), seed=seed)
+        variables = fit(model, variables, train, tc, masks=masks["params"], progress=False).variables
+    return float(evaluate(model, variables, test)["accuracy"])
+
+
+# ------------------------------------------------------------------------------- upstream
+def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstream:
+    from jaxprune._src.transfer.upstream import default_cache_dir, pretrain_upstream
+
+    if arch == "cnn":
+        return pretrain_upstream(cfg.cnn, cache_dir=cache_dir, progress=False, data_dir=cfg.data_dir)
+    if arch != "vit":
+        raise ValueError(f"StudyCConfig.archs: unknown arch {arch!r} (expected 'cnn' or 'vit')")
+    import optax
+
+    from jaxprune._src.train import TrainConfig, evaluate, fit
+
+    vc = dict(cfg.vit)
+    steps, lr, n_train = vc.pop("steps"), vc.pop("learning_rate"), vc.pop("train_examples", None)
+    ucfg = UpstreamConfig(arch="vit", image_size=cfg.image_size, steps=steps, learning_rate=lr,
+                          train_examples=n_train, stage_sizes=(vc["num_layers"],),
+                          stage_widths=(vc["hidden_size"], vc["num_heads"], vc["mlp_dim"], vc["patch_size"]))
+    key = hashlib.sha256(json.dumps(vc, sort_keys=True).encode()).hexdigest()[:8]
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    path = os.path.join(cache_dir, "upstream", f"{ucfg.cache_key()}-{key}") if cache_dir else None
+    if path and os.path.exists(os.path.join(path, "upstream.json")):
+        return load_upstream(path)
+    train, dev = load_upstream_data(ucfg, "train", cfg.data_dir), load_upstream_data(ucfg, "validation", cfg.data_dir)
+    model = models_lib.ViT(image_size=cfg.image_size, num_classes=train.num_classes, **vc)
+    variables = jax.jit(model.init)(jax.random.key(0), model.example_input(1))
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), steps)
+    tx = optax.adamw(sched, weight_decay=0.05)
+    tc = TrainConfig(steps=steps, batch_size=64, learning_rate=lr, eval_every=max(steps // 4, 1))
+    t0 = time.perf_counter()
+    res = fit(model, variables, train, tc, eval_ds=dev, tx=tx, progress=False, desc="vit upstream")
+    metrics = {"dev_accuracy": float(res.best_accuracy), "test_accuracy": float(evaluate(
+        model, res.variables, load_upstream_data(ucfg, "test", cfg.data_dir))["accuracy"]),
+        "seconds": time.perf_counter() - t0}
+    up = Upstream(model, jax.tree.map(np.asarray, res.variables), ucfg, metrics, path)
+    if path:
+        _save(path, up)
+    return up
+
+
+def _load(name: str, cfg: StudyCConfig):
+    from jaxprune._src import data as data_lib
+
+    kw = dict(image_size=cfg.image_size, data_dir=cfg.data_dir)
+    train = data_lib.load_dataset(name, "train", max_examples=cfg.max_train_examples, **kw)
+    test = data_lib.load_dataset(name, "test", max_examples=cfg.max_test_examples, **kw)
+    return train, test
+
+
+# -------------------------------------------------------------------------------- the study
+def _graph(cache: dict, model, variables):
+    from jaxprune._src.structured import trace_groups
+
+    if model not in cache:
+        x = jnp.zeros(model.example_input(2).shape, jnp.float32)
+        cache[model] = trace_groups(lambda v, x: model.apply(v, x, train=False), variables, x)
+    return cache[model]
+
+
+def _source_record(cfg, arch, up, name, train, emb, fraction, graphs):
+    """Iterative Taylor pruning + masked finetuning on a source task -> a TaskRecord."""
+    from jaxprune._src.structured import make_plan
+
+    model, v, _ = _with_head(up.model, up.variables, train, cfg.ridge)
+    graph = _graph(graphs, model, v)
+    masks, plan = None, None
+    for r in range(1, cfg.source_rounds + 1):
+        frac = fraction ** (r / cfg.source_rounds)
+        cur = v if masks is None else _apply(v, masks)
+        grads = _taylor_grads(model, cur, train, cfg.taylor_batches, cfg.batch_size, seed=r)
+        plan = make_plan(cur, graph, method="taylor", grads=grads, scope="global", kinds=_KINDS[arch],
+                         budget=_budget(cfg, frac))
+        masks = _full_masks(v, plan)
+        model, v, _ = _with_head(model, v, train, cfg.ridge, masks)
+        if cfg.source_steps:
+            from jaxprune._src.train import TrainConfig, fit
+            tc = TrainConfig(steps=cfg.source_steps, batch_size=min(cfg.batch_size, len(train)),
+                             learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             warmup_steps=int(cfg.warmup_fraction * cfg.source_steps), seed=r)
+            v = fit(model, v, train, tc, masks=masks["params"], progress=False).variables
+    return ml.record_from_plan(name, plan, graph, emb, kinds=_KINDS[arch], num_examples=len(train),
+                               method=f"iterative_taylor(rounds={cfg.source_rounds}, steps={cfg.source_steps})",
+                               budget=float(fraction), budget_kind=cfg.budget_kind, arch=arch,
+                               cost=plan.meta.get("cost"), dense_cost=plan.meta.get("dense_cost"))
+
+
+def _target_plan(cfg, arch, method, model, v, graph, train, library, emb, fraction, seed, name):
+    from jaxprune._src.structured import make_plan
+
+    b, kinds = _budget(cfg, fraction), _KINDS[arch]
+    info: dict = {}
+    if method == "vote":
+        lib = library.select(budget=float(fraction))
+        idx, sims = ml.nearest_tasks(lib, emb, min(cfg.k, len(lib)), center=True, exclude=(name,))
+        w = ml.neighbor_weights(sims, cfg.weights, temperature=cfg.temperature)
+        scores = ml.vote_scores([lib.records[i].keep for i in idx], w)
+        info = {"neighbors": [lib.records[i].name for i in idx], "similarities": sims.tolist(), "weights": w.tolist()}
+        return ml.vote_plan(v, graph, scores, budget=b, kinds=kinds), info
+    if method == "magnitude":
+        return make_plan(v, graph, method="l1", scope="global", kinds=kinds, budget=b), info
+    if method == "random":
+        return make_plan(v, graph, method="random", key=jax.random.key(1000 + seed), scope="global", kinds=kinds,
+                         budget=b), info
+    if method == "taylor":
+        grads = _taylor_grads(model, v, train, cfg.taylor_batches, cfg.batch_size, seed=seed)
+        return make_plan(v, graph, method="taylor", grads=grads, scope="global", kinds=kinds, budget=b), info
+    raise ValueError(f"StudyCConfig.methods: unknown method {method!r}; expected one of {METHODS}")
+
+
+def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str | None = None,
+                upstreams: dict[str, Upstream] | None = None, log=print) -> dict:
+    """Runs study C; returns a JSON-able dict (also written to ``out_dir``: JSON, Markdown, PNG, libraries).
+
+    ``upstreams``: ``{arch: Upstream}`` to use instead of pretraining (e.g. real
+    pretrained weights; any Linen classifier whose head is ``fc`` or ``head``).
+
+    Keys: ``config``, ``upstream`` (per arch), ``library`` (per arch: records'
+    names, budgets, kept fractions, save path), ``runs`` (one per arch x
+    target x seed x method x budget x steps: ``accuracy``, ``cost_fraction``,
+    neighbours for ``vote``), ``table`` (mean accuracy per arch/method/budget/
+    steps), ``summary`` (per arch: where vote beats every baseline), ``seconds``.
+    """
+    t0 = time.perf_counter()
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise ValueError(f"StudyCConfig.methods: unknown method {m!r}; expected a subset of {METHODS}")
+    data = {n: _load(n, cfg) for n in dict.fromkeys(cfg.sources + cfg.targets)}
+    results: dict = dict(config=cfg.to_dict(), backend=jax.default_backend(), upstream={}, library={}, runs=[])
+    for arch in cfg.archs:
+        ta = time.perf_counter()
+        up = (upstreams or {}).get(arch) or _pretrain(arch, cfg, cache_dir, log)
+        results["upstream"][arch] = dict(model=type(up.model).__name__, metrics=up.metrics, path=up.path)
+        log(f"[{arch}] upstream {type(up.model).__name__}: test acc "
+            f"{up.metrics.get('test_accuracy', float('nan')):.3f}")
+        # pretrained penultimate features do not depend on the head: reuse the task model's (one compile less)
+        embs = {n: ml.task_embedding(_with_head(up.model, up.variables, tr, cfg.ridge)[2], tr.labels,
+                                     method=cfg.embedding) for n, (tr, _) in data.items()}
+        graphs: dict = {}
+        library = ml.MaskLibrary(meta={"arch": arch, "embedding": cfg.embedding})
+        for name in cfg.sources:
+            for fr in cfg.budgets:
+                library = ml.add_record(library, _source_record(cfg, arch, up, name, data[name][0], embs[name], fr,
+                                                                graphs))
+        lib_path = ml.save_library(os.path.join(out_dir, f"library_{arch}"), library) if out_dir else None
+        results["library"][arch] = dict(path=lib_path, records=[dict(name=r.name, budget=r.meta["budget"],
+                                                                     kept_fraction=r.kept_fraction())
+                                                                for r in library.records])
+        log(f"[{arch}] library: {len(library)} records ({time.perf_counter() - ta:.0f} s so far)")
+        for name in cfg.targets:
+            train, test = data[name]
+            model, v, _ = _with_head(up.model, up.variables, train, cfg.ridge)
+            graph = _graph(graphs, model, v)
+            for seed in cfg.seeds:
+                for steps in cfg.steps:
+                    acc = _finetune(cfg, model, v, jax.tree.map(lambda x: np.ones(np.shape(x), bool), v),
+                                    train, test, steps, seed)
+                    results["runs"].append(dict(arch=arch, task=name, seed=seed, method="dense", budget=1.0,
+                                                steps=int(steps), accuracy=acc, cost_fraction=1.0))
+                for fr in cfg.budgets:
+                    for method in cfg.methods:
+                        plan, info = _target_plan(cfg, arch, method, model, v, graph, train, library, embs[name],
+                                                  fr, seed, name)
+                        masks = _full_masks(v, plan)
+                        _, vm, _ = _with_head(model, v, train, cfg.ridge, masks)
+                        cf = plan.meta.get("cost", 0.0) / max(plan.meta.get("dense_cost", 1.0), 1e-12)
+                        for steps in cfg.steps:
+                            acc = _finetune(cfg, model, vm, masks, train, test, steps, seed)
+                            results["runs"].append(dict(arch=arch, task=name, seed=seed, method=method,
+                                                        budget=float(fr), steps=int(steps), accuracy=acc,
+                                                        cost_fraction=float(cf), **info))
+            last = [r for r in results["runs"] if r["arch"] == arch and r["task"] == name
+                    and r["steps"] == max(cfg.steps)]
+            log(f"[{arch}] {name}: " + "  ".join(
+                f"{m}:{np.mean([r['accuracy'] for r in last if r['method'] == m]):.3f}"
+                for m in ("dense",) + tuple(cfg.methods)) + f"  ({time.perf_counter() - t0:.0f} s)")
+    results["table"] = _table(results["runs"])
+    results["summary"] = summarize(results)
+    results["seconds"] = time.perf_counter() - t0
+    if out_dir:
+        write_outputs(results, out_dir)
+    return results
+
+
+def _table(runs: list[dict]) -> list[dict]:
+    keys = sorted({(r["arch"], r["method"], r["budget"], r["steps"]) for r in runs},
+                  key=lambda k: (k[0], k[2] != 1.0, -k[2], METHODS.index(k[1]) if k[1] in METHODS else -1, k[3]))
+    out = []
+    for arch, method, budget, steps in keys:
+        acc = [r["accuracy"] for r in runs if (r["arch"], r["method"], r["budget"], r["steps"]) ==
+               (arch, method, budget, steps)]
+        cf = [r["cost_fraction"] for r in runs if (r["arch"], r["method"], r["budget"], r["steps"]) ==
+              (arch, method, budget, steps)]
+        out.append(dict(arch=arch, method=method, budget=budget, steps=steps, accuracy=float(np.mean(acc)),
+                        std=float(np.std(acc)), n=len(acc), cost_fraction=float(np.mean(cf))))
+    return out
+
+
+def summarize(results: dict) -> dict:
+    """Per arch: for each (budget, steps) cell, vote's accuracy minus the best baseline's; counts of wins."""
+    out = {}
+    for arch in {r["arch"] for r in results["table"]}:
+        cells, wins, total = [], 0, 0
+        rows = [r for r in results["table"] if r["arch"] == arch and r["method"] != "dense"]
+        for b in sorted({r["budget"] for r in rows}, reverse=True):
+            for s in sorted({r["steps"] for r in rows}):
+                cell = {r["method"]: r["accuracy"] for r in rows if r["budget"] == b and r["steps"] == s}
+                if "vote" not in cell or len(cell) < 2:
+                    continue
+                best_base = max((a, m) for m, a in cell.items() if m != "vote")
+                gap = cell["vote"] - best_base[0]
+                cells.append(dict(budget=b, steps=s, vote=cell["vote"], best_baseline=best_base[1],
+                                  best_baseline_accuracy=best_base[0], gap=gap))
+                wins += gap > 0
+                total += 1
+        out[arch] = dict(cells=cells, vote_wins=wins, cells_total=total,
+                         mean_gap=float(np.mean([c["gap"] for c in cells])) if cells else float("nan"),
+                         paired=_paired(results["runs"], arch))
+    return out
+
+
+def _paired(runs: list[dict], arch: str) -> list[dict]:
+    """Vote minus each baseline, paired over (target, seed): mean, standard error, pairs where vote is ahead."""
+    acc = {(r["task"], r["seed"], r["method"], r["budget"], r["steps"]): r["accuracy"] for r in runs
+           if r["arch"] == arch}
+    out = []
+    for b in sorted({k[3] for k in acc if k[2] == "vote"}, reverse=True):
+        for s in sorted({k[4] for k in acc if k[2] == "vote"}):
+            for m in METHODS[1:]:
+                d = [acc[(t, sd, "vote", b, s)] - acc[(t, sd, m, b, s)] for (t, sd, mm, bb, ss) in acc
+                     if mm == "vote" and bb == b and ss == s and (t, sd, m, b, s) in acc]
+                if d:
+                    d = np.asarray(d)
+                    out.append(dict(budget=b, steps=s, baseline=m, mean=float(d.mean()), n=len(d),
+                                    sem=float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+                                    vote_ahead=int((d > 0).sum()), vote_behind=int((d < 0).sum())))
+    return out
+
+
+# ------------------------------------------------------------------------------------ outputs
+def _markdown(results: dict) -> str:
+    cfg = results["config"]
+    lines = ["# Study C: one-shot structured pruning from similar tasks' masks (mask vote)", "",
+             f"Targets ({len(cfg['targets'])}): {', '.join(cfg['targets'])}; seeds {cfg['seeds']}; library: "
+             f"{len(cfg['sources'])} source tasks x {len(cfg['budgets'])} budgets (iterative Taylor, "
+             f"{cfg['source_rounds']} rounds x {cfg['source_steps']} steps); vote: k={cfg['k']}, weights "
+             f"{cfg['weights']} (T={cfg['temperature']}), embedding {cfg['embedding']}. Budget: "
+             f"{cfg['budget_kind']} relative to the dense model. Cell: mean test accuracy over targets and seeds "
+             f"(std over all runs). Backend {results['backend']}.", ""]
+    steps = sorted({r["steps"] for r in results["table"]})
+    for arch in cfg["archs"]:
+        up = results["upstream"].get(arch, {})
+        lines += [f"## {arch} ({up.get('model', '?')}, upstream test acc "
+                  f"{up.get('metrics', {}).get('test_accuracy', float('nan')):.3f})", "",
+                  "| method | budget | achieved | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                  "|---|---|---|" + "---|" * len(steps)]
+        rows = [r for r in results["table"] if r["arch"] == arch]
+        for key in dict.fromkeys((r["method"], r["budget"]) for r in rows):
+            sel = {r["steps"]: r for r in rows if (r["method"], r["budget"]) == key}
+            cf = next(iter(sel.values()))["cost_fraction"]
+            best = {s: max(r["accuracy"] for r in rows if r["budget"] == key[1] and r["steps"] == s
+                           and r["method"] != "dense") for s in steps if key[0] != "dense"}
+            cells = []
+            for s in steps:
+                if s not in sel:
+                    cells.append("-")
+                    continue
+                txt = f"{sel[s]['accuracy']:.3f} ± {sel[s]['std']:.3f}"
+                cells.append(f"**{txt}**" if key[0] != "dense" and sel[s]["accuracy"] >= best[s] else txt)
+            lines.append(f"| {key[0]} | {key[1]:g} | {cf:.3f} | " + " | ".join(cells) + " |")
+        s = results["summary"].get(arch)
+        if s:
+            lines += ["", f"Mask vote beats every baseline in {s['vote_wins']}/{s['cells_total']} (budget, steps) "
+                          f"cells; mean gap to the best baseline {s['mean_gap']:+.3f}."]
+            if s.get("paired"):
+                bases = [m for m in METHODS[1:] if any(p["baseline"] == m for p in s["paired"])]
+                lines += ["", "Vote minus baseline, paired over (target, seed): mean ± s.e. (pairs vote ahead/behind)",
+                          "", "| budget | steps | " + " | ".join(bases) + " |", "|---|---|" + "---|" * len(bases)]
+                for key in dict.fromkeys((p["budget"], p["steps"]) for p in s["paired"]):
+                    cell = {p["baseline"]: p for p in s["paired"] if (p["budget"], p["steps"]) == key}
+                    lines.append(f"| {key[0]:g} | {key[1]} | " + " | ".join(
+                        _pair_cell(cell[m]) if m in cell else "-" for m in bases) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pair_cell(p: dict) -> str:
+    return f"{p['mean']:+.3f} ± {p['sem']:.3f} ({p['vote_ahead']}/{p['vote_behind']})"
+
+
+def _plot(results: dict, path: str) -> None:
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
+
+    archs = results["config"]["archs"]
+    budgets = sorted({r["budget"] for r in results["table"] if r["method"] != "dense"}, reverse=True)
+    colours = {"dense": "black", "vote": "tab:red", "magnitude": "tab:blue", "random": "tab:gray",
+               "taylor": "tab:green"}
+    fig = Figure(figsize=(4.2 * len(budgets), 3.4 * len(archs)))
+    axes = fig.subplots(len(archs), len(budgets), squeeze=False)
+    for i, arch in enumerate(archs):
+        for j, b in enumerate(budgets):
+            ax = axes[i][j]
+            for m in ("dense",) + METHODS:
+                rows = sorted((r for r in results["table"] if r["arch"] == arch and r["method"] == m
+                               and (r["budget"] == b or m == "dense")), key=lambda r: r["steps"])
+                if rows:
+                    ax.errorbar([r["steps"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3,
+                                color=colours[m], label=m, lw=2 if m == "vote" else 1,
+                                ls="--" if m == "dense" else "-")
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set(title=f"{arch}: {b:g} of dense {results['config']['budget_kind']}", xlabel="finetune steps",
+                   ylabel="test accuracy")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_outputs(results: dict, out_dir: str) -> dict[str, str]:
+    """Writes ``results.json``, ``results.md`` and ``accuracy_vs_steps.png`` to ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "results.json"), "md": os.path.join(out_dir, "results.md"),
+             "plot": os.path.join(out_dir, "accuracy_vs_steps.png")}
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, indent=1, default=lambda x: x.item() if hasattr(x, "item") else str(x))
+    with open(paths["md"], "w") as f:
+        f.write(_markdown(results))
+    _plot(results, paths["plot"])
+    return paths

@@ -1,0 +1,11 @@
+"""`jaxprune evaluate` as a script: `python scripts/evaluate.py --help` (same as `jaxprune evaluate --help`)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from jaxprune.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))
