@@ -156,6 +156,14 @@ def test_unknown_names_raise_clear_errors(data_dir):
     D.load_dataset('not_a_dataset_xyz', data_dir=data_dir)
 
 
+def test_upstream_pretraining_set_loads_by_name():
+  # The 100-class upstream set is not a downstream task, but load_dataset accepts its name
+  # (cached under JAXPRUNE_DATA_DIR like the other offline builders).
+  ds = D.load_dataset('shapes_offline/upstream', 'validation[:16]')
+  assert ds.num_classes == 100 and len(ds) == 16
+  assert 'shapes_offline/upstream' not in D.list_offline_tasks()
+
+
 def test_missing_real_dataset_never_downloads(tmp_path, monkeypatch):
   def no_network(*args, **kwargs):
     raise AssertionError('a download or prepare was attempted')

@@ -102,8 +102,10 @@ def _is_offline(name: str) -> bool:
 def _get_builder(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds
   if _is_offline(name):
-    if '/' in name and name.split('/', 1)[1] not in _builders.SHAPES_TASKS:
-      raise ValueError(f'unknown offline task {name!r}; available: {list_offline_tasks()}')
+    config = name.split('/', 1)[1].split(':')[0] if '/' in name else None
+    if config is not None and config not in _builders.SHAPES_TASKS and config not in _builders.UPSTREAM_TASKS:
+      raise ValueError(f'unknown offline task {name!r}; available: {list_offline_tasks()} '
+                       f'(and the upstream pretraining set shapes_offline/upstream)')
     builder = tfds.builder(name, data_dir=data_dir or _builders.default_data_dir())
     if not builder.is_prepared():  # offline: generated locally, a few seconds
       from tensorflow_datasets.core.utils import tqdm_utils
