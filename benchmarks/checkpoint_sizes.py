@@ -4,8 +4,8 @@ For each model, masks are layerwise magnitude masks on the prunable leaves
 (kernels, ``jaxprune.prunable_tree`` defaults); the masked params are saved
 twice with ``jaxprune`` checkpoints: ``compact=False`` (dense arrays) and
 ``compact=True`` (kept values + ``np.packbits`` masks). Sizes are the bytes on
-disk of the step directory (orbax files included). Writes
-``checkpoint_sizes.json`` and ``checkpoint_sizes.md`` to ``--out``.
+disk of the step directory (orbax files included). Writes ``results.json``
+and ``results.md`` to ``--out`` (with the backend, versions and CPU count).
 
 Usage:
   python benchmarks/checkpoint_sizes.py --out results/ [--quick]
@@ -14,17 +14,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _benchlib as B  # noqa: E402  (puts the repository root on sys.path)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from jaxprune import models as M  # noqa: E402
 from jaxprune._src.checkpoint import checkpoint_size_bytes, save_checkpoint  # noqa: E402
@@ -127,11 +127,9 @@ def main(argv=None) -> int:
             rows.extend(measure(name, work))
     meta = dict(jax=jax.__version__, python=platform.python_version(), machine=platform.machine(),
                 quick=args.quick)
-    with open(os.path.join(args.out, "checkpoint_sizes.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    with open(os.path.join(args.out, "checkpoint_sizes.md"), "w") as f:
-        f.write(to_markdown(rows))
-    print(f"wrote {args.out}/checkpoint_sizes.json and .md")
+    result = {"benchmark": "checkpoint_sizes", "env": B.environment(), "quick": args.quick, "meta": meta,
+              "rows": rows}
+    B.write(args.out, result, B.env_line(result["env"]) + "\n\n" + to_markdown(rows))
     return 0
 
 

@@ -60,7 +60,7 @@ def _take(x, axes: dict[int, tuple[int, ...]]):
     y = np.asarray(x)  # host slicing: no compilation per leaf shape
     for axis, kept in sorted(axes.items()):
         y = np.take(y, np.asarray(kept, dtype=np.int64), axis=axis)
-    return jnp.asarray(y) if on_device else y
+    return jax.device_put(y) if on_device else y  # a transfer; jnp.asarray would compile a convert per shape
 
 
 def shrink(params: Any, plan: PrunePlan) -> Any:
