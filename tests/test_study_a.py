@@ -201,3 +201,29 @@ def test_bad_inputs_name_the_argument(pretrained):
         study_a.run_study_a(study_a.quick_config(methods=("dense",)), log=lambda *a: None)
     with pytest.raises(ValueError, match="variant"):
         study_a.full_config("huge")
+
+
+def test_fit_with_ste_trains_the_masked_model():
+    """STE keeps dense weights, but the forward pass of fit's step (and the returned model) is the masked one."""
+    import jaxprune as jp
+
+    ds = _toy_dataset(64, seed=2)
+    model = models.MLP(features=(16,), num_classes=4, in_features=IMG * IMG * 3)  # no BatchNorm: train == eval
+    v = model.init(jax.random.key(0), model.example_input(1))
+    pruner = jp.ste(jp.one_shot(0.9, step=0), jp.MaskSpec(scope="global"))
+    cfg = TrainConfig(steps=2, batch_size=64, eval_every=2)
+    res = fit(model, v, ds, cfg, eval_ds=ds, tx=optax.sgd(0.0), pruner=pruner, progress=False)
+    kernels = [m for m in jax.tree.leaves(res.masks) if m is not None]
+    assert abs(1 - sum(float(m.sum()) for m in kernels) / sum(m.size for m in kernels) - 0.9) < 1e-3
+    masked = dict(v, params=jp.apply_masks(v["params"], res.masks))   # lr 0: weights never moved
+    for path, m in jp.leaves_with_paths(res.masks, is_leaf=jp.is_none):
+        if m is not None:
+            w = res.variables["params"]
+            for k in path.split("/"):
+                w = w[k]
+            np.testing.assert_array_equal(np.asarray(w) == 0, ~np.asarray(m), err_msg=path)
+    masked_loss, dense_loss = evaluate(model, masked, ds)["loss"], evaluate(model, v, ds)["loss"]
+    # the step-2 forward (whole dataset in one batch) saw the masked weights, not the dense ones
+    assert abs(res.history[-1]["train_loss"] - masked_loss) < 1e-4
+    assert abs(masked_loss - dense_loss) > 1e-3
+    assert abs(res.history[-1]["loss"] - masked_loss) < 1e-5

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxprune._src import masks as masks_lib
 from jaxprune._src.algorithms._common import fixed_mask_pruner
 from jaxprune._src.pruner import Pruner
 from jaxprune._src.sparse_optax import get_masks, sparse_optimizer
@@ -167,9 +168,20 @@ def _split_variables(variables: PyTree) -> tuple[PyTree, PyTree]:
     return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
-def _make_step(model, tx, label_smoothing):
+def _forward_params(params: PyTree, opt_state: Any, straight_through: bool) -> PyTree:
+    """The weights the forward pass uses: masked with a straight-through gradient for STE pruners."""
+    if not straight_through:
+        return params
+    from jaxprune._src.algorithms.ste import straight_through_masks
+    return straight_through_masks(params, get_masks(opt_state))
+
+
+def _make_step(model, tx, label_smoothing, straight_through: bool = False):
+    """One jit-able train step. ``straight_through``: the pruner keeps dense weights (STE) and the
+    forward pass uses the masked ones, with dense gradients."""
     def step(state: TrainState, batch):
         def loss_fn(params):
+            params = _forward_params(params, state.opt_state, straight_through)
             out, new_ms = model.apply({"params": params, **state.model_state}, batch["image"], train=True,
                                       mutable=list(state.model_state.keys()))
             return cross_entropy(out, batch["label"], label_smoothing), (out, new_ms)
@@ -294,6 +306,7 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
     tx = tx if tx is not None else sgdw(cfg, params)
     if masks is not None:
         pruner = fixed_mask_pruner(masks)
+    straight_through = pruner is not None and pruner.straight_through
     if pruner is not None:
         tx = sparse_optimizer(tx, pruner, key=cfg.seed)
     state = TrainState(params, dict(model_state), tx.init(params), jnp.zeros((), jnp.int32))
@@ -306,7 +319,7 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
     t0 = time.perf_counter()
 
     def compile_step():
-        step_fn = _make_step(model, tx, cfg.label_smoothing)
+        step_fn = _make_step(model, tx, cfg.label_smoothing, straight_through)
         c = jax.jit(step_fn).lower(state, first).compile()
         return c, xla_flops(step_fn, state, first, compiled=c)
 
@@ -335,6 +348,8 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
         batch = next(it)
         if eval_ds is not None and (steps_run % eval_every == 0 or steps_run == cfg.steps):
             cur = {"params": state.params, **state.model_state}
+            if straight_through:  # the model being trained is the masked one
+                cur["params"] = masks_lib.apply_masks(state.params, get_masks(state.opt_state))
             ev = evaluate(model, cur, eval_ds)
             history.append({"step": steps_run, "train_loss": float(metrics["loss"]), **ev})
             if ev["accuracy"] > best[0]:
@@ -347,6 +362,8 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
     bar.close()
     jax.block_until_ready(state.params)
     final = {"params": state.params, **state.model_state}
+    if straight_through:  # STE: weights stay dense during training; the trained model is the masked one
+        final["params"] = masks_lib.apply_masks(state.params, get_masks(state.opt_state))
     step_seconds = float(np.median(times[1:])) if len(times) > 1 else float(times[0])
     return FitResult(
         variables=best[2] if best[2] is not None else final,
