@@ -26,6 +26,8 @@ from jaxprune._src.algorithms import *  # noqa: F401,F403  (gmp, rigl, set_prune
 from jaxprune._src.checkpoint import *  # noqa: F401,F403  (save_checkpoint, restore_checkpoint, ...)
 from jaxprune._src.flops import *  # noqa: F401,F403  (flops, param_count, param_bytes, ...)
 from jaxprune._src import mask_library as _mask_library
+from jaxprune._src.sharding import (abstract_like, mesh_round_to, shard_like, shardings_of, shrink_sharded,
+                                   spec_for_shape)
 from jaxprune._src.mask_library import *  # noqa: F401,F403  (study C: MaskLibrary, vote_scores, vote_plan, ...)
 from jaxprune._src.sparse_format import *  # noqa: F401,F403  (pack_masks, compact_sparse, ...)
 from jaxprune._src.structured import *  # noqa: F401,F403  (trace_groups, make_plan, shrink, ...)
@@ -51,6 +53,8 @@ __all__ = [
     "SparseState", "find_sparse_state", "get_masks", "sparse_optimizer",
     # reporting
     "SparsitySummary", "sparsity_summary",
+    # sharding (device meshes)
+    "abstract_like", "mesh_round_to", "shard_like", "shardings_of", "shrink_sharded", "spec_for_shape",
 ]
 # algorithms, structured engine, FLOPs, checkpoints (each module's own __all__):
 __all__ += list(_algorithms.__all__) + list(_structured.__all__) + list(_flops.__all__)

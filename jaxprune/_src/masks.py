@@ -13,12 +13,18 @@ Conventions:
 The k-th smallest score is found by bisection on the order-preserving
 uint32 image of the float32 scores (32 counting passes, O(32 n), no sort),
 which is exact and also works on sharded arrays (counts are global sums).
+Ties at the threshold are cut by walking the few tied entries in index order,
+or by a bisection on the global index when many are tied; only elementwise
+ops and full reductions are used, so masks keep their scores' sharding
+(see docs/sharding.md). N:M ranks within runs by pairwise compares (no sort).
 NaN scores are rejected when scores are concrete; under ``jit`` a NaN ranks
 above ``+inf`` (never pruned first).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -51,39 +57,157 @@ def _sortable_key(x: jax.Array) -> jax.Array:
     return jnp.where(sign == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _kth_key(keys: Sequence[jax.Array], k: jax.Array) -> jax.Array:
-    """Smallest key t with count(keys <= t) >= k, over all arrays (k >= 1)."""
+def _flat_index(shape: tuple[int, ...]) -> jax.Array:
+    """Row-major flat index of every entry, built from iotas (no reshape: keeps any sharding)."""
+    idx = jnp.zeros(shape, jnp.int32)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        idx = idx + lax.broadcasted_iota(jnp.int32, shape, d) * jnp.int32(stride)
+        stride *= shape[d]
+    return idx
 
-    def body(_, lohi):
+
+def _group_sum(parts: Sequence[jax.Array], groups: tuple[int, ...], n_groups: int) -> jax.Array:
+    """``(n_groups,)`` int32: per-group sums of per-leaf scalars (static grouping)."""
+    per: list[list[jax.Array]] = [[] for _ in range(n_groups)]
+    for c, g in zip(parts, groups):
+        per[g].append(c)
+    return jnp.stack([sum(p[1:], p[0]) if p else jnp.int32(0) for p in per])
+
+
+def _count(pred: jax.Array) -> jax.Array:
+    """Number of True entries (int32).
+
+    Large 1-D (unsharded, see ``flat``) inputs are viewed as ``(rows, cols)`` and
+    counted as a float32 matrix-vector product with ones: on CPU that runs
+    multi-threaded, several times faster than XLA's single-threaded reduce.
+    Exact: each row sum is an integer <= 1024 < 2**24, converted before adding.
+    """
+    n = int(np.prod(pred.shape))
+    cols = math.gcd(n, 1024)
+    if pred.ndim != 1 or n < 2**16 or cols < 128:
+        return jnp.sum(pred, dtype=jnp.int32)
+    rows = pred.reshape(n // cols, cols).astype(jnp.float32)
+    return jnp.sum((rows @ jnp.ones((cols,), jnp.float32)).astype(jnp.int32))
+
+
+def _unsharded(arrays: Sequence[Any]) -> bool:
+    """True when every array is concrete and on (at most) one device: safe to flatten."""
+    for x in arrays:
+        if isinstance(x, jax.core.Tracer):
+            return False
+        sh = getattr(x, "sharding", None)
+        if sh is not None and len(sh.device_set) > 1:
+            return False
+    return True
+
+
+@functools.partial(jax.jit, static_argnames=("groups", "n_groups", "flat"))
+def _select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tuple[int, ...],
+                   n_groups: int, flat: bool = False) -> list[jax.Array]:
+    """Keep-masks pruning exactly ``n_prune[g]`` lowest entries jointly over the leaves of group ``g``.
+
+    ``groups[i]`` is the group of ``scores[i]``. Only elementwise ops and full
+    reductions to scalars are used (no reshape, concatenate, sort or cumsum),
+    so with sharded inputs every count is a per-shard partial sum plus an
+    all-reduce and each mask keeps the sharding of its scores.
+    """
+    shapes = [np.shape(s) for s in scores]
+    if flat:  # 1-D views reduce faster on CPU; only used for unsharded inputs
+        scores = [jnp.reshape(s, (-1,)) for s in scores]
+    keys = [_sortable_key(s) for s in scores]
+    n_prune = jnp.asarray(n_prune, jnp.int32).reshape(n_groups)
+    k = jnp.maximum(n_prune, 1)
+
+    def counts(pred):  # pred(i, key, per-leaf scalar selector) -> bool array
+        return _group_sum([_count(pred(i, kk)) for i, kk in enumerate(keys)], groups, n_groups)
+
+    # 1. the k-th smallest key per group: bisection on the uint32 image (32 steps).
+    def value_step(_, lohi):
         lo, hi = lohi
         mid = lo + (hi - lo) // 2
-        cnt = sum(jnp.sum(kk <= mid, dtype=jnp.int32) for kk in keys)
-        ge = cnt >= k
+        ge = counts(lambda i, kk: kk <= mid[groups[i]]) >= k
         return jnp.where(ge, lo, mid + 1), jnp.where(ge, mid, hi)
 
-    lo, hi = jnp.uint32(0), jnp.uint32(0xFFFFFFFF)
-    lo, _ = lax.fori_loop(0, 32, body, (lo, hi))
-    return lo
+    lo0 = jnp.zeros((n_groups,), jnp.uint32)
+    t, _ = lax.fori_loop(0, 32, value_step, (lo0, jnp.full((n_groups,), 0xFFFFFFFF, jnp.uint32)))
+
+    # 2. ties at t: prune the n_ties of them with the lowest (leaf order, row-major) index.
+    below = counts(lambda i, kk: kk < t[groups[i]])
+    n_eq = counts(lambda i, kk: kk == t[groups[i]])
+    n_ties = jnp.where(n_prune > 0, n_prune - below, 0)
+    sizes = [int(np.prod(np.shape(s))) for s in scores]
+    offsets, totals = [], [0] * n_groups
+    for size, g in zip(sizes, groups):
+        offsets.append(totals[g])
+        totals[g] += size
+    if max(totals, default=0) >= 2**31:
+        raise ValueError(f"top-k over more than 2**31 - 1 entries is not supported (got {max(totals)})")
+    total = jnp.asarray(totals, jnp.int32)
+    index = [lambda i=i: _flat_index(np.shape(scores[i])) + jnp.int32(offsets[i]) for i in range(len(keys))]
+    # cut = number of leading (in index order) tied entries to prune: smallest J with
+    # count(tie & index < J) >= n_ties. No bisection when all ties (or none) go.
+    partial = n_ties < n_eq
+
+    def index_step(lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        ge = counts(lambda i, kk: (kk == t[groups[i]]) & (index[i]() < mid[groups[i]])) >= n_ties
+        return jnp.where(ge, lo, mid + 1), jnp.where(ge, mid, hi)
+
+    full_cut = jnp.where(n_ties > 0, total, 0)
+    big = jnp.int32(2**31 - 1)
+
+    def bisect_cut():
+        cut, _ = lax.while_loop(lambda lohi: jnp.any(lohi[0] < lohi[1]), index_step,
+                                (jnp.where(partial, 0, full_cut), full_cut))
+        return cut
+
+    def walk_cut():  # few ties to prune: step from one tied entry to the next (a min per pass)
+        def step(c):
+            pos, left = c
+            nxt = [jnp.min(jnp.where((kk == t[groups[i]]) & (index[i]() > pos[groups[i]]), index[i](), big))
+                   for i, kk in enumerate(keys)]
+            per: list[list[jax.Array]] = [[] for _ in range(n_groups)]
+            for c_, g in zip(nxt, groups):
+                per[g].append(c_)
+            nxt_g = jnp.stack([functools.reduce(jnp.minimum, p) for p in per])
+            return jnp.where(left > 0, nxt_g, pos), left - 1
+
+        pos, _ = lax.while_loop(lambda c: jnp.any(c[1] > 0), step,
+                                (jnp.full((n_groups,), -1, jnp.int32), jnp.where(partial, n_ties, 0)))
+        return jnp.where(partial, pos + 1, full_cut)
+
+    # Continuous scores: a handful of ties at most -> walk them; many ties (e.g. zeros) -> bisect.
+    cut = lax.cond(jnp.max(jnp.where(partial, n_ties, 0)) <= 16, walk_cut, bisect_cut)
+    masks = []
+    for i, kk in enumerate(keys):
+        g = groups[i]
+        tie = (kk == t[g]) & (index[i]() < cut[g])
+        masks.append((~((kk < t[g]) | tie) | (n_prune[g] <= 0)).reshape(shapes[i]))
+    return masks
+
+
+def _prune_lowest(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
+    """Keep-masks over several arrays (any shapes) pruning exactly ``n_prune`` lowest entries jointly."""
+    n_prune = jnp.asarray(n_prune, jnp.int32).reshape(1)
+    if len(scores) > 1 and _unsharded(scores):  # one device: one flat array counts fastest
+        return _select_concat(tuple(scores), n_prune)
+    return _select_lowest(tuple(scores), n_prune, groups=(0,) * len(scores), n_groups=1,
+                          flat=_unsharded(scores))
 
 
 @jax.jit
-def _prune_lowest(flat_scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
-    """Keep-masks over several flat arrays pruning exactly ``n_prune`` lowest entries jointly."""
-    keys = [_sortable_key(s) for s in flat_scores]
-    n_prune = jnp.asarray(n_prune, jnp.int32)
-    t = _kth_key(keys, jnp.maximum(n_prune, 1))
-    below = [kk < t for kk in keys]
-    n_below = sum(jnp.sum(b, dtype=jnp.int32) for b in below)
-    n_ties = jnp.where(n_prune > 0, n_prune - n_below, 0)
-    masks, offset = [], jnp.int32(0)
-    for kk, b in zip(keys, below):
-        eq = kk == t
-        tie_rank = jnp.cumsum(eq, dtype=jnp.int32) + offset
-        prune = b | (eq & (tie_rank <= n_ties))
-        prune = jnp.where(n_prune > 0, prune, False)
-        masks.append(~prune)
-        offset = offset + jnp.sum(eq, dtype=jnp.int32)
-    return masks
+def _select_concat(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
+    """Single-device fast path of a joint top-k: leaves concatenated (same order = same ties)."""
+    flat = jnp.concatenate([jnp.reshape(s, (-1,)).astype(jnp.float32) for s in scores])
+    (mask,) = _select_lowest((flat,), n_prune, groups=(0,), n_groups=1, flat=True)
+    out, start = [], 0
+    for s in scores:
+        size = int(np.prod(np.shape(s)))
+        out.append(mask[start:start + size].reshape(np.shape(s)))
+        start += size
+    return out
 
 
 def _n_prune(sparsity: Any, n: int) -> jax.Array:
@@ -108,8 +232,8 @@ def topk_mask(scores: jax.Array, sparsity: float | jax.Array) -> jax.Array:
     Array([ True, False,  True, False], dtype=bool)
     """
     scores = jnp.asarray(scores)
-    (mask,) = _prune_lowest([scores.reshape(-1)], _n_prune(sparsity, scores.size))
-    return mask.reshape(scores.shape)
+    (mask,) = _prune_lowest([scores], _n_prune(sparsity, scores.size))
+    return mask
 
 
 def _resolve_sparsities(scores: PyTree, sparsities: Any, prunable: Any) -> PyTree:
@@ -140,8 +264,21 @@ def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) ->
     """
     check_scores(scores)
     sp = _resolve_sparsities(scores, sparsities, prunable)
-    return jax.tree.map(lambda s, x: None if s is None else topk_mask(x, s), sp, scores,
-                        is_leaf=tree_lib.is_none)
+    flat_sp, treedef = jax.tree.flatten(sp, is_leaf=tree_lib.is_none)
+    flat_scores = treedef.flatten_up_to(scores)
+    chosen = [(i, jnp.asarray(x)) for i, (s, x) in enumerate(zip(flat_sp, flat_scores)) if s is not None]
+    out: list[Any] = [None] * len(flat_sp)
+    if chosen:  # one jitted call ranks every leaf (each leaf its own group)
+        n_prune = jnp.stack([_n_prune(flat_sp[i], int(x.size)) for i, x in chosen])
+        arrays = tuple(x for _, x in chosen)
+        if _unsharded(arrays):  # one call per leaf: dispatched asynchronously, they overlap on CPU
+            masks = [_select_lowest((x,), n_prune[j:j + 1], groups=(0,), n_groups=1, flat=True)[0]
+                     for j, x in enumerate(arrays)]
+        else:  # sharded or traced: one program, every leaf's counts all-reduced together
+            masks = _select_lowest(arrays, n_prune, groups=tuple(range(len(chosen))), n_groups=len(chosen))
+        for (i, _), m in zip(chosen, masks):
+            out[i] = m
+    return jax.tree.unflatten(treedef, out)
 
 
 def global_masks(scores: PyTree, sparsity: float | jax.Array, *, prunable: Any = None) -> PyTree:
@@ -161,11 +298,30 @@ def global_masks(scores: PyTree, sparsity: float | jax.Array, *, prunable: Any =
         tree_lib.check_same_structure(scores, prunable, what="prunable", check_shapes=False)
     flat_scores, treedef = jax.tree.flatten(scores)
     flat_ok = treedef.flatten_up_to(prunable)
-    chosen = [s.reshape(-1) for s, ok in zip(flat_scores, flat_ok) if ok]
+    chosen = [jnp.asarray(s) for s, ok in zip(flat_scores, flat_ok) if ok]  # no flatten/concat: shardable
     total = sum(int(c.size) for c in chosen)
     kept = iter(_prune_lowest(chosen, _n_prune(sparsity, total)) if chosen else [])
-    out = [next(kept).reshape(s.shape) if ok else None for s, ok in zip(flat_scores, flat_ok)]
+    out = [next(kept) if ok else None for s, ok in zip(flat_scores, flat_ok)]
     return jax.tree.unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "m", "ax"))
+def _nm_keep(x: jax.Array, n: int, m: int, ax: int) -> jax.Array:
+    # Rank each entry within its run of m along ``ax`` by pairwise compares with the other
+    # m - 1 members (rank = #members with a higher score, or an equal one at a lower index);
+    # members are reached with shifts (rolls) of the whole array, so everything stays
+    # elementwise in ``x``: a sharded axis stays sharded even when runs cross shard edges.
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    pos = lax.broadcasted_iota(jnp.int32, x.shape, ax) % m
+    rank = jnp.zeros(x.shape, jnp.int32)
+    for o in range(-(m - 1), m):
+        if o == 0:
+            continue
+        other = jnp.roll(x, -o, axis=ax)  # other[i] = x[i + o]
+        beats = (other > x) | ((other == x) & (o < 0))
+        rank = rank + (beats & (pos + o >= 0) & (pos + o < m)).astype(jnp.int32)
+    return rank < n
 
 
 def _nm_one(path: str, x: jax.Array, n: int, m: int, axis: int) -> jax.Array:
@@ -173,13 +329,7 @@ def _nm_one(path: str, x: jax.Array, n: int, m: int, axis: int) -> jax.Array:
     if x.ndim == 0 or x.shape[ax] % m:
         raise ValueError(
             f"N:M mask for leaf {path!r}: axis {axis} of shape {x.shape} must be divisible by M={m}")
-    moved = jnp.moveaxis(x, ax, -1)
-    groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
-    # Rank within each group: descending score, lower index first among ties.
-    order = jnp.argsort(-groups, axis=-1, stable=True)
-    ranks = jnp.argsort(order, axis=-1, stable=True)
-    keep = (ranks < n).reshape(moved.shape)
-    return jnp.moveaxis(keep, -1, ax)
+    return _nm_keep(x, n, m, ax)
 
 
 def nm_masks(scores: PyTree, n: int = 2, m: int = 4, *, axis: int = -2, prunable: Any = None) -> PyTree:

@@ -60,6 +60,29 @@ def _mask_tree(masks: PyTree, values: PyTree, fill: Any) -> PyTree:
                         is_leaf=tree_lib.is_none)
 
 
+def _shard_like_params(masks: PyTree, params: PyTree) -> PyTree:
+    """Eager ``init`` on sharded params: each mask gets its param's sharding (no-op under jit)."""
+    def one(m, p):
+        sh = getattr(p, "sharding", None)
+        if (m is None or sh is None or isinstance(m, jax.core.Tracer) or isinstance(p, jax.core.Tracer)
+                or getattr(m, "sharding", None) == sh or jnp.shape(m) != jnp.shape(p)):
+            return m
+        return jax.device_put(m, sh)
+    return jax.tree.map(one, masks, params, is_leaf=tree_lib.is_none)
+
+
+def _replicate_on_params_mesh(x: Any, params: PyTree) -> Any:
+    """Eager ``init``: put a scalar (count, key) replicated on the params' mesh, so the state
+    a jitted step returns has the shardings it was given (no retrace on the second step)."""
+    if isinstance(x, jax.core.Tracer):
+        return x
+    for p in jax.tree.leaves(params):
+        sh = getattr(p, "sharding", None)
+        if isinstance(sh, jax.sharding.NamedSharding) and not isinstance(p, jax.core.Tracer):
+            return jax.device_put(x, jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec()))
+    return x
+
+
 def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
                      key: jax.Array | int = 0) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that it trains a sparse model under ``pruner``.
@@ -87,7 +110,10 @@ def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
         k_init, k_state = jax.random.split(base_key)
         masks, aux = pruner.init(params, k_init)
         tree_lib.check_same_structure(params, masks, what="pruner.init masks")
-        return SparseState(jnp.zeros((), jnp.int32), masks, aux, k_state, inner.init(params))
+        masks = _shard_like_params(masks, params)
+        count = _replicate_on_params_mesh(jnp.zeros((), jnp.int32), params)
+        k_state = _replicate_on_params_mesh(k_state, params)
+        return SparseState(count, masks, aux, k_state, inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
