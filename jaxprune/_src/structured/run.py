@@ -9,8 +9,10 @@ size of each axis class. Sub-jaxprs (``jit``, ``custom_jvp``/``custom_vjp``,
 ``remat``) are inlined; ``scan`` and ``cond`` are rebuilt with ``lax.scan`` /
 ``lax.switch``. The result is a pure, jit-able ``fn(shrunk_params, *args)``.
 
-Only the batch size of the inputs may differ from the example inputs: the
-other sizes are those of the traced example. Custom derivative rules of
+The inputs must have the shapes of the traced example (batch size included:
+shapes baked into the jaxpr, e.g. a flatten's ``reshape``, are only rewritten
+for pruned axes); a different shape raises a ``ValueError`` naming the
+argument -- trace with the shapes you will call it with. Custom derivative rules of
 inlined ``custom_jvp``/``custom_vjp`` functions are replaced by plain autodiff
 of their primal code.
 """
@@ -215,6 +217,12 @@ def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..
         if tree != a_tree:
             raise ValueError(f"arguments must have the structure of the example arguments: {a_tree}, got {tree}")
         dyn = [x for x, a in zip(flat_args, is_arr) if a]
+        want = [x for x, a in zip(st["a_leaves"], is_arr) if a]
+        for i, (x, w) in enumerate(zip(dyn, want)):
+            if tuple(np.shape(x)) != tuple(np.shape(w)):
+                raise ValueError(f"shrunk fn: array argument {i} has shape {tuple(np.shape(x))}, but the graph was "
+                                 f"traced with {tuple(np.shape(w))}; the shrunk jaxpr only runs at the traced shapes "
+                                 f"(trace_groups / make_shrunk_fn with example inputs of the shape you will use)")
         outs = ev([x for _, x in leaves], dyn)
         return jax.tree_util.tree_unflatten(out_treedef, outs)
 
