@@ -132,7 +132,7 @@ def test_layerwise_masks_per_leaf_sparsities():
 @pytest.mark.parametrize("seed", range(4))
 def test_host_and_device_topk_paths_agree_exactly(seed):
     """The NumPy path (concrete CPU arrays) and the jitted bisection prune the same entries, ties included."""
-    from jaxprune._src import masks as M
+    from jaxprune._src import topk as M
 
     rng = np.random.default_rng(seed)
     shapes = [tuple(int(d) for d in rng.integers(1, 7, size=rng.integers(1, 4))) for _ in range(3)]

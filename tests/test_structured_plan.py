@@ -147,3 +147,41 @@ def test_param_bytes_budget():
     assert param_bytes(shrink(P, plan)) <= target
     with pytest.raises(ValueError, match="unreachable"):
         make_plan(P, G, budget=param_bytes_budget(10))
+
+
+def test_unit_scores_rank_units_and_unscored_groups_stay_whole():
+    rng = np.random.default_rng(5)
+    g1, g2 = (next(g for g in G.groups if g.name == n) for n in ("c1/kernel[3]", "c2/kernel[3]"))
+    us = {g1.name: rng.permutation(g1.size).astype(float), g2.name: rng.random(g2.size)}
+    plan = make_plan(P, G, 0.5, unit_scores=us)  # layerwise: each scored group keeps its top half
+    assert _sizes(plan) == {g1.name: 8, g2.name: 16}  # c3 has no entry: kept whole
+    for g in plan.groups:
+        kept = np.zeros(g["size"], bool)
+        kept[list(g["kept"])] = True
+        assert us[g["name"]][kept].min() > us[g["name"]][~kept].max()
+    assert plan.meta["method"] == "unit_scores"
+    # global, no normalisation: the lowest raw scores over both groups go first
+    us = {g1.name: np.arange(g1.size) + 100.0, g2.name: np.arange(g2.size, dtype=float)}
+    plan = make_plan(P, G, 0.5, scope="global", normalize=None, unit_scores=us)
+    assert _sizes(plan) == {g2.name: g2.size - (g1.size + g2.size) // 2}
+    assert plan.kept(g2.id) == tuple(range(g2.size - len(plan.kept(g2.id)), g2.size))
+
+
+def test_unit_scores_meet_a_budget():
+    us = {g.name: np.random.default_rng(g.id).random(g.size) for g in G.prunable}
+    target = 0.5 * param_bytes(P)
+    plan = make_plan(P, G, budget=param_bytes_budget(target), unit_scores=us)
+    assert param_bytes(shrink(P, plan)) <= target == plan.meta["target"]
+    assert plan.meta["method"] == "unit_scores" and plan.meta["pruned_units"] >= 1
+
+
+def test_unit_scores_bad_input():
+    name = next(g.name for g in G.prunable)
+    with pytest.raises(ValueError, match="'nope' is not in the traced model"):
+        make_plan(P, G, 0.5, unit_scores={"nope": np.ones(3)})
+    with pytest.raises(ValueError, match=r"has shape \(3,\), group has 16 units"):
+        make_plan(P, G, 0.5, unit_scores={"c1/kernel[3]": np.ones(3)})
+    with pytest.raises(ValueError, match="not both"):
+        make_plan(P, G, 0.5, unit_scores={name: np.ones(16)}, scores=P)
+    with pytest.raises(TypeError, match="mapping"):
+        make_plan(P, G, 0.5, unit_scores=[np.ones(16)])

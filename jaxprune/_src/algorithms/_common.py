@@ -16,10 +16,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import MaskSpec, Pruner
 from jaxprune._src.schedules import no_update
+from jaxprune._src.topk import _prune_lowest
 
 PyTree = Any
 
@@ -69,7 +69,7 @@ def keep_top(scores: jax.Array, n_keep: jax.Array | int) -> jax.Array:
     """
     flat = jnp.asarray(scores).reshape(-1)
     n_prune = jnp.asarray(flat.size, jnp.int32) - jnp.asarray(n_keep, jnp.int32)
-    (mask,) = masks_lib._prune_lowest([flat], n_prune)  # exact bisection top-k of the core
+    (mask,) = _prune_lowest([flat], n_prune)  # exact bisection top-k of the core
     return mask.reshape(jnp.shape(scores))
 
 

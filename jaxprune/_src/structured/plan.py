@@ -19,6 +19,9 @@ model can be rebuilt from a checkpoint without the code that made the plan.
 * ``budget=flops_budget(...)`` or ``param_bytes_budget(...)``: the number of
   globally pruned units is bisected so that the shrunk model's cost is at or
   below the target and pruning one ``round_to`` step less would exceed it.
+* ``unit_scores={group name: 1-D scores}``: rank units by scores computed
+  elsewhere (e.g. a mask vote) instead of ``method``; eligible groups without
+  an entry are kept whole.
 
 Kept counts are then raised to at least ``min_keep`` and
 ``(1 - max_ratio) * size`` and rounded *up* to a multiple of ``round_to``
@@ -31,11 +34,11 @@ import dataclasses
 import json
 import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxprune._src.structured.importance import group_scores
+from jaxprune._src.structured.importance import _normalize, group_scores
 from jaxprune._src.structured.trace import DependencyGraph, Group
 from jaxprune._src.tree import leaves_with_paths
 
@@ -213,7 +216,8 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
               scope: str = "layerwise", method: str = "l1", grads: Any = None, key: Any = None,
               scores: Any = None, reduce: str = "mean", normalize: str | None = "mean", round_to: int = 1,
               min_keep: int = 1, max_ratio: float = 1.0, ignore: Sequence[str] | None = None,
-              kinds: Sequence[str] | None = DEFAULT_KINDS, budget: Budget | None = None) -> PrunePlan:
+              kinds: Sequence[str] | None = DEFAULT_KINDS, budget: Budget | None = None,
+              unit_scores: Mapping[str, Any] | None = None) -> PrunePlan:
     """Chooses the units to keep in every prunable group.
 
     Args:
@@ -229,6 +233,13 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
       kinds: group kinds that may be pruned (``None``: all).
       budget: :func:`flops_budget` or :func:`param_bytes_budget`; overrides
         ``ratio`` (global ranking).
+      unit_scores: ``{group name: scores of shape (group.size,)}`` (names as
+        in ``Group.name``, e.g. ``'conv1/kernel[3]'``): use these per-unit
+        scores (higher = kept first; ``normalize`` still applies) instead of
+        ``method``/``grads``/``key``/``scores``/``reduce``. Only the named
+        eligible groups are pruned; named groups that are not eligible
+        (``kinds``, ``ignore``, unprunable) are ignored. Unknown names or
+        wrong lengths raise ``ValueError``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -237,6 +248,8 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
       >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
       >>> make_plan(p, g, 0.5).groups[0]['kept']
       (2, 3)
+      >>> make_plan(p, g, 0.5, unit_scores={g.prunable[0].name: [4., 3., 2., 1.]}).groups[0]['kept']
+      (0, 1)
     """
     if scope not in ("layerwise", "global"):
         raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
@@ -244,9 +257,16 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
         raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     _check_params(params, graph)
     eligible = _eligible(graph, kinds, ignore)
-    sc = group_scores(params, graph, method, grads=grads, key=key, scores=scores, reduce=reduce,
-                      normalize=normalize)
-    meta = dict(method=method if scores is None else "custom", scope=scope, round_to=round_to,
+    if unit_scores is None:
+        sc = group_scores(params, graph, method, grads=grads, key=key, scores=scores, reduce=reduce,
+                          normalize=normalize)
+    else:
+        if scores is not None:
+            raise ValueError("make_plan: pass scores= (a pytree like params) or unit_scores=, not both")
+        sc = _named_unit_scores(graph, eligible, unit_scores, normalize)
+        eligible = [g for g in eligible if g.id in sc]
+    method = "unit_scores" if unit_scores is not None else method if scores is None else "custom"
+    meta = dict(method=method, scope=scope, round_to=round_to,
                 min_keep=min_keep, max_ratio=max_ratio, reduce=reduce, normalize=normalize)
 
     def keep_top(g: Group, n_keep: int) -> np.ndarray:
@@ -285,6 +305,25 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
         plan = plan_for(int(math.floor(total * ratio + 1e-9)))
         return dataclasses.replace(plan, meta=dict(plan.meta, ratio=float(ratio)))
     return _plan_for_budget(params, graph, budget, plan_for, total, meta)
+
+
+def _named_unit_scores(graph: DependencyGraph, eligible: list[Group], unit_scores: Mapping[str, Any],
+                       normalize: str | None) -> dict[int, np.ndarray]:
+    """``{group id: normalised float64 scores}`` of the eligible groups named in ``unit_scores``."""
+    if not isinstance(unit_scores, Mapping):
+        raise TypeError(f"make_plan: unit_scores must be a mapping {{group name: 1-D scores}}, "
+                        f"got {type(unit_scores).__name__}")
+    by_name = {g.name: g for g in graph.groups}
+    for name, v in unit_scores.items():
+        g = by_name.get(name)
+        if g is None:
+            raise ValueError(f"make_plan: unit_scores group {name!r} is not in the traced model "
+                             f"(prunable groups: {[x.name for x in graph.prunable][:6]}...)")
+        if np.shape(v) != (g.size,):
+            raise ValueError(f"make_plan: unit_scores[{name!r}] has shape {np.shape(v)}, "
+                             f"group has {g.size} units")
+    return {g.id: _normalize(np.asarray(unit_scores[g.name], np.float64), normalize)
+            for g in eligible if g.name in unit_scores}
 
 
 def _match_ratio(g: Group, rules) -> float:

@@ -25,9 +25,10 @@ filters pruned; ``'vit'``: small ViT, whole heads and MLP hidden units):
    reference. Masked training computes exactly what the shrunk model computes
    (:func:`plan_to_masks` semantics) and reuses one compiled step per model.
 
-Outputs (:func:`write_outputs`): ``results.json``, ``results.md`` (mean
-accuracy over targets and seeds per arch x method x budget x steps) and
-``accuracy_vs_steps.png``.
+Outputs (:func:`write_outputs`, in
+:mod:`~jaxprune._src.transfer.study_c_report` and re-exported here):
+``results.json``, ``results.md`` (mean accuracy over targets and seeds per
+arch x method x budget x steps) and ``accuracy_vs_steps.png``.
 
 Example:
   >>> res = run_study_c(quick_config(), out_dir='runs/study_c')   # doctest: +SKIP
@@ -49,14 +50,14 @@ import numpy as np
 
 from jaxprune import models as models_lib
 from jaxprune._src import mask_library as ml
+from jaxprune._src.transfer.study_c_probe import _apply, _full_masks, _with_head, penultimate_features, ridge_head
+from jaxprune._src.transfer.study_c_report import METHODS, _table, summarize, write_outputs
 from jaxprune._src.transfer.upstream import Upstream, UpstreamConfig, _save, load_upstream, load_upstream_data
 
 __all__ = ["StudyCConfig", "default_config", "quick_config", "full_config", "run_study_c", "write_outputs",
            "penultimate_features", "ridge_head", "METHODS"]
 
-METHODS = ("vote", "magnitude", "random", "taylor")
 _KINDS = {"cnn": ("channels",), "vit": ("heads", "units")}
-_HEADS = ("fc", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,103 +130,7 @@ def full_config(**overrides: Any) -> StudyCConfig:
 
 
 # ----------------------------------------------------------------------------- model helpers
-_FEAT_FNS: dict = {}
 _GRAD_FNS: dict = {}
-
-
-def _head_name(params) -> str:
-    for h in _HEADS:
-        if h in params:
-            return h
-    raise ValueError(f"study C: expected a classifier named one of {_HEADS} in params, got {sorted(params)}")
-
-
-def penultimate_features(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Inputs of the model's classifier (its last ``nn.Dense`` call), eval mode, ``(n, d)``.
-
-    >>> m = models_lib.vit_tiny_test(num_classes=3)
-    >>> v = m.init(jax.random.key(0), m.example_input(1))
-    >>> penultimate_features(m, v, np.zeros((5, 16, 16, 3), np.float32)).shape
-    (5, 32)
-    """
-    import flax.linen as nn
-
-    if model not in _FEAT_FNS:
-        def feats(v, x):
-            seen = []
-
-            def grab(next_fun, args, kwargs, context):
-                if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-                    seen.append(args[0])
-                return next_fun(*args, **kwargs)
-
-            with nn.intercept_methods(grab):
-                model.apply(v, x, train=False)
-            if not seen:
-                raise ValueError(f"penultimate_features: {type(model).__name__} calls no nn.Dense")
-            return seen[-1]
-
-        _FEAT_FNS[model] = jax.jit(feats)
-    fn = _FEAT_FNS[model]
-    out = []
-    n = len(images)
-    for i in range(0, n, batch_size):
-        x = images[i:i + batch_size]
-        pad = batch_size - len(x) if n > batch_size else 0
-        if pad:
-            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        out.append(np.asarray(fn(variables, x))[:len(x) - pad])
-    return np.concatenate(out)
-
-
-def ridge_head(features: np.ndarray, labels: np.ndarray, num_classes: int, ridge: float = 1e-2) -> dict:
-    """``{'kernel': (d, C), 'bias': (C,)}`` of a ridge regression onto one-hot labels (a linear probe).
-
-    ``ridge`` is relative to the mean feature variance.
-
-    >>> h = ridge_head(np.eye(4), np.arange(4), 4, 1e-6)
-    >>> (np.eye(4) @ h['kernel'] + h['bias']).argmax(1).tolist()
-    [0, 1, 2, 3]
-    """
-    f = np.asarray(features, np.float64)
-    y = np.eye(num_classes)[np.asarray(labels)]
-    mu, ym = f.mean(0), y.mean(0)
-    fc = f - mu
-    gram = fc.T @ fc
-    lam = ridge * max(np.trace(gram) / max(f.shape[1], 1), 1e-12)
-    w = np.linalg.solve(gram + lam * np.eye(f.shape[1]), fc.T @ (y - ym))
-    return {"kernel": w.astype(np.float32), "bias": (ym - mu @ w).astype(np.float32)}
-
-
-def _with_head(model, variables, ds, ridge: float, masks=None):
-    """(task model, variables with a ridge head for ``ds``, features); ``masks`` zero pruned units first."""
-    params = variables["params"]
-    head = _head_name(params)
-    tm = model.clone(num_classes=ds.num_classes, widths=tuple((k, w) for k, w in model.widths if k != head))
-    d = np.shape(params[head]["kernel"])[0]
-    v = dict(variables, params=dict(params, **{head: {"kernel": np.zeros((d, ds.num_classes), np.float32),
-                                                      "bias": np.zeros((ds.num_classes,), np.float32)}}))
-    if masks is not None:
-        v = _apply(v, masks)
-    feats = penultimate_features(tm, v, ds.images)
-    h = ridge_head(feats, ds.labels, ds.num_classes, ridge)
-    v = dict(v, params=dict(v["params"], **{head: h}))
-    return tm, v, feats
-
-
-def _apply(variables, masks):
-    """Zeroes masked entries on the host (numpy: no per-shape eager compilation)."""
-    return jax.tree.map(lambda x, m: x if m is None else np.where(np.asarray(m), np.asarray(x), 0).astype(x.dtype),
-                        variables, masks, is_leaf=lambda x: x is None)
-
-
-def _full_masks(variables, plan):
-    """Params masks with an array at *every* leaf (one pytree structure for every plan: one compiled step)."""
-    from jaxprune._src.structured import plan_to_masks
-
-    m = plan_to_masks(variables, plan)
-    return jax.tree.map(lambda x, mm: np.ones(np.shape(x), bool) if mm is None else np.asarray(mm), variables, m,
-                        is_leaf=lambda x: x is None)
 
 
 def _taylor_grads(model, variables, ds, n_batches: int, batch_size: int, seed: int):
@@ -447,150 +352,3 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
     if out_dir:
         write_outputs(results, out_dir)
     return results
-
-
-def _table(runs: list[dict]) -> list[dict]:
-    keys = sorted({(r["arch"], r["method"], r["budget"], r["steps"]) for r in runs},
-                  key=lambda k: (k[0], k[2] != 1.0, -k[2], METHODS.index(k[1]) if k[1] in METHODS else -1, k[3]))
-    out = []
-    for arch, method, budget, steps in keys:
-        acc = [r["accuracy"] for r in runs if (r["arch"], r["method"], r["budget"], r["steps"]) ==
-               (arch, method, budget, steps)]
-        cf = [r["cost_fraction"] for r in runs if (r["arch"], r["method"], r["budget"], r["steps"]) ==
-              (arch, method, budget, steps)]
-        out.append(dict(arch=arch, method=method, budget=budget, steps=steps, accuracy=float(np.mean(acc)),
-                        std=float(np.std(acc)), n=len(acc), cost_fraction=float(np.mean(cf))))
-    return out
-
-
-def summarize(results: dict) -> dict:
-    """Per arch: for each (budget, steps) cell, vote's accuracy minus the best baseline's; counts of wins."""
-    out = {}
-    for arch in {r["arch"] for r in results["table"]}:
-        cells, wins, total = [], 0, 0
-        rows = [r for r in results["table"] if r["arch"] == arch and r["method"] != "dense"]
-        for b in sorted({r["budget"] for r in rows}, reverse=True):
-            for s in sorted({r["steps"] for r in rows}):
-                cell = {r["method"]: r["accuracy"] for r in rows if r["budget"] == b and r["steps"] == s}
-                if "vote" not in cell or len(cell) < 2:
-                    continue
-                best_base = max((a, m) for m, a in cell.items() if m != "vote")
-                gap = cell["vote"] - best_base[0]
-                cells.append(dict(budget=b, steps=s, vote=cell["vote"], best_baseline=best_base[1],
-                                  best_baseline_accuracy=best_base[0], gap=gap))
-                wins += gap > 0
-                total += 1
-        out[arch] = dict(cells=cells, vote_wins=wins, cells_total=total,
-                         mean_gap=float(np.mean([c["gap"] for c in cells])) if cells else float("nan"),
-                         paired=_paired(results["runs"], arch))
-    return out
-
-
-def _paired(runs: list[dict], arch: str) -> list[dict]:
-    """Vote minus each baseline, paired over (target, seed): mean, standard error, pairs where vote is ahead."""
-    acc = {(r["task"], r["seed"], r["method"], r["budget"], r["steps"]): r["accuracy"] for r in runs
-           if r["arch"] == arch}
-    out = []
-    for b in sorted({k[3] for k in acc if k[2] == "vote"}, reverse=True):
-        for s in sorted({k[4] for k in acc if k[2] == "vote"}):
-            for m in METHODS[1:]:
-                d = [acc[(t, sd, "vote", b, s)] - acc[(t, sd, m, b, s)] for (t, sd, mm, bb, ss) in acc
-                     if mm == "vote" and bb == b and ss == s and (t, sd, m, b, s) in acc]
-                if d:
-                    d = np.asarray(d)
-                    out.append(dict(budget=b, steps=s, baseline=m, mean=float(d.mean()), n=len(d),
-                                    sem=float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
-                                    vote_ahead=int((d > 0).sum()), vote_behind=int((d < 0).sum())))
-    return out
-
-
-# ------------------------------------------------------------------------------------ outputs
-def _markdown(results: dict) -> str:
-    cfg = results["config"]
-    lines = ["# Study C: one-shot structured pruning from similar tasks' masks (mask vote)", "",
-             f"Targets ({len(cfg['targets'])}): {', '.join(cfg['targets'])}; seeds {cfg['seeds']}; library: "
-             f"{len(cfg['sources'])} source tasks x {len(cfg['budgets'])} budgets (iterative Taylor, "
-             f"{cfg['source_rounds']} rounds x {cfg['source_steps']} steps); vote: k={cfg['k']}, weights "
-             f"{cfg['weights']} (T={cfg['temperature']}), embedding {cfg['embedding']}. Budget: "
-             f"{cfg['budget_kind']} relative to the dense model. Cell: mean test accuracy over targets and seeds "
-             f"(std over all runs). Backend {results['backend']}.", ""]
-    steps = sorted({r["steps"] for r in results["table"]})
-    for arch in cfg["archs"]:
-        up = results["upstream"].get(arch, {})
-        lines += [f"## {arch} ({up.get('model', '?')}, upstream test acc "
-                  f"{up.get('metrics', {}).get('test_accuracy', float('nan')):.3f})", "",
-                  "| method | budget | achieved | " + " | ".join(f"{s} steps" for s in steps) + " |",
-                  "|---|---|---|" + "---|" * len(steps)]
-        rows = [r for r in results["table"] if r["arch"] == arch]
-        for key in dict.fromkeys((r["method"], r["budget"]) for r in rows):
-            sel = {r["steps"]: r for r in rows if (r["method"], r["budget"]) == key}
-            cf = next(iter(sel.values()))["cost_fraction"]
-            best = {s: max(r["accuracy"] for r in rows if r["budget"] == key[1] and r["steps"] == s
-                           and r["method"] != "dense") for s in steps if key[0] != "dense"}
-            cells = []
-            for s in steps:
-                if s not in sel:
-                    cells.append("-")
-                    continue
-                txt = f"{sel[s]['accuracy']:.3f} ± {sel[s]['std']:.3f}"
-                cells.append(f"**{txt}**" if key[0] != "dense" and sel[s]["accuracy"] >= best[s] else txt)
-            lines.append(f"| {key[0]} | {key[1]:g} | {cf:.3f} | " + " | ".join(cells) + " |")
-        s = results["summary"].get(arch)
-        if s:
-            lines += ["", f"Mask vote beats every baseline in {s['vote_wins']}/{s['cells_total']} (budget, steps) "
-                          f"cells; mean gap to the best baseline {s['mean_gap']:+.3f}."]
-            if s.get("paired"):
-                bases = [m for m in METHODS[1:] if any(p["baseline"] == m for p in s["paired"])]
-                lines += ["", "Vote minus baseline, paired over (target, seed): mean ± s.e. (pairs vote ahead/behind)",
-                          "", "| budget | steps | " + " | ".join(bases) + " |", "|---|---|" + "---|" * len(bases)]
-                for key in dict.fromkeys((p["budget"], p["steps"]) for p in s["paired"]):
-                    cell = {p["baseline"]: p for p in s["paired"] if (p["budget"], p["steps"]) == key}
-                    lines.append(f"| {key[0]:g} | {key[1]} | " + " | ".join(
-                        _pair_cell(cell[m]) if m in cell else "-" for m in bases) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _pair_cell(p: dict) -> str:
-    return f"{p['mean']:+.3f} ± {p['sem']:.3f} ({p['vote_ahead']}/{p['vote_behind']})"
-
-
-def _plot(results: dict, path: str) -> None:
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
-
-    archs = results["config"]["archs"]
-    budgets = sorted({r["budget"] for r in results["table"] if r["method"] != "dense"}, reverse=True)
-    colours = {"dense": "black", "vote": "tab:red", "magnitude": "tab:blue", "random": "tab:gray",
-               "taylor": "tab:green"}
-    fig = Figure(figsize=(4.2 * len(budgets), 3.4 * len(archs)))
-    axes = fig.subplots(len(archs), len(budgets), squeeze=False)
-    for i, arch in enumerate(archs):
-        for j, b in enumerate(budgets):
-            ax = axes[i][j]
-            for m in ("dense",) + METHODS:
-                rows = sorted((r for r in results["table"] if r["arch"] == arch and r["method"] == m
-                               and (r["budget"] == b or m == "dense")), key=lambda r: r["steps"])
-                if rows:
-                    ax.errorbar([r["steps"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3,
-                                color=colours[m], label=m, lw=2 if m == "vote" else 1,
-                                ls="--" if m == "dense" else "-")
-            ax.set_xscale("symlog", linthresh=10)
-            ax.set(title=f"{arch}: {b:g} of dense {results['config']['budget_kind']}", xlabel="finetune steps",
-                   ylabel="test accuracy")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def write_outputs(results: dict, out_dir: str) -> dict[str, str]:
-    """Writes ``results.json``, ``results.md`` and ``accuracy_vs_steps.png`` to ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, "results.json"), "md": os.path.join(out_dir, "results.md"),
-             "plot": os.path.join(out_dir, "accuracy_vs_steps.png")}
-    with open(paths["json"], "w") as f:
-        json.dump(results, f, indent=1, default=lambda x: x.item() if hasattr(x, "item") else str(x))
-    with open(paths["md"], "w") as f:
-        f.write(_markdown(results))
-    _plot(results, paths["plot"])
-    return paths
