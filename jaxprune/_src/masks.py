@@ -30,7 +30,7 @@ from jax import lax
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.distributions import check_sparsity
-from jaxprune._src.topk import _prune_lowest, _select_lowest, _unsharded
+from jaxprune._src.topk import _host_prune_lowest, _on_host_cpu, _prune_lowest, _select_lowest, _unsharded
 
 PyTree = Any
 
@@ -58,7 +58,11 @@ def check_scores(scores: PyTree, what: str = "scores") -> None:
     for path, s in tree_lib.leaves_with_paths(scores, is_leaf=tree_lib.is_none):
         if s is None or isinstance(s, jax.core.Tracer):
             continue
-        if jnp.issubdtype(jnp.asarray(s).dtype, jnp.floating) and bool(jnp.isnan(s).any()):
+        if not jnp.issubdtype(jnp.asarray(s).dtype, jnp.floating):
+            continue
+        # CPU-resident: check on the host (no per-shape compile); elsewhere one reduction on device
+        has_nan = np.isnan(np.asarray(s)).any() if _on_host_cpu([s], 0) else bool(jnp.isnan(s).any())
+        if has_nan:
             raise ValueError(f"{what} leaf {path!r} contains NaN; cannot rank it")
 
 
@@ -108,7 +112,9 @@ def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) ->
     if chosen:  # one jitted call ranks every leaf (each leaf its own group)
         n_prune = jnp.stack([_n_prune(flat_sp[i], int(x.size)) for i, x in chosen])
         arrays = tuple(x for _, x in chosen)
-        if _unsharded(arrays):  # one call per leaf: dispatched asynchronously, they overlap on CPU
+        if _on_host_cpu(arrays, n_prune):  # concrete CPU arrays: NumPy introselect per leaf, no compiles
+            masks = [_host_prune_lowest([x], int(n))[0] for x, n in zip(arrays, np.asarray(n_prune))]
+        elif _unsharded(arrays):  # one call per leaf: dispatched asynchronously, they overlap on CPU
             masks = [_select_lowest((x,), n_prune[j:j + 1], groups=(0,), n_groups=1, flat=True)[0]
                      for j, x in enumerate(arrays)]
         else:  # sharded or traced: one program, every leaf's counts all-reduced together
