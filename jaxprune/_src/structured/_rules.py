@@ -9,6 +9,8 @@ sub-jaxpr marks every axis it touches unprunable, naming the op.
 
 from __future__ import annotations
 
+import numpy as np
+
 ELEMENTWISE = frozenset(
     """abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp conj convert_element_type
     copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt imag integer_pow is_finite
@@ -52,15 +54,54 @@ def reduction(w, eqn, ins, outs, key):
         return
     axes = set(int(a) for a in eqn.params["axes"])
     shape = _shape(eqn.invars[0])
+    through = w.through_norms and eqn.primitive.name == "reduce_sum"
+    if through:
+        w.sums[o] = [b + ax for ax in sorted(axes) if shape[ax] > 1]
     j = 0
     for ax in range(len(shape)):
         if ax in axes:
-            if shape[ax] > 1:
+            if shape[ax] > 1 and through:
+                w.flag(b + ax, "norm")  # prunable: the shrunk model sums over the kept channels
+            elif shape[ax] > 1:
                 w.mark(b + ax, f"reduced over by {eqn.primitive.name} (a norm's statistics, a pooling or "
-                               f"max over features: shrinking would change the result)")
+                               f"max over features: shrinking would change the result; "
+                               f"trace_groups(..., through_norms=True) allows it for reduce_sum)")
         else:
             w.union(b + ax, o + j)
             j += 1
+
+
+#: Ops that carry "this value is a sum over these axes" from their input to their output.
+SUM_CARRIERS = frozenset("convert_element_type copy copy_p reshape expand_dims broadcast_in_dim squeeze".split())
+
+
+def track_normalizer(w, eqn, ins, outs, key) -> None:
+    """Through-norm mode: remember a mean's divisor (``sum / N`` or ``sum * (1/N)``) so it can be rescaled.
+
+    When ``N`` equals the product of the summed axes' lengths, the shrunk
+    model divides by the product of their *kept* lengths instead.
+    """
+    from jax.extend import core as jcore
+
+    name = eqn.primitive.name
+    if name in SUM_CARRIERS:
+        if ins and ins[0] in w.sums:
+            w.sums[outs[0]] = w.sums[ins[0]]
+        return
+    if name not in ("div", "mul") or len(eqn.invars) != 2:
+        return
+    for pos in ((1,) if name == "div" else (0, 1)):
+        lit, other = eqn.invars[pos], ins[1 - pos]
+        if not isinstance(lit, jcore.Literal) or other not in w.sums or np.ndim(lit.val) != 0:
+            continue
+        nodes = w.sums[other]
+        n = float(np.prod([w.uf.size[x] for x in nodes])) if nodes else 1.0
+        value = float(lit.val)
+        want = n if name == "div" else 1.0 / n
+        if nodes and abs(value - want) <= 1e-6 * abs(want):
+            w.extra(key, normalizer=(pos, tuple(nodes), name))
+            w.sums[outs[0]] = nodes
+            return
 
 
 def transpose(w, eqn, ins, outs, key):

@@ -18,7 +18,7 @@ class UnionFind:
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.size: list[int] = []
-        self.reason: dict[int, str] = {}
+        self.reason: dict[int, list[str]] = {}
         self.flags: dict[int, set[str]] = {}
 
     def new(self, sizes) -> int:
@@ -50,20 +50,29 @@ class UnionFind:
         if ra < rb:
             ra, rb = rb, ra
         self.parent[ra] = rb
-        if ra in self.reason and rb not in self.reason:
-            self.reason[rb] = self.reason[ra]
+        if ra in self.reason:
+            mine = self.reason.setdefault(rb, [])
+            mine.extend(r for r in self.reason.pop(ra) if r not in mine)
         if ra in self.flags:
             self.flags.setdefault(rb, set()).update(self.flags.pop(ra))
 
     def mark(self, x: int, reason: str) -> None:
-        """Marks the class of ``x`` unprunable (first reason wins)."""
-        self.reason.setdefault(self.find(x), reason)
+        """Marks the class of ``x`` unprunable; every distinct reason is kept, in order."""
+        reasons = self.reason.setdefault(self.find(x), [])
+        if reason not in reasons:
+            reasons.append(reason)
 
     def flag(self, x: int, name: str) -> None:
         self.flags.setdefault(self.find(x), set()).add(name)
 
+    def reasons_of(self, x: int) -> list[str]:
+        """Every distinct reason the class of ``x`` is unprunable (empty: prunable)."""
+        return list(self.reason.get(self.find(x), ()))
+
     def reason_of(self, x: int) -> str | None:
-        return self.reason.get(self.find(x))
+        """All reasons joined by ``'; '`` (``None``: prunable)."""
+        r = self.reason.get(self.find(x))
+        return "; ".join(r) if r else None
 
     def flags_of(self, x: int) -> set[str]:
         return self.flags.get(self.find(x), set())

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Member", "Group", "DependencyGraph"]
+__all__ = ["Member", "Group", "DependencyGraph", "TraceState"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,6 +41,12 @@ class Group:
     prunable: bool
     reason: str | None
     kind: str = "channels"
+    through_norm: bool = False  # its channels meet a reduction (a norm's statistics): shrinking is approximate
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every distinct reason the group is unprunable (empty when prunable)."""
+        return tuple(self.reason.split("; ")) if self.reason else ()
 
     @property
     def roots(self) -> tuple[Member, ...]:
@@ -57,8 +63,11 @@ class Group:
         return f"{first.path}[{first.axis}]"
 
     def describe(self) -> str:
-        status = "prunable" if self.prunable else f"UNPRUNABLE: {self.reason}"
+        status = "prunable" if self.prunable else "UNPRUNABLE"
+        if self.prunable and self.through_norm:
+            status += ", through a norm's statistics: approximate"
         lines = [f"group {self.id}: {self.size} {self.kind} ({status})"]
+        lines += [f"  blocker: {r}" for r in self.reasons]
         for m in self.roots + self.dependents:
             k = m.index_map.shape[1]
             lines.append(f"  {m.role:4s} {m.path} axis {m.axis}" + (f" ({k} indices per unit)" if k > 1 else ""))
@@ -68,12 +77,40 @@ class Group:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class TraceState:
+    """What :func:`trace_groups` keeps so the model can be re-run shrunk (internal to the engine).
+
+    Attributes:
+      walker, resolved: the axis classes and their derivations (``trace.py``).
+      closed: the traced ``ClosedJaxpr``; env: jaxpr var -> first axis node.
+      atoms: the atomic class of each group, by group id.
+      arg_leaves, arg_tree, is_array: the flattened example arguments and which leaves are arrays.
+      out_tree: the output structure.
+      apply_fn, kwargs: the traced function and its keyword arguments (for re-tracing at new shapes).
+      options: the keyword options of :func:`trace_groups` (``prunable``, ``ignore``, ``through_norms``).
+    """
+
+    walker: Any
+    resolved: Any
+    closed: Any
+    env: dict
+    atoms: list
+    arg_leaves: list
+    arg_tree: Any
+    is_array: list
+    out_tree: Any
+    apply_fn: Any = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class DependencyGraph:
     """All groups of a traced model, plus what :func:`make_shrunk_fn` needs to re-run it."""
 
     groups: tuple[Group, ...]
     leaf_shapes: dict[str, tuple[int, ...]]
-    _state: Any = dataclasses.field(repr=False, default=None)
+    trace: TraceState | None = dataclasses.field(repr=False, default=None)
 
     def __iter__(self):
         return iter(self.groups)

@@ -164,7 +164,11 @@ def plan_from_kept(graph: DependencyGraph, kept: dict[int, Sequence[int]], meta:
         orig = graph.leaf_shapes[path]
         new = tuple(len(axes[a]) if a in axes else s for a, s in enumerate(orig))
         shapes[path] = (tuple(orig), new)
-    return PrunePlan(tuple(groups), leaves, shapes, dict(graph.leaf_shapes), dict(meta or {}))
+    meta = dict(meta or {})
+    approx = [g["name"] for g in groups if by_id[g["id"]].through_norm]
+    if approx:  # approximate: these groups' norm statistics are computed over the kept channels
+        meta["through_norms"] = approx
+    return PrunePlan(tuple(groups), leaves, shapes, dict(graph.leaf_shapes), meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +221,8 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
               scores: Any = None, reduce: str = "mean", normalize: str | None = "mean", round_to: int = 1,
               min_keep: int = 1, max_ratio: float = 1.0, ignore: Sequence[str] | None = None,
               kinds: Sequence[str] | None = DEFAULT_KINDS, budget: Budget | None = None,
-              unit_scores: Mapping[str, Any] | None = None) -> PrunePlan:
+              unit_scores: Mapping[str, Any] | None = None, p: float | None = None,
+              bias: bool = True) -> PrunePlan:
     """Chooses the units to keep in every prunable group.
 
     Args:
@@ -225,7 +230,10 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
       ratio: fraction of units pruned: a float, or ``[(regex, ratio)]`` rules
         matched on each group's root leaf paths (layerwise only).
       scope: ``'layerwise'`` or ``'global'`` (see module docstring).
-      method, grads, key, scores, reduce, normalize: see :func:`group_scores`.
+      method, grads, key, scores, reduce, normalize, p, bias: see
+        :func:`group_scores`. ``**TORCH_PRUNING_DEFAULTS`` sets them to
+        Torch-Pruning's ``GroupMagnitudeImportance()`` (``p=2``, biases left
+        out, mean reduction and normalizer); see ``docs/importance.md``.
       round_to: kept counts are multiples of this (or the whole group).
       min_keep, max_ratio: each group keeps at least ``min_keep`` units and at
         least ``(1 - max_ratio)`` of its units.
@@ -250,6 +258,9 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
       (2, 3)
       >>> make_plan(p, g, 0.5, unit_scores={g.prunable[0].name: [4., 3., 2., 1.]}).groups[0]['kept']
       (0, 1)
+      >>> from jaxprune._src.structured.importance import TORCH_PRUNING_DEFAULTS
+      >>> make_plan(p, g, 0.5, **TORCH_PRUNING_DEFAULTS).groups[0]['kept']
+      (2, 3)
     """
     if scope not in ("layerwise", "global"):
         raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
@@ -259,7 +270,7 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
     eligible = _eligible(graph, kinds, ignore)
     if unit_scores is None:
         sc = group_scores(params, graph, method, grads=grads, key=key, scores=scores, reduce=reduce,
-                          normalize=normalize)
+                          normalize=normalize, p=p, bias=bias)
     else:
         if scores is not None:
             raise ValueError("make_plan: pass scores= (a pytree like params) or unit_scores=, not both")
@@ -268,6 +279,8 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
     method = "unit_scores" if unit_scores is not None else method if scores is None else "custom"
     meta = dict(method=method, scope=scope, round_to=round_to,
                 min_keep=min_keep, max_ratio=max_ratio, reduce=reduce, normalize=normalize)
+    if unit_scores is None and (p is not None or not bias):  # non-default scoring options only
+        meta.update(p=p, bias=bias)
 
     def keep_top(g: Group, n_keep: int) -> np.ndarray:
         order = np.argsort(-sc[g.id], kind="stable")

@@ -9,12 +9,19 @@ size of each axis class. Sub-jaxprs (``jit``, ``custom_jvp``/``custom_vjp``,
 ``remat``) are inlined; ``scan`` and ``cond`` are rebuilt with ``lax.scan`` /
 ``lax.switch``. The result is a pure, jit-able ``fn(shrunk_params, *args)``.
 
-The inputs must have the shapes of the traced example (batch size included:
-shapes baked into the jaxpr, e.g. a flatten's ``reshape``, are only rewritten
-for pruned axes); a different shape raises a ``ValueError`` naming the
-argument -- trace with the shapes you will call it with. Custom derivative rules of
-inlined ``custom_jvp``/``custom_vjp`` functions are replaced by plain autodiff
-of their primal code.
+The shrunk function runs at every input shape the original accepts (batch
+size, sequence length, spatial size): shapes are baked into a jaxpr, so a call
+with a new signature of input shapes/dtypes re-traces the *original* function
+at those shapes (from abstract dense params: no FLOPs, no dense weights),
+checks that the new trace has exactly the groups the plan was made for, and
+caches the result; calls with a known signature reuse it. Inside your own
+``jax.jit`` the re-trace happens once per compiled shape. Custom derivative
+rules of inlined ``custom_jvp``/``custom_vjp`` functions are replaced by plain
+autodiff of their primal code.
+
+Plans made with ``trace_groups(..., through_norms=True)`` also rescale every
+mean over a pruned axis (``sum / N`` becomes ``sum / N_kept``), so the shrunk
+model's norms compute their statistics over the kept channels.
 """
 
 from __future__ import annotations
@@ -30,14 +37,14 @@ from jaxprune._src.structured import _rules
 from jaxprune._src.structured.plan import PrunePlan
 from jaxprune._src.structured.shrink import check_plan
 from jaxprune._src.structured.trace import DependencyGraph, trace_groups
-from jaxprune._src.tree import leaves_with_paths
+from jaxprune._src.tree import leaves_with_paths, map_with_path
 
 __all__ = ["make_shrunk_fn", "shrunk_fn_from_graph", "shrunk_flops"]
 
 
 def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarray]:
     """Removed units per atomic class; raises if the plan was made for another graph."""
-    st = graph._state
+    st = graph.trace
     removed = {}
     for g in plan.groups:
         gid = g["id"]
@@ -47,7 +54,7 @@ def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarra
         if grp.size != g["size"] or grp.name != g["name"]:
             raise ValueError(f"plan group {gid} is {g['name']} with {g['size']} units, but the traced model's "
                              f"group {gid} is {grp.name} with {grp.size} units: plan made for another model")
-        removed[st["atoms"][gid]] = np.setdiff1d(np.arange(grp.size), np.asarray(g["kept"], dtype=np.int64))
+        removed[st.atoms[gid]] = np.setdiff1d(np.arange(grp.size), np.asarray(g["kept"], dtype=np.int64))
     for path, shape in graph.leaf_shapes.items():
         if tuple(plan.leaf_shapes.get(path, ())) != tuple(shape):
             raise ValueError(f"plan expects leaf {path!r} with shape {plan.leaf_shapes.get(path)}, "
@@ -57,13 +64,13 @@ def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarra
 
 class _Evaluator:
     def __init__(self, graph: DependencyGraph, plan: PrunePlan):
-        st = graph._state
-        self.w = st["walker"]
-        self.res = st["resolved"]
-        self.closed = st["closed"]
+        st = graph.trace
+        self.w = st.walker
+        self.res = st.resolved
+        self.closed = st.closed
         self.n_params = len(graph.leaf_shapes)
         self.removed = _check_match(graph, plan)
-        self._top_env = st["env"]
+        self._top_env = st.env
 
     # -- sizes
     def new_size(self, node: int, cache: dict, override: dict) -> int:
@@ -132,6 +139,9 @@ class _Evaluator:
                 ]
                 outs = lax.switch(invals[0], branches, *invals[1:])
             else:
+                norm = self.w.eqn_extra.get(key, {}).get("normalizer")
+                if norm is not None:
+                    invals = self._rescale_normalizer(norm, eqn, invals, cache, override)
                 params = self._rewrite(eqn, key, new_shapes, invals, cache, override)
                 outs = eqn.primitive.bind(*invals, **params)
                 if not eqn.primitive.multiple_results:
@@ -140,6 +150,18 @@ class _Evaluator:
                 if not isinstance(v, jcore.DropVar):
                     env[v] = o
         return [read(v) for v in jaxpr.outvars]
+
+    def _rescale_normalizer(self, norm, eqn, invals, cache, override):
+        """``sum / N`` (or ``sum * 1/N``) over pruned axes: divide by the kept count instead."""
+        pos, nodes, op = norm
+        n_new = float(np.prod([self.new_size(x, cache, override) for x in nodes]))
+        n_old = float(np.prod([self.w.uf.size[x] for x in nodes]))
+        if n_new == n_old:
+            return invals
+        dtype = np.asarray(eqn.invars[pos].val).dtype
+        invals = list(invals)
+        invals[pos] = np.asarray(n_new if op == "div" else 1.0 / n_new, dtype=dtype)
+        return invals
 
     def _scan(self, eqn, invals, key, cache, override):
         p = eqn.params
@@ -195,16 +217,78 @@ class _Evaluator:
         return p
 
 
+def _signature(args, kwargs) -> tuple:
+    """Hashable key of a call: argument structure, array shapes/dtypes, static leaves."""
+    leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
+    sig = []
+    for x in leaves:
+        if isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)):
+            sig.append(("array", tuple(np.shape(x)), str(np.dtype(x.dtype))))
+        else:
+            try:
+                hash(x)
+                sig.append(("static", x))
+            except TypeError:
+                sig.append(("static-id", id(x)))
+    return (tree, tuple(sig))
+
+
+def _same_groups(old: DependencyGraph, new: DependencyGraph, plan: PrunePlan) -> str | None:
+    """``None`` if ``new`` has the groups of ``old`` (ids, members, index maps); else what differs."""
+    if len(old.groups) != len(new.groups):
+        return f"{len(new.groups)} groups instead of {len(old.groups)}"
+    pruned = {g["id"] for g in plan.groups}
+    for a, b in zip(old.groups, new.groups):
+        if a.name != b.name or a.size != b.size or len(a.members) != len(b.members):
+            return f"group {a.id} is {b.name} ({b.size} units) instead of {a.name} ({a.size} units)"
+        for ma, mb in zip(a.members, b.members):
+            if (ma.path, ma.axis) != (mb.path, mb.axis) or not np.array_equal(ma.index_map, mb.index_map):
+                return f"group {a.id} ({a.name}) couples other axes ({mb.path} axis {mb.axis})"
+        if a.id in pruned and not b.prunable:
+            return f"group {a.id} ({a.name}) is pruned by the plan but unprunable at these shapes: {b.reason}"
+    return None
+
+
 def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..., Any]:
-    """Like :func:`make_shrunk_fn`, for an already traced graph."""
-    st = graph._state
+    """Like :func:`make_shrunk_fn`, for an already traced graph.
+
+    The function runs at any input shape when the graph was made by
+    :func:`trace_groups` (it keeps the traced function for re-tracing).
+    """
+    st = graph.trace
     if st is None:
         raise ValueError("graph has no trace state (was it built by trace_groups?)")
-    ev = _Evaluator(graph, plan)
-    a_tree, is_arr, out_treedef = st["a_tree"], st["is_arr"], st["out_tree"]
     paths = list(graph.leaf_shapes)
+    cache: dict[tuple, tuple[_Evaluator, Any]] = {}
+    base_sig = _signature(jax.tree_util.tree_unflatten(st.arg_tree, st.arg_leaves), st.kwargs)
+    cache[base_sig] = (_Evaluator(graph, plan), st)
 
-    def fn(shrunk_params, *args):
+    def evaluator_for(shrunk_params, args, kwargs):
+        kwargs = dict(st.kwargs, **kwargs)
+        sig = _signature(args, kwargs)
+        hit = cache.get(sig)
+        if hit is not None:
+            return hit
+        if st.apply_fn is None:
+            raise ValueError("this graph cannot be re-traced at new input shapes (no traced function kept); "
+                             "trace_groups at the shapes you call it with")
+        abstract = map_with_path(lambda p, x: jax.ShapeDtypeStruct(tuple(plan.leaf_shapes[p]), x.dtype),
+                                 shrunk_params)
+        try:
+            new = trace_groups(st.apply_fn, abstract, *args, **kwargs, **st.options)
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args)]
+            raise ValueError(f"shrunk fn: re-tracing the original function at input shapes {shapes} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        why = _same_groups(graph, new, plan)
+        if why is not None:
+            shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args)]
+            raise ValueError(f"shrunk fn: at input shapes {shapes} the model's coupled groups differ from the "
+                             f"traced ones ({why}); the plan does not apply at these shapes")
+        cache[sig] = (_Evaluator(new, plan), new.trace)
+        return cache[sig]
+
+    def fn(shrunk_params, *args, **kwargs):
         leaves = leaves_with_paths(shrunk_params)
         if [p for p, _ in leaves] != paths:
             raise ValueError(f"shrunk params do not have the traced params' leaves: got {[p for p, _ in leaves][:5]}"
@@ -213,41 +297,41 @@ def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..
             want = plan.shapes[path][1] if path in plan.shapes else plan.leaf_shapes[path]
             if tuple(np.shape(x)) != tuple(want):
                 raise ValueError(f"shrunk params leaf {path!r} has shape {np.shape(x)}, the plan says {tuple(want)}")
+        ev, tst = evaluator_for(shrunk_params, args, kwargs)
         flat_args, tree = jax.tree_util.tree_flatten(args)
-        if tree != a_tree:
-            raise ValueError(f"arguments must have the structure of the example arguments: {a_tree}, got {tree}")
-        dyn = [x for x, a in zip(flat_args, is_arr) if a]
-        want = [x for x, a in zip(st["a_leaves"], is_arr) if a]
-        for i, (x, w) in enumerate(zip(dyn, want)):
-            if tuple(np.shape(x)) != tuple(np.shape(w)):
-                raise ValueError(f"shrunk fn: array argument {i} has shape {tuple(np.shape(x))}, but the graph was "
-                                 f"traced with {tuple(np.shape(w))}; the shrunk jaxpr only runs at the traced shapes "
-                                 f"(trace_groups / make_shrunk_fn with example inputs of the shape you will use)")
+        if tree != tst.arg_tree:
+            raise ValueError(f"arguments must have the structure of the example arguments: {tst.arg_tree}, got {tree}")
+        dyn = [x for x, a in zip(flat_args, tst.is_array) if a]
         outs = ev([x for _, x in leaves], dyn)
-        return jax.tree_util.tree_unflatten(out_treedef, outs)
+        return jax.tree_util.tree_unflatten(tst.out_tree, outs)
 
     return fn
 
 
 def make_shrunk_fn(apply_fn: Callable[..., Any], params: Any, plan: PrunePlan, *example_args: Any,
-                   **example_kwargs: Any) -> Callable[..., Any]:
+                   through_norms: bool | None = None, **example_kwargs: Any) -> Callable[..., Any]:
     """A pure ``fn(shrunk_params, *args)`` that runs ``apply_fn`` pruned according to ``plan``.
 
-    Works for any model :func:`trace_groups` can trace (Linen, NNX, plain
-    functions); arguments as for :func:`trace_groups`.
+    Works for any model :func:`trace_groups` can trace (Linen, NNX, Haiku,
+    plain functions); arguments as for :func:`trace_groups`. The result is
+    jit-able and differentiable, and runs at any input shape the original
+    accepts (a new shape signature re-traces ``apply_fn`` once, see the module
+    docstring). ``through_norms`` defaults to what the plan was made with.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jaxprune._src.structured import trace_groups, make_plan, shrink
-      >>> f = lambda p, x: (x @ p['a']).reshape(1, 2, -1).sum(-1) @ p['b']
-      >>> p = {'a': jnp.ones((2, 8)), 'b': jnp.ones((2, 3))}
-      >>> x = jnp.ones((1, 2))
-      >>> plan = make_plan(p, trace_groups(f, p, x), 0.5)
-      >>> make_shrunk_fn(f, p, plan, x)(shrink(p, plan), x).shape
-      (1, 3)
+      >>> import jaxprune as jp
+      >>> f = lambda p, x: jnp.tanh(x @ p['a']) @ p['b']
+      >>> p = {'a': jnp.ones((2, 8)), 'b': jnp.ones((8, 3))}
+      >>> plan = jp.make_plan(p, jp.trace_groups(f, p, jnp.ones((1, 2))), 0.5)
+      >>> small_f = jp.make_shrunk_fn(f, p, plan, jnp.ones((1, 2)))
+      >>> small_f(jp.shrink(p, plan), jnp.ones((5, 2))).shape   # another batch size
+      (5, 3)
     """
     check_plan(params, plan)
-    graph = trace_groups(apply_fn, params, *example_args, **example_kwargs)
+    if through_norms is None:
+        through_norms = bool(plan.meta.get("through_norms"))
+    graph = trace_groups(apply_fn, params, *example_args, through_norms=through_norms, **example_kwargs)
     return shrunk_fn_from_graph(graph, plan)
 
 
@@ -255,17 +339,15 @@ def shrunk_flops(params: Any, graph: DependencyGraph, plan: PrunePlan) -> float:
     """XLA FLOPs of the traced function run pruned by ``plan`` (compiled from shapes only)."""
     from jaxprune._src.flops import flops
 
-    st = graph._state
+    st = graph.trace
     fn = shrunk_fn_from_graph(graph, plan)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     shapes = _reshape_tree(shapes, plan)
-    args = jax.tree_util.tree_unflatten(st["a_tree"], [
-        jax.ShapeDtypeStruct(np.shape(x), x.dtype) if a else x for x, a in zip(st["a_leaves"], st["is_arr"])])
+    args = jax.tree_util.tree_unflatten(st.arg_tree, [
+        jax.ShapeDtypeStruct(np.shape(x), x.dtype) if a else x for x, a in zip(st.arg_leaves, st.is_array)])
     return flops(fn, shapes, *args)
 
 
 def _reshape_tree(shapes, plan: PrunePlan):
-    from jaxprune._src.tree import map_with_path
-
     return map_with_path(lambda path, s: jax.ShapeDtypeStruct(plan.shapes[path][1], s.dtype)
                          if path in plan.shapes else s, shapes)

@@ -30,7 +30,7 @@ from jax.extend import core as jcore
 
 from jaxprune._src.structured import _rules
 from jaxprune._src.structured._uf import UnionFind
-from jaxprune._src.structured.groups import DependencyGraph, Group, Member
+from jaxprune._src.structured.groups import DependencyGraph, Group, Member, TraceState
 from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["Member", "Group", "DependencyGraph", "trace_groups"]
@@ -40,7 +40,9 @@ __all__ = ["Member", "Group", "DependencyGraph", "trace_groups"]
 class _Walker:
     """Walks a jaxpr, recording unions, derivations and marks over axis nodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, through_norms: bool = False) -> None:
+        self.through_norms = through_norms
+        self.sums: dict[int, list[int]] = {}  # var base -> axis nodes it is a sum over (through_norms)
         self.uf = UnionFind()
         self.derivs: list[tuple[str, int, list[int]]] = []  # (kind, whole node, part nodes)
         self.param_base: dict[int, int] = {}  # node base -> param leaf index
@@ -106,6 +108,8 @@ class _Walker:
             rule = _rules.RULES.get(name)
             if rule is not None:
                 rule(self, eqn, ins, outs, key)
+                if self.sums:
+                    _rules.track_normalizer(self, eqn, ins, outs, key)
                 if name in ("convert_element_type", "copy", "copy_p") and ins[0] in self.param_base:
                     self.param_base[outs[0]] = self.param_base[ins[0]]
             elif name in _rules.CALLS and _rules.CALLS[name] and name in _CALL_OK:
@@ -291,10 +295,10 @@ class _Resolved:
     def propagate_marks(self) -> None:
         uf = self.w.uf
         for r in list(self.derived):
-            reason = uf.reason_of(r)
-            inherited = uf.flags_of(r) & {"conv", "dense"}
+            reasons = uf.reasons_of(r)
+            inherited = uf.flags_of(r) & {"conv", "dense", "norm"}
             for a in self.expand(r):
-                if reason is not None:
+                for reason in reasons:
                     uf.mark(a, reason)
                 for f in inherited:
                     uf.flag(a, f)
@@ -318,7 +322,7 @@ def _kind(flags: set[str]) -> str:
 
 def trace_groups(apply_fn: Callable[..., Any], params: Any, *example_args: Any,
                  prunable: Sequence[str] | None = None, ignore: Sequence[str] | None = None,
-                 **example_kwargs: Any) -> DependencyGraph:
+                 through_norms: bool = False, **example_kwargs: Any) -> DependencyGraph:
     """Finds the groups of coupled parameter axes of ``apply_fn(params, *example_args)``.
 
     Only ``params`` (any pytree: Linen variables with ``batch_stats``, an
@@ -335,6 +339,15 @@ def trace_groups(apply_fn: Callable[..., Any], params: Any, *example_args: Any,
         members' paths matches one of them.
       ignore: regexes; a group with a root member matching one is kept whole
         (the layer's outputs stay; its inputs may still be pruned).
+      through_norms: also make prunable the channels that pass through a
+        reduction over the channel axis -- LayerNorm / RMSNorm / GroupNorm
+        statistics -- such as a transformer's residual (embedding) width. The
+        shrunk model then computes every such reduction over the *kept*
+        channels only (a mean divides by the kept count), which is not what
+        the masked dense model computes: these groups are marked
+        ``through_norm`` and plans pruning them record their names in
+        ``plan.meta['through_norms']``. Default ``False``: every plan is exact
+        (shrunk == masked dense).
 
     Example:
       >>> import jax.numpy as jnp
@@ -355,13 +368,16 @@ def trace_groups(apply_fn: Callable[..., Any], params: Any, *example_args: Any,
 
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(params, *dyn)
     out_tree = jax.tree_util.tree_structure(out_shape)
-    return _build_graph(closed, paths, [np.shape(x) for _, x in leaves], prunable, ignore,
-                        extra_state=dict(a_leaves=a_leaves, a_tree=a_tree, is_arr=is_arr, out_tree=out_tree))
+    options = dict(prunable=prunable, ignore=ignore, through_norms=through_norms)
+    return _build_graph(closed, paths, [np.shape(x) for _, x in leaves], options,
+                        dict(arg_leaves=a_leaves, arg_tree=a_tree, is_array=is_arr, out_tree=out_tree,
+                             apply_fn=apply_fn, kwargs=dict(example_kwargs), options=options))
 
 
-def _build_graph(closed, paths, shapes, prunable, ignore, extra_state) -> DependencyGraph:
+def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGraph:
+    prunable, ignore = options["prunable"], options["ignore"]
     jaxpr = closed.jaxpr
-    w = _Walker()
+    w = _Walker(through_norms=bool(options["through_norms"]))
     env = {}
     n_params = len(paths)
     for v, c in zip(jaxpr.constvars, closed.consts):
@@ -412,8 +428,9 @@ def _build_graph(closed, paths, shapes, prunable, ignore, extra_state) -> Depend
                     break
         if reason is None and pr is not None and not any(rx.search(p) for rx in pr for p in roots):
             reason = "no root member matches the `prunable` regexes"
-        groups.append(Group(len(groups), uf.size[a], tuple(mems), reason is None, reason,
-                            _kind(uf.flags_of(a))))
+        flags = uf.flags_of(a)
+        groups.append(Group(len(groups), uf.size[a], tuple(mems), reason is None, reason, _kind(flags),
+                            through_norm="norm" in flags))
         atom_of_group.append(a)
-    state = dict(walker=w, resolved=res, closed=closed, atoms=atom_of_group, env=env, **extra_state)
+    state = TraceState(walker=w, resolved=res, closed=closed, env=env, atoms=atom_of_group, **state_fields)
     return DependencyGraph(tuple(groups), dict(zip(paths, map(tuple, shapes))), state)
