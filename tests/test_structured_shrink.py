@@ -190,6 +190,6 @@ def test_shrink_nnx_matches_masked(kind):
     plan = make_plan(state, graph, 0.5)
     assert plan.groups
     ref = jax.jit(f)(apply_plan_masks(state, plan_to_masks(state, plan)), x)
-    small = shrink_nnx(net, plan)
+    small = shrink_nnx(net, plan, x)
     _close(small(x), ref)
     _close(shrunk_fn_from_graph(graph, plan)(nnx.split(small)[1], x), ref)

@@ -17,3 +17,9 @@ __all__ += ["make_shrunk_fn", "shrunk_fn_from_graph", "shrunk_flops"]
 from jaxprune._src.structured.nnx_surgery import fix_nnx_attributes, shrink_nnx
 
 __all__ += ["shrink_nnx", "fix_nnx_attributes"]
+from jaxprune._src.structured.importance import TORCH_PRUNING_DEFAULTS
+
+__all__ += ["TORCH_PRUNING_DEFAULTS"]
+from jaxprune._src.structured.linen_surgery import register_linen_fix, shrunk_linen_apply
+
+__all__ += ["shrunk_linen_apply", "register_linen_fix"]

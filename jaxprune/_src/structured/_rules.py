@@ -64,7 +64,7 @@ def reduction(w, eqn, ins, outs, key):
                 w.flag(b + ax, "norm")  # prunable: the shrunk model sums over the kept channels
             elif shape[ax] > 1:
                 w.mark(b + ax, f"reduced over by {eqn.primitive.name} (a norm's statistics, a pooling or "
-                               f"max over features: shrinking would change the result; "
+                               f"max over features: shrinking would change the result, "
                                f"trace_groups(..., through_norms=True) allows it for reduce_sum)")
         else:
             w.union(b + ax, o + j)
@@ -88,7 +88,22 @@ def track_normalizer(w, eqn, ins, outs, key) -> None:
         if ins and ins[0] in w.sums:
             w.sums[outs[0]] = w.sums[ins[0]]
         return
-    if name not in ("div", "mul") or len(eqn.invars) != 2:
+    if len(eqn.invars) != 2:
+        return
+    if name in ("add", "sub") and _shape(eqn.outvars[0]) == ():  # e.g. jnp.var's ``N - ddof``
+        for pos in (0, 1):
+            if isinstance(eqn.invars[pos], jcore.Literal) and np.ndim(eqn.invars[pos].val) == 0:
+                w.counts[eqn.outvars[0]] = (key, pos, float(eqn.invars[pos].val), eqn.invars[1 - pos])
+        return
+    if name == "div" and not isinstance(eqn.invars[1], jcore.Literal) and eqn.invars[1] in w.counts \
+            and ins[0] in w.sums:
+        ckey, cpos, value, _ = w.counts[eqn.invars[1]]
+        nodes = w.sums[ins[0]]
+        if nodes and value == float(np.prod([w.uf.size[x] for x in nodes])):
+            w.extra(ckey, normalizer=(cpos, tuple(nodes), "count"))
+            w.sums[outs[0]] = nodes
+        return
+    if name not in ("div", "mul"):
         return
     for pos in ((1,) if name == "div" else (0, 1)):
         lit, other = eqn.invars[pos], ins[1 - pos]
@@ -214,8 +229,8 @@ def dot_general(w, eqn, ins, outs, key):
                     w.root(base + ax)
             if isp or other:
                 w.flag(o + j, "dense")
-            elif base is not None:
-                w.flag(o + j, "act_free")
+            elif base is not None:  # one flag per product: a query-group axis is free in both QK^T and AV
+                w.flag(o + j, "act_free:" + "/".join(map(str, key)))
             j += 1
 
 

@@ -26,6 +26,7 @@ model's norms compute their statistics over the kept channels.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -160,7 +161,10 @@ class _Evaluator:
             return invals
         dtype = np.asarray(eqn.invars[pos].val).dtype
         invals = list(invals)
-        invals[pos] = np.asarray(n_new if op == "div" else 1.0 / n_new, dtype=dtype)
+        if op == "count":  # ``N - ddof``: the literal N becomes the kept count
+            invals[pos] = np.asarray(n_new, dtype=dtype)
+        else:
+            invals[pos] = np.asarray(n_new if op == "div" else 1.0 / n_new, dtype=dtype)
         return invals
 
     def _scan(self, eqn, invals, key, cache, override):
@@ -233,20 +237,29 @@ def _signature(args, kwargs) -> tuple:
     return (tree, tuple(sig))
 
 
-def _same_groups(old: DependencyGraph, new: DependencyGraph, plan: PrunePlan) -> str | None:
-    """``None`` if ``new`` has the groups of ``old`` (ids, members, index maps); else what differs."""
-    if len(old.groups) != len(new.groups):
-        return f"{len(new.groups)} groups instead of {len(old.groups)}"
-    pruned = {g["id"] for g in plan.groups}
-    for a, b in zip(old.groups, new.groups):
-        if a.name != b.name or a.size != b.size or len(a.members) != len(b.members):
-            return f"group {a.id} is {b.name} ({b.size} units) instead of {a.name} ({a.size} units)"
-        for ma, mb in zip(a.members, b.members):
-            if (ma.path, ma.axis) != (mb.path, mb.axis) or not np.array_equal(ma.index_map, mb.index_map):
-                return f"group {a.id} ({a.name}) couples other axes ({mb.path} axis {mb.axis})"
-        if a.id in pruned and not b.prunable:
-            return f"group {a.id} ({a.name}) is pruned by the plan but unprunable at these shapes: {b.reason}"
-    return None
+def _member_key(g) -> frozenset:
+    return frozenset((m.path, m.axis, m.index_map.tobytes(), m.index_map.shape) for m in g.members)
+
+
+def _rebase_plan(old: DependencyGraph, new: DependencyGraph, plan: PrunePlan) -> PrunePlan:
+    """The plan with group ids of ``new`` (a re-trace at other input shapes); raises if a group changed.
+
+    Every pruned group must exist in ``new`` with exactly the same members and
+    index maps, and be prunable there; groups the plan keeps whole may differ
+    (e.g. a position-embedding slice that covers the whole table at one input size).
+    """
+    by_members = {}
+    for g in new.groups:
+        by_members.setdefault(_member_key(g), g)
+    groups = []
+    for pg in plan.groups:
+        g = by_members.get(_member_key(old.groups[pg["id"]]))
+        if g is None:
+            raise ValueError(f"group {pg['name']} ({pg['size']} units) couples other axes at these input shapes")
+        if not g.prunable:
+            raise ValueError(f"group {pg['name']} is pruned by the plan but unprunable at these shapes: {g.reason}")
+        groups.append(dict(pg, id=g.id))
+    return dataclasses.replace(plan, groups=tuple(groups))
 
 
 def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..., Any]:
@@ -280,12 +293,13 @@ def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..
             shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args)]
             raise ValueError(f"shrunk fn: re-tracing the original function at input shapes {shapes} failed: "
                              f"{type(e).__name__}: {e}") from e
-        why = _same_groups(graph, new, plan)
-        if why is not None:
+        try:
+            new_plan = _rebase_plan(graph, new, plan)
+        except ValueError as e:
             shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args)]
             raise ValueError(f"shrunk fn: at input shapes {shapes} the model's coupled groups differ from the "
-                             f"traced ones ({why}); the plan does not apply at these shapes")
-        cache[sig] = (_Evaluator(new, plan), new.trace)
+                             f"traced ones ({e}); the plan does not apply at these shapes") from None
+        cache[sig] = (_Evaluator(new, new_plan), new.trace)
         return cache[sig]
 
     def fn(shrunk_params, *args, **kwargs):

@@ -43,6 +43,7 @@ class _Walker:
     def __init__(self, through_norms: bool = False) -> None:
         self.through_norms = through_norms
         self.sums: dict[int, list[int]] = {}  # var base -> axis nodes it is a sum over (through_norms)
+        self.counts: dict[Any, tuple] = {}  # scalar jaxpr var -> (eqn key, literal pos, value, other operand)
         self.uf = UnionFind()
         self.derivs: list[tuple[str, int, list[int]]] = []  # (kind, whole node, part nodes)
         self.param_base: dict[int, int] = {}  # node base -> param leaf index
@@ -110,7 +111,7 @@ class _Walker:
                 rule(self, eqn, ins, outs, key)
                 if self.sums:
                     _rules.track_normalizer(self, eqn, ins, outs, key)
-                if name in ("convert_element_type", "copy", "copy_p") and ins[0] in self.param_base:
+                if name in ("convert_element_type", "copy", "copy_p", "transpose") and ins[0] in self.param_base:
                     self.param_base[outs[0]] = self.param_base[ins[0]]
             elif name in _rules.CALLS and _rules.CALLS[name] and name in _CALL_OK:
                 self.call(eqn.params[_rules.CALLS[name]], eqn, ins, outs, key)
@@ -311,9 +312,10 @@ def _split_static(args):
 
 
 def _kind(flags: set[str]) -> str:
-    if "act_batch" in flags:
-        return "heads"
-    if "act_contract" in flags or ("act_free" in flags and "conv" not in flags):
+    free = sum(f.startswith("act_free:") for f in flags)  # activation x activation products it is free in
+    if "act_batch" in flags or (free >= 2 and "act_contract" not in flags):
+        return "heads"  # a batch axis of attention, or a query-group axis (GQA: free in QK^T and in AV)
+    if "act_contract" in flags or (free and "conv" not in flags):
         return "head_dim"
     if "conv" in flags:
         return "channels"
@@ -426,6 +428,9 @@ def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGrap
                 if hit is not None:
                     reason = f"ignored: root {hit!r} matches {rx.pattern!r}"
                     break
+        if reason is None and not roots:
+            reason = ("no layer produces these units: entries not read at the traced input shapes (e.g. the "
+                      "unused tail of a position-embedding table); pruning them would break other input shapes")
         if reason is None and pr is not None and not any(rx.search(p) for rx in pr for p in roots):
             reason = "no root member matches the `prunable` regexes"
         flags = uf.flags_of(a)
