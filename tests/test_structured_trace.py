@@ -227,3 +227,53 @@ def test_overlapping_slices_and_concat_are_refined():
     assert plan.shapes["a"][1][1] < 12
     out = shrunk_fn_from_graph(g, plan)(shrink(p, plan), x)
     np.testing.assert_allclose(out, f(apply_plan_masks(p, plan_to_masks(p, plan)), x), atol=1e-5)
+
+
+def test_concat_then_groupnorm_prunes_whole_norm_groups_per_branch():
+    import flax.linen as nn
+
+    import jaxprune as jp
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = nn.Conv(16, (3, 3), name="a")(x)
+            b = nn.Conv(16, (3, 3), name="b")(x)
+            h = nn.GroupNorm(num_groups=4, name="gn")(jnp.concatenate([a, b], -1))  # groups of 8: 2 per branch
+            return nn.Conv(8, (1, 1), name="out")(nn.relu(h)).mean((1, 2))
+
+    m = Net()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+    v = jax.tree.map(lambda a: a + 0.1, m.init(jax.random.key(0), x))
+    apply = lambda v, x: m.apply(v, x)  # noqa: E731
+    g = jp.trace_groups(apply, v, x)
+    groups = {grp.roots[0].path: grp for grp in g.prunable}
+    assert set(groups) == {"params/a/kernel", "params/b/kernel"}
+    for path, grp in groups.items():  # 2 norm groups per branch, each owning 8 channels of conv and norm
+        assert grp.size == 2
+        gn = next(mm for mm in grp.members if mm.path == "params/gn/scale")
+        offset = 0 if path == "params/a/kernel" else 16
+        np.testing.assert_array_equal(gn.index_map, offset + np.arange(16).reshape(2, 8))
+    plan = jp.make_plan(v, g, 0.5)
+    small = jp.shrink(v, plan)
+    assert small["params"]["gn"]["scale"].shape == (16,)
+    masked = jp.apply_masks(v, jp.plan_to_masks(v, plan))
+    np.testing.assert_allclose(jp.make_shrunk_fn(apply, v, plan, x)(small, x), apply(masked, x), atol=1e-5)
+
+
+def test_every_distinct_blocker_is_listed():
+    import jaxprune as jp
+
+    p = {"a": jnp.ones((3, 8)), "b": jnp.ones((8, 2))}
+
+    def f(p, x):
+        h = x @ p["a"]
+        h = h / jnp.sum(h, -1, keepdims=True)  # blocker 1: a reduction over the units
+        return h @ p["b"], jnp.cumsum(h, -1)   # blocker 2: an op the tracer cannot follow
+
+    g = jp.trace_groups(f, p, jnp.ones((1, 3)))
+    grp = next(x for x in g.groups_of("a") if any(m.path == "a" and m.axis == 1 for m in x.members))
+    assert not grp.prunable and len(grp.reasons) == 2, grp.reasons
+    text = " | ".join(grp.reasons)
+    assert "reduced over" in text and "cumsum" in text
+    assert all(f"blocker: {r}" in grp.describe() for r in grp.reasons)

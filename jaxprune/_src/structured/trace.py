@@ -232,6 +232,9 @@ class _Resolved:
                         self._refine(rw)
                         changed = True
                         break
+                    elif {pk, kind} == {"concat", "product"} and self._split_product(rw):
+                        changed = True
+                        break
                     else:
                         why = (f"axis split in two incompatible ways ({pk} {[uf.size[x] for x in pp]} "
                                f"vs {kind} {[uf.size[x] for x in rparts]})")
@@ -256,6 +259,26 @@ class _Resolved:
                 new.append(("concat", p, segs[bounds.index(start):bounds.index(end)]))
                 start = end
         w.derivs = [d for d in w.derivs if not (d[0] == "concat" and uf.find(d[1]) == rw)] + new
+
+    def _split_product(self, rw: int) -> bool:
+        """An axis that is both a concatenation and a ``(outer, inner...)`` product, e.g. GroupNorm's group
+        reshape after a concat: if every concatenated part is a whole number of outer units, each part
+        becomes ``product(outer_i, inner...)`` and ``outer = concat(outer_i)``. False if they do not align."""
+        w, uf = self.w, self.w.uf
+        mine = [d for d in w.derivs if uf.find(d[1]) == rw]
+        concat = next(d for d in mine if d[0] == "concat")
+        product = next(d for d in mine if d[0] == "product")
+        cparts = [p for p in concat[2] if uf.size[uf.find(p)] != 0]
+        pparts = [p for p in product[2] if uf.size[uf.find(p)] != 1]
+        inner = int(np.prod([uf.size[uf.find(p)] for p in pparts[1:]]))
+        sizes = [uf.size[uf.find(p)] for p in cparts]
+        if len(pparts) < 2 or inner <= 1 or any(s % inner for s in sizes):
+            return False
+        outers = [w.new_node(s // inner) for s in sizes]
+        new = [("concat", pparts[0], outers)]
+        new += [("product", c, [o] + pparts[1:]) for c, o in zip(cparts, outers)]
+        w.derivs = [d for d in w.derivs if not (d[0] == "product" and uf.find(d[1]) == rw)] + new
+        return True
 
     def expand(self, node: int) -> dict[int, np.ndarray]:
         """``{atomic root: index_map (n_atomic, k)}`` of indices into ``node``'s axis."""
