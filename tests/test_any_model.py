@@ -314,3 +314,34 @@ def test_timm_vit_b16_width_through_norms_flops():
     print(f"ViT-B/16 heads+MLP+width 0.5: XLA FLOPs x{ratio:.2f}")
     assert ratio >= 3.7
     del torch
+
+
+def test_config_driven_linen_attention_runs_through_the_generic_path():
+    """Widths read from a config dataclass (``x.reshape(b, s, cfg.heads, -1)``): no attribute to fix, but the
+    generic shrunk function runs it at any shape."""
+    import dataclasses
+
+    import flax.linen as nn
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        dim: int = 32
+        heads: int = 4
+
+    class Attention(nn.Module):
+        cfg: Config
+
+        @nn.compact
+        def __call__(self, x):
+            b, s, _ = x.shape
+            qkv = nn.Dense(3 * self.cfg.dim, name="qkv")(x).reshape(b, s, 3, self.cfg.heads, -1)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / 8.0, -1)
+            out = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, s, -1)
+            return x + nn.Dense(self.cfg.dim, name="proj")(out)
+
+    m = Attention(Config())
+    x = _images(2, 5, 32)
+    v = _perturb(m.init(jax.random.key(0), x))
+    _, plan, _, _ = _check_any_shape(lambda v, x: m.apply(v, x), v, x, [_images(1, 5, 32), _images(3, 8, 32)])
+    assert [g["kind"] for g in plan.groups] == ["heads"]
