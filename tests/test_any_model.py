@@ -203,7 +203,10 @@ def test_gqa_decoder_nnx_exact_any_length():
     state = _perturb(state)
     apply = lambda s, t: nnx.merge(graphdef, s)(t)  # noqa: E731
     tok = _tokens(2, 6, seed=0)
-    _check_any_shape(apply, state, tok, [_tokens(1, 6), _tokens(3, 9)])
+    _, plan, _, _ = _check_any_shape(apply, state, tok, [_tokens(1, 6), _tokens(3, 9)])
+    small_model = jp.shrink_nnx(nnx.merge(graphdef, state), plan, tok)  # verified against the masked model
+    masked = jp.apply_masks(state, jp.plan_to_masks(state, plan))
+    _rel_close(small_model(_tokens(3, 9)), apply(masked, _tokens(3, 9)))
 
 
 # ------------------------------------------------------------------------------ through the norms

@@ -60,7 +60,10 @@ def test_structured_speedup_quick(tmp_path):
     _check_env(r, "structured_speedup")
     rows = r["rows"]
     models = {row["model"] for row in rows}
-    assert len(models) == 2 and all(row["ratio"] == 0.0 for row in rows if row["kind"] == "dense")
+    assert models == {"small_cnn", "vit_tiny_test", "vit_tiny_width"}
+    assert all(row["ratio"] == 0.0 for row in rows if row["kind"] == "dense")
+    width = {r["model"]: r["fwd_flops_ratio"] for r in rows if r["kind"] == "shrunk" and r["model"].startswith("vit")}
+    assert width["vit_tiny_width"] > width["vit_tiny_test"]  # the embedding width through the norms is pruned too
     for row in rows:
         where = f"{row['model']} ratio {row['ratio']}"
         _check_types(row, {"fwd_ms": float, "fwd_flops": float, "fwd_compile_s": float, "param_bytes": int,
