@@ -290,3 +290,22 @@ def test_augment_crop_and_flip():
   b = next(D.batches(_toy(16), 16, seed=0, crop_padding=1, flip=True))
   b2 = next(D.batches(_toy(16), 16, seed=0, crop_padding=1, flip=True))
   np.testing.assert_array_equal(b['image'], b2['image'])
+
+
+def test_tfds_split_expressions(data_dir, capsys):
+  train = D.load_dataset('digits_offline', 'train', data_dir=data_dir, image_size=8)
+  val = D.load_dataset('digits_offline', 'validation', data_dir=data_dir, image_size=8)
+  both = D.load_dataset('digits_offline', 'train+validation', data_dir=data_dir, image_size=8)
+  np.testing.assert_array_equal(both.labels, np.concatenate([train.labels, val.labels]))
+  mixed = D.load_dataset('digits_offline', 'train[:50%]+validation[50%:]', data_dir=data_dir, image_size=8)
+  half = D.load_dataset('digits_offline', 'train[:50%]', data_dir=data_dir, image_size=8)
+  np.testing.assert_array_equal(mixed.labels[:len(half)], half.labels)
+  assert len(half) < len(mixed) < len(both)
+  capped = D.load_dataset('digits_offline', 'train+validation', data_dir=data_dir, image_size=8, max_examples=1300)
+  assert len(capped) == 1300
+  with pytest.raises(ValueError, match=r"no split 'valid' \(in 'train\+valid'\)"):
+    D.load_dataset('digits_offline', 'train+valid', data_dir=data_dir)
+  with pytest.raises(ValueError, match='not a tfds split expression'):
+    D.load_dataset('digits_offline', 'train[:abc]', data_dir=data_dir)
+  out = capsys.readouterr().out
+  assert 'Downloading' not in out and 'dataset_info' not in out  # offline builders stay quiet

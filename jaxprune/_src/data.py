@@ -31,7 +31,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 from typing import Any, Iterator, Sequence
 
@@ -99,6 +102,19 @@ def _is_offline(name: str) -> bool:
   return name.split('/')[0].split(':')[0] in _builders.OFFLINE_BUILDERS
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Silences tfds' stdout prints and absl INFO/WARNING logs (offline builders only)."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logger.setLevel(level)
+
+
 def _get_builder(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds
   if _is_offline(name):
@@ -106,15 +122,16 @@ def _get_builder(name: str, data_dir: str | None):
     if config is not None and config not in _builders.SHAPES_TASKS and config not in _builders.UPSTREAM_TASKS:
       raise ValueError(f'unknown offline task {name!r}; available: {list_offline_tasks()} '
                        f'(and the upstream pretraining set shapes_offline/upstream)')
-    builder = tfds.builder(name, data_dir=data_dir or _builders.default_data_dir())
-    if not builder.is_prepared():  # offline: generated locally, a few seconds
-      from tensorflow_datasets.core.utils import tqdm_utils
-      shown = getattr(tqdm_utils, '_active', True)
-      tfds.display_progress_bar(False)
-      try:
-        builder.download_and_prepare()
-      finally:
-        tfds.display_progress_bar(shown)
+    with _quiet_tfds():  # no "Downloading and preparing" lines or absl warnings for a local build
+      builder = tfds.builder(name, data_dir=data_dir or _builders.default_data_dir())
+      if not builder.is_prepared():  # offline: generated locally, a few seconds
+        from tensorflow_datasets.core.utils import tqdm_utils
+        shown = getattr(tqdm_utils, '_active', True)
+        tfds.display_progress_bar(False)
+        try:
+          builder.download_and_prepare()
+        finally:
+          tfds.display_progress_bar(shown)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -237,6 +254,29 @@ def _prepare(imgs: list, image_size, resize_method: str, center_crop: bool, to_r
   return batch
 
 
+def split_parts(split: str, available: Sequence[str], name: str = 'dataset') -> list[str]:
+  """The parts of a tfds split expression (``'train+validation'``, ``'train[:80%]'``, ``'test[10:20]'``).
+
+  Validated with tfds' own parser; every split named must exist.
+
+  >>> split_parts('train+validation[:10%]', ['train', 'validation'])
+  ['train', 'validation[:10%]']
+  """
+  import tensorflow_datasets as tfds
+  if not isinstance(split, str) or not split.strip():
+    raise TypeError(f'split must be a tfds split expression such as "train" or "train[:80%]", got {split!r}')
+  parts = [p.strip() for p in split.split('+')]
+  for p in parts:
+    try:
+      tfds.core.ReadInstruction.from_spec(p)
+    except (ValueError, AssertionError) as e:
+      raise ValueError(f'split {split!r} is not a tfds split expression ({p!r}: {e})') from None
+    if p.split('[')[0] not in available:
+      raise ValueError(f'dataset {name!r} has no split {p.split("[")[0]!r} (in {split!r}); '
+                       f'splits: {list(available)}')
+  return parts
+
+
 def load_dataset(name: str, split: str = 'train', *, image_size: int | Sequence[int] | None = None,
                  data_dir: str | os.PathLike | None = None, normalize: Any = 'imagenet',
                  grayscale_to_rgb: bool = True, resize_method: str = 'area',
@@ -254,8 +294,7 @@ def load_dataset(name: str, split: str = 'train', *, image_size: int | Sequence[
   """
   data_dir = None if data_dir is None else os.fspath(data_dir)
   builder = _get_builder(name, data_dir)
-  if split not in builder.info.splits and '[' not in split:
-    raise ValueError(f'dataset {name!r} has no split {split!r}; splits: {list(builder.info.splits)}')
+  parts = split_parts(split, list(builder.info.splits), name)
   feats = builder.info.features
   if image_key not in feats or label_key not in feats:
     raise ValueError(f'dataset {name!r} has features {list(feats)}; expected image_key='
@@ -263,9 +302,13 @@ def load_dataset(name: str, split: str = 'train', *, image_size: int | Sequence[
   label_feat = feats[label_key]
   num_classes = int(getattr(label_feat, 'num_classes', 0) or 0)
   chunks, labels = [], []
-  for imgs, labs in _read_split(builder, name, split, max_examples, image_key, label_key):
-    chunks.append(_prepare(imgs, image_size, resize_method, center_crop, grayscale_to_rgb, name))
-    labels.append(labs)
+  for part in parts:  # 'train+validation[:10%]': each part read as tfds reads it, then concatenated
+    left = None if max_examples is None else max_examples - sum(len(x) for x in labels)
+    if left is not None and left <= 0:
+      break
+    for imgs, labs in _read_split(builder, name, part, left, image_key, label_key):
+      chunks.append(_prepare(imgs, image_size, resize_method, center_crop, grayscale_to_rgb, name))
+      labels.append(labs)
   if not chunks:
     raise ValueError(f'dataset {name!r} split {split!r} is empty')
   images, labels = np.concatenate(chunks), np.concatenate(labels).astype(np.int32)

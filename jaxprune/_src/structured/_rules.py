@@ -398,6 +398,20 @@ def gather(w, eqn, ins, outs, key):
         w.mark_var(idx, _shape(eqn.invars[1]), "indices of a gather")
 
 
+def rev(w, eqn, ins, outs, key):
+    """``lax.rev``: reversed axes (e.g. a transposed conv's window) are not index-preserving; others are."""
+    (b,), (o,) = ins, outs
+    if b is None:
+        return
+    dims = set(int(d) for d in eqn.params["dimensions"])
+    for ax, n in enumerate(_shape(eqn.invars[0])):
+        if ax not in dims:
+            w.union(b + ax, o + ax)
+        elif n > 1:
+            w.mark(b + ax, "reversed by lax.rev")
+            w.mark(o + ax, "reversed by lax.rev")
+
+
 def iota(w, eqn, ins, outs, key):
     w.mark_var(outs[0], _shape(eqn.outvars[0]), "iota (an index array)")
 
@@ -424,6 +438,7 @@ RULES.update({
     "dynamic_update_slice": dynamic_update_slice,
     "gather": gather,
     "iota": iota,
+    "rev": rev,
 })
 
 # Higher-order primitives whose body is walked inline: name -> param holding the jaxpr.
