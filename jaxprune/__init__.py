@@ -63,7 +63,7 @@ del _mask_library, _algorithms, _checkpoint, _flops, _sparse_format, _structured
 
 
 def __getattr__(name):  # lazy submodules: `jaxprune.data` imports tensorflow-datasets.
-    if name in ("data", "models", "convert", "transfer", "cli"):
+    if name in ("data", "models", "convert", "transfer", "cli", "train", "demo"):
         import importlib
         return importlib.import_module(f"jaxprune.{name}")
     raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")

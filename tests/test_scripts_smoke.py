@@ -33,3 +33,13 @@ def test_demo_quick(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "| dense |" in (tmp_path / "results.md").read_text()
+    shrunk = rows["structured 50% (shrunk)"]  # a genuinely smaller model, finetuned at its new size
+    assert shrunk["step_gflops"] < 0.5 * rows["dense"]["step_gflops"] and shrunk["params"] < rows["dense"]["params"]
+    assert shrunk["acc_finetuned"] > shrunk["acc_pruned"]
+    assert "study_a" not in result  # no chance-level study tail in the main job
+
+
+def test_demo_runs_as_a_package_module(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxprune.demo", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and "--quick" in out.stdout
