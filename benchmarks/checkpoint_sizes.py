@@ -27,9 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxprune import models as M  # noqa: E402
-from jaxprune._src.checkpoint import checkpoint_size_bytes, save_checkpoint  # noqa: E402
-from jaxprune._src.sparse_format import compact_sparse  # noqa: E402
-from jaxprune._src.tree import map_with_path, prunable_tree  # noqa: E402
+from jaxprune import checkpoint_size_bytes, compact_sparse, map_with_path, prunable_tree, save_checkpoint  # noqa: E402
 
 SPARSITIES = (0.5, 0.9, 0.95)
 

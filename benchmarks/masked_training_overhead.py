@@ -51,7 +51,7 @@ TARGET_OFF = 1.10
 
 def _pruners(sparsity, every):
     return {"magnitude": jp.magnitude_pruner(jp.periodic(sparsity, every=every)),
-            "rigl": jp.rigl(sparsity, every=every, end=100 * every, distribution="uniform")}
+            "rigl": jp.rigl_pruner(sparsity, every=every, end=100 * every, distribution="uniform")}
 
 
 def bench_model(name, batch, reps, sparsity, every):

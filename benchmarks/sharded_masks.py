@@ -64,7 +64,7 @@ def score_shapes(quick: bool):
     import jax.numpy as jnp
 
     from jaxprune import models
-    from jaxprune._src.tree import leaves_with_paths, prunable_tree
+    from jaxprune import leaves_with_paths, prunable_tree
 
     if quick:
         return {"conv1/kernel": (3, 3, 64, 128), "conv2/kernel": (3, 3, 128, 256),
@@ -98,7 +98,7 @@ def run(args) -> dict:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from jaxprune._src import masks as masks_lib
+    import jaxprune as masks_lib  # layerwise_masks / global_masks
 
     d, m = (int(v) for v in args.mesh.lower().split("x"))
     if jax.device_count() < d * m:

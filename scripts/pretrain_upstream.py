@@ -20,7 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jaxprune._src.transfer import study_a, upstream  # noqa: E402
+from jaxprune import transfer  # noqa: E402
+from jaxprune.transfer import study_a  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,7 +39,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> upstream.Upstream:
+def main(argv=None) -> transfer.Upstream:
     args = parse_args(argv)
     cfg = (study_a.quick_config() if args.quick else study_a.small_config()).upstream
     over = {}
@@ -51,7 +52,7 @@ def main(argv=None) -> upstream.Upstream:
     if args.stages:
         over["stage_sizes"] = tuple(int(v) for v in args.stages.split(","))
     cfg = dataclasses.replace(cfg, **over)
-    up = upstream.pretrain_upstream(cfg, cache_dir=args.out, force=args.force, progress=not args.no_progress)
+    up = transfer.pretrain_upstream(cfg, cache_dir=args.out, force=args.force, progress=not args.no_progress)
     print(json.dumps({"path": up.path, "model": type(up.model).__name__, **up.metrics}, indent=1))
     return up
 

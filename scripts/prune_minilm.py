@@ -110,7 +110,7 @@ def distill(model, variables, train_batch, teacher, *, steps: int, batch: int, l
     import jax.numpy as jnp
     import optax
 
-    from jaxprune._src.minilm import sentence_embeddings
+    from jaxprune.convert import sentence_embeddings
 
     opt = optax.adam(lr)
     n = train_batch["input_ids"].shape[0]
@@ -138,7 +138,7 @@ def distill(model, variables, train_batch, teacher, *, steps: int, batch: int, l
 
 def prune(variables, graph, heads: float, mlp: float, method: str):
     """Thin use of the structured engine: per-layer head / MLP-unit ratios -> plan -> shrunk variables."""
-    from jaxprune._src.structured import make_plan, shrink
+    from jaxprune import make_plan, shrink
 
     rules = [(r"/attention/(query|key|value|out)/", heads), (r"/mlp/fc1/", mlp)]
     plan = make_plan(variables, graph, rules, method=method, kinds=("heads", "units"), ignore=[r"pooler"])
@@ -152,9 +152,9 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from jaxprune import models
-    from jaxprune._src.flops import flops, param_count
-    from jaxprune._src.minilm import load_minilm, sentence_embeddings, tokenize
-    from jaxprune._src.structured import trace_groups
+    from jaxprune import flops, param_count
+    from jaxprune.convert import load_minilm, sentence_embeddings, tokenize
+    from jaxprune import trace_groups
 
     steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     reps = args.reps or (3 if args.quick else 30)

@@ -1,8 +1,8 @@
 """Study B upstream: train a small CNN with each sparse-training method at 80/90/95% sparsity.
 
-Methods (see jaxprune/_src/sparse_upstream.py): dense, gmp, acdc, rigl1x, rigl5x,
+Methods (see jaxprune.transfer.study_b): dense, gmp, acdc, rigl1x, rigl5x,
 set, ste, str, woodfisher, lth (lottery ticket with rewinding). Every run
-is one code path (jaxprune._src.train.fit); the method only picks the pruner / reparameterisation
+is one code path (jaxprune.train.fit); the method only picks the pruner / reparameterisation
 / rounds. Writes, under --out:
 
   checkpoints/<method>_s<NN>/   orbax checkpoint: variables, masks, model config, run metadata
@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jaxprune._src import sparse_upstream as su  # noqa: E402
+from jaxprune.transfer import study_b as sb  # noqa: E402
 
 
 def _floats(s):
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny CI run (few steps, 2 methods x 1 sparsity + dense)")
     p.add_argument("--config", choices=["small", "full"], default="small",
                    help="small: offline CifarResNet; full: ResNet-50 / imagenet2012 (needs the data)")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(su.METHODS)}")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(sb.UPSTREAM_METHODS)}")
     p.add_argument("--sparsities", type=_floats, default=(0.8, 0.9, 0.95))
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
     p.add_argument("--lth-rounds", type=int, default=None, help="LTH prune-rewind rounds (default 3)")
@@ -54,13 +54,13 @@ def parse_args(argv=None):
 
 def config_from_args(args):
     if args.config == "full":
-        cfg, methods = su.full_upstream_config(seed=args.seed), su.DEFAULT_METHODS
+        cfg, methods = sb.full_upstream_config(seed=args.seed), sb.DEFAULT_UPSTREAM_METHODS
     elif args.quick:
-        cfg = su.SparseUpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
+        cfg = sb.UpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
                                       lth_rounds=1, seed=args.seed)
         methods = ("dense", "gmp", "lth")
     else:
-        cfg, methods = su.SparseUpstreamConfig(steps=600, seed=args.seed), su.DEFAULT_METHODS
+        cfg, methods = sb.UpstreamConfig(steps=600, seed=args.seed), sb.DEFAULT_UPSTREAM_METHODS
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     if args.lth_rounds is not None:
@@ -74,7 +74,7 @@ def config_from_args(args):
 def main(argv=None):
     args = parse_args(argv)
     cfg, methods, sparsities = config_from_args(args)
-    su.run_sparse_upstream(args.out, cfg, methods, sparsities, data_dir=args.data_dir, progress=args.progress)
+    sb.run_upstreams(args.out, cfg, methods, sparsities, data_dir=args.data_dir, progress=args.progress)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
 

@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jaxprune._src.transfer import study_a  # noqa: E402
+from jaxprune.transfer import study_a  # noqa: E402
 
 
 def _floats(s):
@@ -57,7 +57,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def config_from_args(args) -> study_a.StudyAConfig:
+def config_from_args(args) -> study_a.Config:
     if args.full:
         cfg = study_a.full_config(args.full, args.arch, upstream_dataset=args.upstream_dataset)
     elif args.quick:
@@ -86,7 +86,7 @@ def config_from_args(args) -> study_a.StudyAConfig:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = config_from_args(args)
-    results = study_a.run_study_a(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    results = study_a.run(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
     print()
     print(open(os.path.join(args.out, "results.md")).read())
     print(f"wrote {args.out}/results.json, results.md, accuracy_vs_compute.png and per-task plots "

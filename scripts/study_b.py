@@ -27,8 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jaxprune._src import sparse_upstream as su  # noqa: E402
-from jaxprune._src.transfer import sparse_transfer as st  # noqa: E402
+from jaxprune.transfer import study_b as sb  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,43 +51,43 @@ def load_upstreams(directory: str) -> list:
     names = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)))
     if not names:
         raise FileNotFoundError(f"no upstream checkpoints under {root!r}; run scripts/sparse_upstream.py first")
-    ups = [su.load_sparse_upstream(os.path.join(root, n)) for n in names]
-    return sorted(ups, key=lambda u: (u.method != "dense", su.METHODS.index(u.method), u.sparsity))
+    ups = [sb.load_upstream(os.path.join(root, n)) for n in names]
+    return sorted(ups, key=lambda u: (u.method != "dense", sb.UPSTREAM_METHODS.index(u.method), u.sparsity))
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.config == "full":
-        cfg = st.TransferConfig(image_size=224, linear_epochs=150, linear_lr=0.01, full_lr=0.001,
+        cfg = sb.Config(image_size=224, linear_epochs=150, linear_lr=0.01, full_lr=0.001,
                                 full_steps=20_000, full_batch_size=64, augment=True, seed=args.seed)
-        names = list(st.PAPER_DATASETS)
+        names = list(sb.PAPER_DATASETS)
     elif args.quick:
-        cfg = st.TransferConfig(linear_epochs=10, full_steps=20, max_train_examples=300, seed=args.seed)
-        names = list(st.SMALL_DATASETS[:1])
+        cfg = sb.Config(linear_epochs=10, full_steps=20, max_train_examples=300, seed=args.seed)
+        names = list(sb.SMALL_DATASETS[:1])
     else:
-        cfg = st.TransferConfig(linear_epochs=100, full_steps=200, seed=args.seed)
-        names = list(st.SMALL_DATASETS)
+        cfg = sb.Config(linear_epochs=100, full_steps=200, seed=args.seed)
+        names = list(sb.SMALL_DATASETS)
     if args.full_steps:
         cfg = dataclasses.replace(cfg, full_steps=args.full_steps)
     if args.linear_epochs:
         cfg = dataclasses.replace(cfg, linear_epochs=args.linear_epochs)
     if args.datasets:
         names = args.datasets.split(",")
-    datasets = st.resolve_datasets(names, data_dir=args.data_dir)
+    datasets = sb.resolve_datasets(names, data_dir=args.data_dir)
     if not datasets:
         sys.exit("no dataset available; see the messages above")
     if args.upstream_dir:
         ups = load_upstreams(args.upstream_dir)
     elif args.quick:
-        ucfg = su.SparseUpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
+        ucfg = sb.UpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
                                        lth_rounds=1, seed=args.seed)
-        data = su.load_upstream_splits(ucfg)
-        ups = [su.train_sparse_upstream(m, s, ucfg, data=data) for m, s in (("dense", 0.0), ("gmp", 0.9))]
+        data = sb.load_upstream_splits(ucfg)
+        ups = [sb.train_upstream(m, s, ucfg, data=data) for m, s in (("dense", 0.0), ("gmp", 0.9))]
     else:
         sys.exit("--upstream-dir is required (run scripts/sparse_upstream.py first), or use --quick")
-    result = st.run_study_b(ups, datasets, cfg, modes=tuple(args.modes.split(",")), data_dir=args.data_dir)
+    result = sb.run(ups, datasets, cfg, modes=tuple(args.modes.split(",")), data_dir=args.data_dir)
     result["upstream"] = [dict(u.stats, method=u.method, target_sparsity=u.sparsity) for u in ups]
-    print(st.write_study_b(args.out, result))
+    print(sb.write_outputs(result, args.out))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jaxprune._src.transfer import study_c  # noqa: E402
+from jaxprune.transfer import study_c  # noqa: E402
 
 
 def _floats(s):
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def config_from_args(args) -> study_c.StudyCConfig:
+def config_from_args(args) -> study_c.Config:
     cfg = study_c.quick_config() if args.quick else study_c.full_config() if args.full else study_c.default_config()
     over = {}
     for field in ("archs", "sources", "targets", "methods", "budgets", "budget_kind", "steps", "seeds", "k",
@@ -77,7 +77,7 @@ def config_from_args(args) -> study_c.StudyCConfig:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = config_from_args(args)
-    results = study_c.run_study_c(cfg, out_dir=args.out, cache_dir=args.cache_dir)
+    results = study_c.run(cfg, out_dir=args.out, cache_dir=args.cache_dir)
     print()
     print(open(os.path.join(args.out, "results.md")).read())
     print(f"wrote {args.out}/results.json, results.md, accuracy_vs_steps.png, library_*/ ({results['seconds']:.0f} s)")

@@ -210,7 +210,7 @@ def test_fit_with_ste_trains_the_masked_model():
     ds = _toy_dataset(64, seed=2)
     model = models.MLP(features=(16,), num_classes=4, in_features=IMG * IMG * 3)  # no BatchNorm: train == eval
     v = model.init(jax.random.key(0), model.example_input(1))
-    pruner = jp.ste(jp.one_shot(0.9, step=0), jp.MaskSpec(scope="global"))
+    pruner = jp.ste_pruner(jp.one_shot(0.9, step=0), jp.MaskSpec(scope="global"))
     cfg = TrainConfig(steps=2, batch_size=64, eval_every=2)
     res = fit(model, v, ds, cfg, eval_ds=ds, tx=optax.sgd(0.0), pruner=pruner, progress=False)
     kernels = [m for m in jax.tree.leaves(res.masks) if m is not None]

@@ -7,7 +7,7 @@ pruners can take any of them; they are registered by name in
 
 Example:
   >>> import jax.numpy as jnp
-  >>> magnitude({'w': jnp.array([[-3., 1.], [0., 2.]])})['w']
+  >>> magnitude_scores({'w': jnp.array([[-3., 1.], [0., 2.]])})['w']
   Array([[3., 1.],
          [0., 2.]], dtype=float32)
 """
@@ -25,10 +25,10 @@ PyTree = Any
 ScoreFn = Callable[..., PyTree]
 
 __all__ = [
-    "magnitude",
-    "random",
-    "saliency",
-    "taylor",
+    "magnitude_scores",
+    "random_scores",
+    "saliency_scores",
+    "taylor_scores",
     "SCORE_FNS",
     "register_score",
     "get_score_fn",
@@ -41,16 +41,16 @@ def _require(value: Any, name: str, method: str) -> Any:
     return value
 
 
-def magnitude(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
+def magnitude_scores(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
     """``|w|``: the classic magnitude criterion (grads and key are ignored)."""
     del grads, key
     return jax.tree.map(jnp.abs, params)
 
 
-def random(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
+def random_scores(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
     """Uniform random scores in [0, 1), reproducible given ``key`` (one sub-key per leaf).
 
-    >>> s = random({'w': jnp.ones((2, 2))}, key=jax.random.key(0))
+    >>> s = random_scores({'w': jnp.ones((2, 2))}, key=jax.random.key(0))
     >>> s['w'].shape
     (2, 2)
     """
@@ -67,14 +67,14 @@ def _check_grads(params: PyTree, grads: PyTree, method: str) -> None:
     tree_lib.check_same_structure(params, grads, what=f"grads for {method!r}", allow_none=False)
 
 
-def saliency(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
+def saliency_scores(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
     """``|w * g|`` (connection sensitivity, as in SNIP), given ``grads`` of a loss."""
     del key
     _check_grads(params, grads, "saliency")
     return jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
 
 
-def taylor(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
+def taylor_scores(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None) -> PyTree:
     """First-order Taylor estimate of the loss change from removing ``w``: ``(w * g)**2``.
 
     (Molchanov et al. 2019). Summed over a structure (filter, head), it is
@@ -86,10 +86,10 @@ def taylor(params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None
 
 
 SCORE_FNS: dict[str, ScoreFn] = {
-    "magnitude": magnitude,
-    "random": random,
-    "saliency": saliency,
-    "taylor": taylor,
+    "magnitude": magnitude_scores,
+    "random": random_scores,
+    "saliency": saliency_scores,
+    "taylor": taylor_scores,
 }
 
 
@@ -109,3 +109,15 @@ def get_score_fn(method: str | ScoreFn) -> ScoreFn:
     if method not in SCORE_FNS:
         raise ValueError(f"unknown score method {method!r}; known: {sorted(SCORE_FNS)}")
     return SCORE_FNS[method]
+
+
+magnitude = magnitude_scores  # the pre-v1 name (jaxprune.magnitude is a deprecated alias)
+
+
+random = random_scores  # the pre-v1 name (jaxprune.random is a deprecated alias)
+
+
+saliency = saliency_scores  # the pre-v1 name (jaxprune.saliency is a deprecated alias)
+
+
+taylor = taylor_scores  # the pre-v1 name (jaxprune.taylor is a deprecated alias)

@@ -151,7 +151,7 @@ def mesh_round_to(graph: Any, shardings: PyTree) -> int:
     over all of them (1 when nothing pruned is sharded). ``shardings`` is a
     tree like the params holding arrays or ``Sharding``s.
 
-    >>> from jaxprune._src.structured import trace_groups
+    >>> from jaxprune import trace_groups
     >>> p = {'a': jnp.ones((2, 8)), 'b': jnp.ones((8, 1))}
     >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
     >>> mesh_round_to(g, p)
@@ -184,7 +184,7 @@ def shrink_sharded(params: PyTree, plan: Any) -> PyTree:
     Unaffected leaves are returned as they are. Results equal
     ``shrink(params, plan)`` exactly.
 
-    >>> from jaxprune._src.structured import trace_groups, make_plan
+    >>> from jaxprune import trace_groups, make_plan
     >>> p = {'a': jnp.ones((2, 4)), 'b': jnp.ones((4, 1))}
     >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
     >>> jax.tree.map(jnp.shape, shrink_sharded(p, make_plan(p, g, 0.5)))

@@ -181,19 +181,19 @@ def recipe(method: str, sparsity: float, cfg: SparseUpstreamConfig) -> Recipe:
     if method == "dense":
         return Recipe(t)
     if method == "gmp":
-        return Recipe(t, lambda: alg.gmp(s, begin=begin, end=end, every=every, spec=_spec(first)))
+        return Recipe(t, lambda: alg.gmp_pruner(s, begin=begin, end=end, every=every, spec=_spec(first)))
     if method == "ste":
-        return Recipe(t, lambda: alg.ste(polynomial(s, begin=begin, end=end, every=every), _spec(first)))
+        return Recipe(t, lambda: alg.ste_pruner(polynomial(s, begin=begin, end=end, every=every), _spec(first)))
     if method == "woodfisher":
-        return Recipe(t, lambda: alg.woodfisher(s, begin=begin, end=end, every=every, block_size=cfg.woodfisher_block,
+        return Recipe(t, lambda: alg.woodfisher_pruner(s, begin=begin, end=end, every=every, block_size=cfg.woodfisher_block,
                                                 damp=cfg.woodfisher_damp, spec=_spec(first, "global")))
     if method == "acdc":
         phase = max(int(0.05 * t), 1)
-        return Recipe(t, lambda: alg.acdc(s, warmup=begin, compressed_steps=phase, dense_steps=phase,
+        return Recipe(t, lambda: alg.acdc_pruner(s, warmup=begin, compressed_steps=phase, dense_steps=phase,
                                           final_begin=int(0.85 * t), spec=_spec(first, "global")))
     if method in ("rigl1x", "rigl5x", "set"):
         rc = alg.rigl_config(t, 5 if method == "rigl5x" else 1, every=every)
-        factory = alg.set_pruner if method == "set" else alg.rigl
+        factory = alg.set_pruner if method == "set" else alg.rigl_pruner
         return Recipe(rc["total_steps"], lambda: factory(s, every=rc["every"], end=rc["end"],
                                                          drop_fraction=rc["drop_fraction"],
                                                          spec=_spec(first, distribution="erk")))

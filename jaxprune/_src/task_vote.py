@@ -29,7 +29,7 @@ cosine similarity; pass any ``similarity(target, embeddings) -> (n,)``
 callable to :func:`nearest_tasks` to change it.
 
 Example:
-  >>> from jaxprune._src.mask_library import MaskLibrary, TaskRecord
+  >>> from jaxprune.vote import MaskLibrary, TaskRecord
   >>> r1 = TaskRecord('a', np.array([1., 0.]), {'g': np.array([True, False])})
   >>> r2 = TaskRecord('b', np.array([0., 1.]), {'g': np.array([True, True])})
   >>> lib = MaskLibrary((r1, r2))
@@ -130,7 +130,7 @@ def nearest_tasks(library: "MaskLibrary", target_embedding: Any, k: int, *, simi
     all positive, so raw cosines crowd near 1; centred ones spread over
     ``[-1, 1]`` and make ``'similarity'``/``'softmax'`` weights informative.
 
-    >>> from jaxprune._src.mask_library import MaskLibrary, TaskRecord
+    >>> from jaxprune.vote import MaskLibrary, TaskRecord
     >>> lib = MaskLibrary(tuple(TaskRecord(n, e, {'g': np.ones(2, bool)}) for n, e in
     ...                         [('a', [1., 0.]), ('b', [0., 1.]), ('c', [1., 1.])]))
     >>> nearest_tasks(lib, [0.9, 0.1], k=2)[0].tolist()
@@ -233,7 +233,7 @@ def vote_plan(params: Any, graph, scores: Mapping[str, Any], *, budget=None, rat
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jaxprune._src.structured import trace_groups, param_bytes_budget
+      >>> from jaxprune import trace_groups, param_bytes_budget
       >>> p = {'a': jnp.ones((2, 4)), 'b': jnp.ones((4, 1))}
       >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
       >>> name = g.prunable[0].name

@@ -17,7 +17,7 @@ from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
 from jaxprune._src.schedules import Schedule
 
-__all__ = ["acdc", "acdc_schedule"]
+__all__ = ["acdc_pruner", "acdc_schedule"]
 
 
 def acdc_schedule(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: int,
@@ -56,7 +56,7 @@ def acdc_schedule(sparsity: float, *, warmup: int, compressed_steps: int, dense_
     return Schedule(sparsity_fn, is_update, sparsity)
 
 
-def acdc(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: int, final_begin: int,
+def acdc_pruner(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: int, final_begin: int,
          spec: MaskSpec = MaskSpec()) -> Pruner:
     """AC/DC pruner: magnitude top-k in compressed phases, all-True masks in dense phases.
 
@@ -64,7 +64,7 @@ def acdc(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: in
     ``final_begin`` at epoch 90.
 
     >>> import jax, jax.numpy as jnp
-    >>> p = acdc(0.5, warmup=1, compressed_steps=1, dense_steps=1, final_begin=4)
+    >>> p = acdc_pruner(0.5, warmup=1, compressed_steps=1, dense_steps=1, final_begin=4)
     >>> masks, _ = p.init({'w': jnp.arange(4.).reshape(2, 2)}, jax.random.key(0))
     >>> bool(masks['w'].all())
     True
@@ -74,3 +74,6 @@ def acdc(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: in
                              dense_steps=dense_steps, final_begin=final_begin)
     # Entering a dense phase the sparsity is 0, so the top-k masks are all True.
     return scored_pruner("magnitude", schedule, spec)
+
+
+acdc = acdc_pruner  # the pre-v1 name (jaxprune.acdc is a deprecated alias)

@@ -35,7 +35,7 @@ from jaxprune._src.schedules import Schedule, periodic
 
 PyTree = Any
 
-__all__ = ["drop_grow_pruner", "rigl", "set_pruner", "cosine_drop_fraction", "rigl_config", "drop_grow_masks"]
+__all__ = ["drop_grow_pruner", "rigl_pruner", "set_pruner", "cosine_drop_fraction", "rigl_config", "drop_grow_masks"]
 
 
 def cosine_drop_fraction(step: jax.Array, alpha: float, end: int) -> jax.Array:
@@ -79,7 +79,7 @@ def _abs_grads(params, grads, key):
 
 def _random_scores(params, grads, key):
     del grads
-    return scores_lib.random(params, key=key)
+    return scores_lib.random_scores(params, key=key)
 
 
 GROW_FNS: dict[str, Callable[..., PyTree]] = {"gradient": _abs_grads, "random": _random_scores}
@@ -121,7 +121,7 @@ def drop_grow_pruner(sparsity: float, *, grow: str | Callable[..., PyTree], ever
     schedule = Schedule(base.sparsity, base.is_update, sparsity)
 
     def init(params, key):
-        return masks_from_scores(scores_lib.random(params, key=key), sparsity, spec), ()
+        return masks_from_scores(scores_lib.random_scores(params, key=key), sparsity, spec), ()
 
     def update(params, grads, masks, aux, step, key):
         drop = masked_scores(jax.tree.map(jnp.abs, params), masks)
@@ -131,14 +131,14 @@ def drop_grow_pruner(sparsity: float, *, grow: str | Callable[..., PyTree], ever
     return Pruner(init=init, update=update, schedule=schedule, reset_regrown=True)
 
 
-def rigl(sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3, distribution: str = "erk",
+def rigl_pruner(sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3, distribution: str = "erk",
          **kwargs: Any) -> Pruner:
     """RigL (Evci et al. 2020): ERK random init, drop smallest |w|, grow largest |grad|.
 
     >>> import jax, jax.numpy as jnp, optax
     >>> from jaxprune import sparse_optimizer
     >>> params = {'dense': {'kernel': jnp.ones((8, 8)), 'bias': jnp.zeros(8)}}
-    >>> opt = sparse_optimizer(optax.adam(1e-2), rigl(0.75, every=2, end=10, distribution='uniform'))
+    >>> opt = sparse_optimizer(optax.adam(1e-2), rigl_pruner(0.75, every=2, end=10, distribution='uniform'))
     >>> state = opt.init(params)
     >>> int(state.masks['dense']['kernel'].sum()), state.masks['dense']['bias']
     (16, None)
@@ -173,3 +173,6 @@ def rigl_config(base_steps: int, multiplier: int = 1, *, every: int = 100, end_f
     total = base_steps * multiplier
     end = max(int(math.floor(end_fraction * total)), min(every + 1, total))
     return {"total_steps": total, "every": every, "end": end, "drop_fraction": float(drop_fraction)}
+
+
+rigl = rigl_pruner  # the pre-v1 name (jaxprune.rigl is a deprecated alias)

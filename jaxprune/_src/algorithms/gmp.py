@@ -15,10 +15,10 @@ from jaxprune._src.algorithms._common import check_spec
 from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
 from jaxprune._src.schedules import polynomial
 
-__all__ = ["gmp"]
+__all__ = ["gmp_pruner"]
 
 
-def gmp(sparsity: float, *, begin: int, end: int, every: int, initial_sparsity: float = 0.0,
+def gmp_pruner(sparsity: float, *, begin: int, end: int, every: int, initial_sparsity: float = 0.0,
         power: float = 3.0, scope: str = "layerwise", distribution: str = "uniform",
         spec: MaskSpec | None = None, score: Any = "magnitude") -> Pruner:
     """Gradual magnitude pruning to ``sparsity`` between steps ``begin`` and ``end``.
@@ -34,7 +34,7 @@ def gmp(sparsity: float, *, begin: int, end: int, every: int, initial_sparsity: 
 
     >>> import jax, jax.numpy as jnp, optax
     >>> from jaxprune import sparse_optimizer
-    >>> opt = sparse_optimizer(optax.sgd(0.1), gmp(0.5, begin=0, end=2, every=1))
+    >>> opt = sparse_optimizer(optax.sgd(0.1), gmp_pruner(0.5, begin=0, end=2, every=1))
     >>> params = {'w': jnp.arange(1., 9.).reshape(2, 4)}
     >>> state = opt.init(params)
     >>> for _ in range(3):
@@ -48,3 +48,6 @@ def gmp(sparsity: float, *, begin: int, end: int, every: int, initial_sparsity: 
     schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity,
                           power=power)
     return scored_pruner(score, schedule, spec)
+
+
+gmp = gmp_pruner  # the pre-v1 name (jaxprune.gmp is a deprecated alias)

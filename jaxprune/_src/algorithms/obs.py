@@ -42,7 +42,7 @@ from jaxprune._src.schedules import polynomial
 PyTree = Any
 
 __all__ = ["fisher_inverse", "obs_saliency", "obs_update", "obs_prune", "woodfisher_prune",
-           "woodfisher_scores", "woodfisher"]
+           "woodfisher_scores", "woodfisher_pruner"]
 
 
 def _block(d: int, block_size: int) -> int:
@@ -276,13 +276,13 @@ def woodfisher_scores(params: PyTree, grads: PyTree, *, block_size: int = 128, d
                                                prunable=prunable))
 
 
-def woodfisher(sparsity: float, *, begin: int, end: int, every: int, block_size: int = 128,
+def woodfisher_pruner(sparsity: float, *, begin: int, end: int, every: int, block_size: int = 128,
                damp: float = 1e-5, initial_sparsity: float = 0.0, power: float = 3.0,
                spec: MaskSpec = MaskSpec(scope="global")) -> Pruner:
     """Gradual WoodFisher on the polynomial schedule; Fisher from the gradients of the steps since
     the last update (per-minibatch gradients, via ``observe``).
 
-    >>> p = woodfisher(0.5, begin=2, end=6, every=2, block_size=16)
+    >>> p = woodfisher_pruner(0.5, begin=2, end=6, every=2, block_size=16)
     >>> p.param_update, p.observe is not None
     (True, True)
     """
@@ -327,3 +327,6 @@ def woodfisher(sparsity: float, *, begin: int, end: int, every: int, block_size:
         return new_masks, zeros_aux(params, masks), delta
 
     return Pruner(init=init, update=update, schedule=schedule, observe=observe, param_update=True)
+
+
+woodfisher = woodfisher_pruner  # the pre-v1 name (jaxprune.woodfisher is a deprecated alias)

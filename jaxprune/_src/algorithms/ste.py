@@ -25,7 +25,7 @@ from jaxprune._src.schedules import Schedule
 
 PyTree = Any
 
-__all__ = ["ste", "straight_through_masks"]
+__all__ = ["ste_pruner", "straight_through_masks"]
 
 
 def straight_through_masks(params: PyTree, masks: PyTree) -> PyTree:
@@ -40,12 +40,12 @@ def straight_through_masks(params: PyTree, masks: PyTree) -> PyTree:
     return jax.tree.map(lambda p, q: p + jax.lax.stop_gradient(q - p), params, masked)
 
 
-def ste(schedule: Schedule, spec: MaskSpec = MaskSpec(), *, score: Any = "magnitude") -> Pruner:
+def ste_pruner(schedule: Schedule, spec: MaskSpec = MaskSpec(), *, score: Any = "magnitude") -> Pruner:
     """Straight-through pruner: masks by ``score`` of the dense weights on ``schedule``.
 
     >>> import optax
     >>> from jaxprune import periodic, sparse_optimizer
-    >>> pruner = ste(periodic(0.5, every=1))
+    >>> pruner = ste_pruner(periodic(0.5, every=1))
     >>> pruner.straight_through
     True
     """
@@ -55,3 +55,5 @@ def ste(schedule: Schedule, spec: MaskSpec = MaskSpec(), *, score: Any = "magnit
     check_spec(spec, "ste", structures=("unstructured", "nm", "block", "channel"))
     return scored_pruner(score, schedule, spec, straight_through=True)
 
+
+ste = ste_pruner  # the pre-v1 name (jaxprune.ste is a deprecated alias)

@@ -64,7 +64,7 @@ def snip_scores(loss_fn: LossFn, params: PyTree, batch: Any) -> PyTree:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _snip_jit(loss_fn, params, batch):
-    return scores_lib.saliency(params, grads=jax.grad(loss_fn)(params, batch))
+    return scores_lib.saliency_scores(params, grads=jax.grad(loss_fn)(params, batch))
 
 
 def grasp_scores(loss_fn: LossFn, params: PyTree, batch: Any) -> PyTree:
@@ -232,7 +232,7 @@ def _snip(params: PyTree, *, grads: PyTree = None, key: Any = None) -> PyTree:
     del key
     if grads is None:
         raise ValueError("score method 'snip' needs `grads=` (gradients of the loss on one batch)")
-    return scores_lib.saliency(params, grads=grads)
+    return scores_lib.saliency_scores(params, grads=grads)
 
 
 if "snip" not in scores_lib.SCORE_FNS:

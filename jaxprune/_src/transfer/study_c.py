@@ -52,7 +52,8 @@ from jaxprune import models as models_lib
 from jaxprune._src import mask_library as ml
 from jaxprune._src.transfer.study_c_probe import _apply, _full_masks, _with_head, penultimate_features, ridge_head
 from jaxprune._src.transfer.study_c_report import METHODS, _table, summarize, write_outputs
-from jaxprune._src.transfer.upstream import Upstream, UpstreamConfig, _save, load_upstream, load_upstream_data
+from jaxprune._src.transfer.upstream import (CACHE_FOLDER, Upstream, UpstreamConfig, is_saved_upstream, load_upstream,
+                                             load_upstream_data, save_upstream)
 
 __all__ = ["StudyCConfig", "default_config", "quick_config", "full_config", "run_study_c", "write_outputs",
            "penultimate_features", "ridge_head", "METHODS"]
@@ -191,8 +192,8 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
                           stage_widths=(vc["hidden_size"], vc["num_heads"], vc["mlp_dim"], vc["patch_size"]))
     key = hashlib.sha256(json.dumps(vc, sort_keys=True).encode()).hexdigest()[:8]
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    path = os.path.join(cache_dir, "upstream", f"{ucfg.cache_key()}-{key}") if cache_dir else None
-    if path and os.path.exists(os.path.join(path, "upstream.json")):
+    path = os.path.join(cache_dir, CACHE_FOLDER, f"{ucfg.cache_key()}-{key}") if cache_dir else None
+    if path and is_saved_upstream(path):
         return load_upstream(path)
     train, dev = load_upstream_data(ucfg, "train", cfg.data_dir), load_upstream_data(ucfg, "validation", cfg.data_dir)
     model = models_lib.ViT(image_size=cfg.image_size, num_classes=train.num_classes, **vc)
@@ -207,7 +208,7 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
         "seconds": time.perf_counter() - t0}
     up = Upstream(model, jax.tree.map(np.asarray, res.variables), ucfg, metrics, path)
     if path:
-        _save(path, up)
+        save_upstream(path, up)
     return up
 
 

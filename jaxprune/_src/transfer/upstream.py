@@ -4,12 +4,12 @@
 small-input ``ResNet``) on the upstream task (``shapes_offline/upstream``:
 shape x colour, 100 classes, mixed backgrounds; or any dataset name that
 :func:`jaxprune.data.load_dataset` knows) with the :func:`jaxprune._src.train.fit`
-recipe, and caches the result as an orbax checkpoint plus a JSON file with the
-model config, the upstream config and the dev/test accuracy::
+recipe, and caches the result as a checkpoint holding the
+model config, the upstream config and the dev/test accuracy, saved the one way
+every jaxprune model is saved (:func:`save_upstream` -> :func:`jaxprune.save_checkpoint`:
+variables, ``model_config``, ``data_state = {"config", "metrics"}``)::
 
-    <cache_dir>/upstream/<arch>-<hash of the config>-seed<seed>/
-        variables/        orbax StandardCheckpointer (params + batch_stats)
-        upstream.json     {"model": get_config(model), "config": ..., "metrics": ...}
+    <cache_dir>/upstream-v2/<arch>-<hash of the config>-seed<seed>/   a jaxprune checkpoint (step 0)
 
 The same config and seed give the same checkpoint directory, and training is
 deterministic on a given machine, so a cached model is what a rerun would
@@ -35,10 +35,11 @@ import numpy as np
 
 from jaxprune import models as models_lib
 
-__all__ = ["UpstreamConfig", "Upstream", "build_model", "load_upstream", "load_upstream_data", "pretrain_upstream",
-           "default_cache_dir"]
+__all__ = ["UpstreamConfig", "Upstream", "build_model", "load_upstream", "save_upstream", "load_upstream_data",
+           "pretrain_upstream", "default_cache_dir", "is_saved_upstream", "CACHE_FOLDER"]
 
 UPSTREAM_TASK = "shapes_offline/upstream"
+CACHE_FOLDER = "upstream-v2"  # v2: saved with save_checkpoint (v1 folders are ignored, not misread)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,34 +146,42 @@ def load_upstream_data(cfg: UpstreamConfig, split: str, data_dir: str | None = N
     return data_lib.load_dataset(name, split, image_size=cfg.image_size, data_dir=data_dir)
 
 
-def _save(path: str, up: Upstream) -> None:
-    import orbax.checkpoint as ocp
+def save_upstream(path: str, up: Upstream) -> str:
+    """Writes ``up`` as a jaxprune (orbax) checkpoint: variables, model config, upstream config and metrics.
 
-    os.makedirs(path, exist_ok=True)
-    ckpt = os.path.join(os.path.abspath(path), "variables")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(ckpt, jax.tree.map(np.asarray, up.variables), force=True)
-    meta = {"model": models_lib.get_config(up.model), "config": up.config.to_dict(), "metrics": up.metrics}
-    tmp = os.path.join(path, "upstream.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(path, "upstream.json"))  # written last: marks the cache entry complete
+    The same atomic checkpoint format as every other jaxprune model (:func:`jaxprune.save_checkpoint`),
+    so :func:`load_upstream` needs no model code and an interrupted write leaves the previous entry.
+    """
+    from jaxprune._src.checkpoint import save_checkpoint
+
+    meta = {"config": up.config.to_dict(), "metrics": up.metrics}
+    save_checkpoint(path, 0, params=jax.tree.map(np.asarray, up.variables), model_config=up.model,
+                    data_state=json.loads(json.dumps(meta)), overwrite=True)
+    return path
+
+
+def is_saved_upstream(path: str) -> bool:
+    """Whether ``path`` holds a committed upstream checkpoint."""
+    from jaxprune._src.checkpointer import checkpoint_steps
+
+    return os.path.isdir(path) and bool(checkpoint_steps(path))
 
 
 def load_upstream(path: str) -> Upstream:
-    """Restores an :class:`Upstream` written by :func:`pretrain_upstream` (no dense model code needed)."""
-    import orbax.checkpoint as ocp
+    """Restores an :class:`Upstream` written by :func:`save_upstream` (no dense model code needed)."""
+    from jaxprune._src.checkpoint import restore_checkpoint
 
-    meta_path = os.path.join(path, "upstream.json")
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"no upstream checkpoint at {path!r} (missing upstream.json)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    model = models_lib.from_config(meta["model"])
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), model.example_input(1)))
-    with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(os.path.join(os.path.abspath(path), "variables"), abstract)
-    return Upstream(model, variables, UpstreamConfig.from_dict(meta["config"]), meta["metrics"], path)
+    if not is_saved_upstream(path):
+        raise FileNotFoundError(f"no upstream checkpoint at {path!r} (write one with pretrain_upstream or "
+                                f"save_upstream)")
+    ck = restore_checkpoint(path)
+    meta = ck.data_state or {}
+    if ck.model_config is None or "config" not in meta:
+        raise ValueError(f"{path!r} is a checkpoint but not an upstream model (needs a model config and a "
+                         f"data_state with 'config' and 'metrics')")
+    model = models_lib.from_config(ck.model_config)
+    variables = jax.tree.map(np.asarray, ck.params)
+    return Upstream(model, variables, UpstreamConfig.from_dict(meta["config"]), meta.get("metrics", {}), path)
 
 
 def pretrain_upstream(cfg: UpstreamConfig = UpstreamConfig(), *, cache_dir: str | None = None,
@@ -188,8 +197,8 @@ def pretrain_upstream(cfg: UpstreamConfig = UpstreamConfig(), *, cache_dir: str 
     from jaxprune._src.train import TrainConfig, evaluate, fit
 
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    path = os.path.join(cache_dir, "upstream", cfg.cache_key()) if cache_dir else None
-    if path and not force and os.path.exists(os.path.join(path, "upstream.json")):
+    path = os.path.join(cache_dir, CACHE_FOLDER, cfg.cache_key()) if cache_dir else None
+    if path and not force and is_saved_upstream(path):
         return load_upstream(path)
     t0 = time.perf_counter()
     train = load_upstream_data(cfg, "train", data_dir)
@@ -208,5 +217,5 @@ def pretrain_upstream(cfg: UpstreamConfig = UpstreamConfig(), *, cache_dir: str 
                "seconds": time.perf_counter() - t0, "backend": jax.default_backend()}
     up = Upstream(model, jax.tree.map(np.asarray, res.variables), cfg, metrics, path)
     if path:
-        _save(path, up)
+        save_upstream(path, up)
     return up
