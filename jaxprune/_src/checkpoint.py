@@ -19,6 +19,21 @@ Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
 complete (and writes ``commit_success.txt``); a step without that marker is
 never picked as latest and restoring it raises :class:`CheckpointError`.
 
+Reliability promises (tested by ``tests/test_faults_checkpoint.py``):
+
+* atomic steps: a save killed at any point leaves the previous steps intact and
+  the new step either absent/refused or complete; an overwrite (``overwrite=True``)
+  writes ``<step>.jaxprune-staging/<step>`` and swaps it in, and the next writer
+  or restore finishes or rolls back a swap cut by a crash (so the old or the new
+  version of the step restores, never neither);
+* integrity: per-array CRC-32s, a SHA-256 of the manifest's own content and of
+  every JSON item; restore refuses a mismatch naming the file, and never casts
+  into a template of another dtype;
+* retention by step number (``max_to_keep``), refusing out-of-order saves;
+* one writer per directory (``flock``), thread-safe :class:`SparseCheckpointer`;
+* a failed write (e.g. disk full) raises :class:`CheckpointError` and removes its
+  partial folders.
+
 Every leaf of an array item is recorded in the manifest with an encoding:
 ``dense`` (the array as is, sharding kept), ``compact`` (kept values of a masked
 weight; needs the ``masks`` item), ``bits`` (a bool array, packed) or ``key``
@@ -39,17 +54,30 @@ This module is the functional API; the format (items, encodings, checks) lives i
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping, Sequence
 
-import orbax.checkpoint as ocp
-
-from jaxprune._src.checkpoint_codec import (ARRAY_ITEMS, COMMIT_MARKER, FORMAT, JSON_ITEMS,  # noqa: F401
-                                            MANIFEST, VERSION, Checkpoint, CheckpointError, _entry_shapes,
-                                            check_model_config, check_plan_shapes)
-from jaxprune._src.checkpointer import (SparseCheckpointer, _item_handlers, checkpoint_size_bytes,
-                                        checkpoint_steps)
+from jaxprune._src.checkpoint_codec import (  # noqa: F401
+    ARRAY_ITEMS,
+    COMMIT_MARKER,
+    FORMAT,
+    JSON_ITEMS,
+    MANIFEST,
+    VERSION,
+    Checkpoint,
+    CheckpointError,
+    _entry_shapes,
+    check_model_config,
+    check_plan_shapes,
+)
+from jaxprune._src.checkpointer import (  # noqa: F401
+    SparseCheckpointer,
+    _item_handlers,
+    _try_lock,
+    checkpoint_size_bytes,
+    checkpoint_steps,
+    recover_directory,
+)
 
 PyTree = Any
 
@@ -117,7 +145,12 @@ def restore_checkpoint(directory: str | os.PathLike, step: int | None = None, *,
         template, trees come back as nested dicts/lists of arrays on one device.
         Shapes must match the checkpoint's exactly (else :class:`CheckpointError`).
       items: restore only these items (default: all saved ones).
-      verify: check CRC-32s and the plan against the stored shapes.
+      verify: check CRC-32s, the JSON items' SHA-256s and the plan against the stored shapes
+        (the manifest's own SHA-256 is always checked).
+
+    Unless another writer holds the directory, an overwrite interrupted by a crash
+    is first finished or rolled back (see ``SparseCheckpointer``); otherwise the
+    error names the backup folder and the command that restores it.
 
     Returns:
       A :class:`Checkpoint`; masked leaves of compact params come back dense (zeros at pruned coordinates).
@@ -132,18 +165,15 @@ def restore_checkpoint(directory: str | os.PathLike, step: int | None = None, *,
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint directory {directory}")
-    mngr = SparseCheckpointer.__new__(SparseCheckpointer)
-    mngr.directory = os.path.abspath(directory)
-    mngr._pending_backup = None
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False,
-                                           save_interval_steps=0)
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # orbax warns "Given directory is read only" on every read-only manager
-    try:
-        mngr._mngr = ocp.CheckpointManager(mngr.directory, options=options, item_handlers=_item_handlers())
-    finally:
-        absl_logger.setLevel(level)
+    lock = _try_lock(directory)  # no other writer: finish or roll back an interrupted overwrite first
+    if lock is not None:
+        try:
+            recover_directory(directory, tmp=False)
+        except OSError:  # read-only: restore reports the interrupted replace with its recovery steps
+            pass
+        finally:
+            lock.release()
+    mngr = SparseCheckpointer._reader(directory)
     try:
         return mngr.restore(step, template=template, items=items, verify=verify)
     finally:

@@ -11,11 +11,15 @@ weight; needs the ``masks`` item), ``bits`` (a bool array, packed) or ``key``
 (a typed PRNG key as ``jax.random.key_data`` + its implementation name).
 Manifest entries also hold the logical shape/dtype, the stored shape/dtype and
 a CRC-32 of the stored array; empty arrays are stored as a 1-byte placeholder.
+Since format version 2 the manifest records a SHA-256 of its own content
+(``sha256``: dtypes, shapes, encodings, layout, CRCs) and of every JSON item
+(``json_sha256``), checked on restore, so hand edits are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any, Mapping
 
@@ -29,7 +33,7 @@ from jaxprune._src import tree as tree_lib
 PyTree = Any
 
 FORMAT = "jaxprune.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: manifest and JSON items carry SHA-256 digests (version 1 is still read)
 MANIFEST = "jaxprune_manifest"
 ARRAY_ITEMS = ("masks", "params", "opt_state", "shrunk_params")  # masks first: compact params need them
 JSON_ITEMS = ("plan", "model_config", "data_state")
@@ -57,6 +61,24 @@ class Checkpoint:
     model_config: dict | None = None
     data_state: dict | None = None
     manifest: dict | None = None
+
+
+def json_digest(value: Any) -> str:
+    """SHA-256 (hex) of a JSON value in canonical form (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest's content without its own ``sha256`` field."""
+    return json_digest({k: v for k, v in manifest.items() if k != "sha256"})
+
+
+def _same_dtype(a: Any, b: Any) -> bool:
+    try:
+        return jnp.dtype(a) == jnp.dtype(b)
+    except TypeError:
+        return str(a) == str(b)
 
 
 # --------------------------------------------------------------------------------- encoding
@@ -116,6 +138,9 @@ def _decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mappin
     if tuple(np.shape(stored)) != tuple(entry["stored_shape"]):
         raise CheckpointError(f"{where}: stored array has shape {tuple(np.shape(stored))}, the manifest says "
                               f"{tuple(entry['stored_shape'])} (checkpoint corrupted)")
+    if hasattr(stored, "dtype") and not entry.get("empty") and not _same_dtype(stored.dtype, entry["stored_dtype"]):
+        raise CheckpointError(f"{where}: stored array has dtype {stored.dtype}, the manifest says "
+                              f"{entry['stored_dtype']} (checkpoint corrupted or edited)")
     if verify and entry.get("crc32") is not None:
         got = _crc(stored)
         if got is not None and got != entry["crc32"]:
@@ -141,8 +166,9 @@ def _decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mappin
     else:
         raise CheckpointError(f"{where}: unknown encoding {enc!r} (written by a newer jaxprune?)")
     if target is not None:
-        if enc != "key" and hasattr(target, "dtype") and out.dtype != target.dtype:
-            out = out.astype(target.dtype)
+        if enc != "key" and hasattr(target, "dtype") and not _same_dtype(out.dtype, target.dtype):
+            raise CheckpointError(f"{where}: the checkpoint stores dtype {out.dtype}, the template expects "
+                                  f"{target.dtype}; refusing to cast (restore without a template and cast explicitly)")
         sharding = getattr(target, "sharding", None)
         if sharding is not None and enc != "dense":
             out = jax.device_put(out, sharding)
@@ -167,6 +193,12 @@ def _check_template(item: str, template: PyTree, entries: Mapping[str, dict]) ->
                 hint = " (is this a shrunk checkpoint restored into a dense template?)"
             raise CheckpointError(f"item {item!r} leaf {path!r}: the checkpoint holds shape {got}, "
                                   f"the template expects {want}{hint}")
+        stored_dtype = entries[path].get("dtype")
+        if (hasattr(leaf, "dtype") and stored_dtype not in (None, "key") and not _is_key(leaf)
+                and not _same_dtype(leaf.dtype, stored_dtype)):
+            raise CheckpointError(f"item {item!r} leaf {path!r}: the checkpoint stores dtype {stored_dtype}, the "
+                                  f"template expects {np.dtype(leaf.dtype) if not _is_key(leaf) else leaf.dtype}; "
+                                  "refusing to cast (restore without a template and cast explicitly)")
     return leaves
 
 

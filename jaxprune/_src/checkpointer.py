@@ -1,31 +1,76 @@
 """SparseCheckpointer: orbax ``CheckpointManager`` steps of jaxprune states (save, restore, list).
 
-Saves validate everything before writing, overwrite a step only on request (the
-old step is moved aside until the new one is committed) and can run
-asynchronously; restores check the manifest, decode every leaf and verify
-CRC-32s (see :mod:`jaxprune._src.checkpoint` for the directory layout and
-:mod:`jaxprune._src.checkpoint_codec` for the leaf encodings).
+Saves validate everything before writing, overwrite a step only on request and
+can run asynchronously; restores check the manifest (and its SHA-256), decode
+every leaf and verify CRC-32s (see :mod:`jaxprune._src.checkpoint` for the
+directory layout and :mod:`jaxprune._src.checkpoint_codec` for the leaf encodings).
+
+Crash safety (what survives ``kill -9`` at any point of a save):
+
+* a new step is written by orbax into ``<step>.orbax-checkpoint-tmp*`` and renamed
+  to ``<step>`` when complete; leftovers of killed saves are removed when a
+  writer next opens the directory;
+* an overwrite writes the new step completely into ``<step>.jaxprune-staging/<step>``
+  while the old ``<step>`` stays in place, then swaps: ``<step>`` ->
+  ``<step>.jaxprune-replaced``, staged -> ``<step>``, then deletes the backup.
+  :func:`recover_directory` (run when a writer opens the directory and before every
+  restore) finishes an interrupted swap if the new step is complete, or puts the
+  old step back otherwise; so the old or the new step always restores;
+* one writer per directory: a :class:`SparseCheckpointer` holds an exclusive
+  ``flock`` on the directory while open (released by the OS if the process dies);
+  a second writer, in this or another process, is refused with :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import logging
 import os
+import re
 import shutil
+import threading
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.checkpoint_codec import (ARRAY_ITEMS, COMMIT_MARKER, FORMAT, JSON_ITEMS, MANIFEST, VERSION,
-                                            Checkpoint, CheckpointError, _abstract_for, _abstract_from_metadata,
-                                            _canon, _decode_leaf, _encode, _entry_shapes, _json_dict, _masks_like,
-                                            _model_config_dict, _shapes, _template_fields, check_model_config,
-                                            check_plan_shapes)
+from jaxprune._src.checkpoint_codec import (
+    ARRAY_ITEMS,
+    COMMIT_MARKER,
+    FORMAT,
+    JSON_ITEMS,
+    MANIFEST,
+    VERSION,
+    Checkpoint,
+    CheckpointError,
+    _abstract_for,
+    _abstract_from_metadata,
+    _canon,
+    _decode_leaf,
+    _encode,
+    _entry_shapes,
+    _json_dict,
+    _masks_like,
+    _model_config_dict,
+    _shapes,
+    _template_fields,
+    check_model_config,
+    check_plan_shapes,
+    json_digest,
+    manifest_digest,
+)
 
 PyTree = Any
 
 _BACKUP_SUFFIX = ".jaxprune-replaced"
+_STAGING_SUFFIX = ".jaxprune-staging"
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
+_SIDE_RE = re.compile(r"^(\d+)(\.jaxprune-replaced|\.jaxprune-staging)$")
 
 
 # --------------------------------------------------------------------------------- directory helpers
@@ -60,6 +105,116 @@ def checkpoint_size_bytes(directory: str | os.PathLike, step: int | None = None)
     return total
 
 
+def _committed(path: str) -> bool:
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, COMMIT_MARKER))
+
+
+def _interrupted_replaces(directory: str) -> dict[int, list[str]]:
+    """``{step: [side paths]}`` of overwrites that did not finish (backups / staging folders)."""
+    out: dict[int, list[str]] = {}
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            m = _SIDE_RE.match(name)
+            if m:
+                out.setdefault(int(m.group(1)), []).append(os.path.join(directory, name))
+    return out
+
+
+def recovery_hint(directory: str, step: int) -> str:
+    """Exact shell steps that undo an interrupted overwrite of ``step`` by hand (empty if none)."""
+    step_path = _step_dir(directory, step)
+    backup, staging = step_path + _BACKUP_SUFFIX, step_path + _STAGING_SUFFIX
+    staged = os.path.join(staging, str(step))
+    if os.path.isdir(backup) and not _committed(step_path):
+        if _committed(staged):
+            return (f"an overwrite of step {step} was interrupted after its new version was complete: finish it with "
+                    f"`rm -rf {step_path} && mv {staged} {step_path} && rm -rf {backup} {staging}`, or open a "
+                    "SparseCheckpointer on the directory (it does this)")
+        return (f"an overwrite of step {step} was interrupted; the previous version is in {backup}: restore it with "
+                f"`rm -rf {step_path} {staging} && mv {backup} {step_path}`, or open a SparseCheckpointer on the "
+                "directory (it does this)")
+    return ""
+
+
+def recover_directory(directory: str | os.PathLike, *, tmp: bool = True) -> list[str]:
+    """Finishes or rolls back interrupted overwrites in ``directory``; returns what it did.
+
+    Call only while holding the directory's writer lock (a :class:`SparseCheckpointer`
+    does so when it opens). For every step with a ``<step>.jaxprune-replaced`` backup
+    or ``<step>.jaxprune-staging`` folder: if ``<step>`` is committed the replace had
+    finished (side folders are deleted); else if the staged new step is committed it
+    is moved into place; else the backup is moved back. With ``tmp=True`` orbax's
+    temporary folders of killed saves (``*.orbax-checkpoint-tmp*``) are deleted too.
+    """
+    directory = os.fspath(directory)
+    done: list[str] = []
+    for step in _interrupted_replaces(directory):
+        step_path = _step_dir(directory, step)
+        backup, staging = step_path + _BACKUP_SUFFIX, step_path + _STAGING_SUFFIX
+        staged = os.path.join(staging, str(step))
+        if _committed(step_path):
+            pass
+        elif os.path.isdir(backup) or _committed(staged):
+            if os.path.isdir(step_path):
+                shutil.rmtree(step_path)
+            if _committed(staged):
+                os.rename(staged, step_path)
+                done.append(f"finished the interrupted overwrite of step {step}")
+            else:
+                os.rename(backup, step_path)
+                done.append(f"rolled back the interrupted overwrite of step {step} (previous version restored)")
+        for side in (backup, staging):
+            if os.path.lexists(side):
+                shutil.rmtree(side)
+    if tmp and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if _ORBAX_TMP in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                done.append(f"removed {name} (left by an interrupted save)")
+    return done
+
+
+def _rmtree_settled(path: str, tries: int = 30) -> None:
+    """Deletes ``path``, again while background writers of a failed save still add files to it."""
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            time.sleep(0.05)  # a straggling writer may recreate it
+            if not os.path.lexists(path):
+                return
+        else:
+            time.sleep(0.1)
+    shutil.rmtree(path)  # raises: say why it cannot be removed
+
+
+class _DirLock:
+    """Exclusive, non-blocking ``flock`` on a directory (one writer per directory; freed when the process dies)."""
+
+    def __init__(self, directory: str):
+        self.fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+def _try_lock(directory: str) -> _DirLock | None:
+    try:
+        return _DirLock(directory)
+    except OSError:
+        return None
+
+
 def _item_handlers() -> dict[str, Any]:
     handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
     handlers.update({name: ocp.JsonCheckpointHandler() for name in JSON_ITEMS + (MANIFEST,)})
@@ -71,18 +226,96 @@ def _wrap(e: Exception, what: str) -> CheckpointError:
     return CheckpointError(f"{what}: {type(e).__name__}: {msg[:500]} (checkpoint truncated or corrupted?)")
 
 
+def _save_error(e: BaseException, step: int, directory: str) -> CheckpointError:
+    if isinstance(e, CheckpointError):
+        return e
+    cause = e
+    while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        what = f"OSError [{errno.errorcode.get(cause.errno, cause.errno)}] {cause.strerror or cause}"
+        if cause.errno == errno.ENOSPC:
+            what += " (the disk is full)"
+        elif cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            what += " (the directory is not writable)"
+    else:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        what = f"{type(e).__name__}: {msg[:300]}"
+    return CheckpointError(f"saving step {step} to {directory} failed: {what}; the partial write was removed and "
+                           "the previously saved steps are unchanged")
+
+
+def _structure_diff(meta: Any, tmpl: Any, path: str = "") -> str | None:
+    """Where the orbax metadata tree and a template first differ in container type (best effort)."""
+    def node(x):
+        if isinstance(x, Mapping):
+            return "dict", {str(k): v for k, v in x.items()}
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return f"namedtuple {type(x).__name__}", {f: getattr(x, f) for f in x._fields}
+        if isinstance(x, (list, tuple)):
+            return type(x).__name__, {str(i): v for i, v in enumerate(x)}
+        if x is None or hasattr(x, "shape"):
+            return "leaf", None
+        return type(x).__name__, None
+
+    km, cm = node(meta)
+    kt, ct = node(tmpl)
+    where = repr(path) if path else "the root"
+    if km != kt and not ({km, kt} <= {"list", "tuple"} and km != "leaf"):
+        return f"at {where} the checkpoint has a {km}, the template a {kt}"
+    if cm is None or ct is None:
+        return None
+    if set(cm) != set(ct):
+        return (f"at {where} the checkpoint has keys {sorted(cm)[:10]}, the template {sorted(ct)[:10]}")
+    for k in cm:
+        d = _structure_diff(cm[k], ct[k], f"{path}/{k}" if path else k)
+        if d:
+            return d
+    return None
+
+
+class _QuietFailedSave(logging.Filter):
+    """Drops orbax's background-thread tracebacks about one directory (the failure is raised as CheckpointError)."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return True
+        return not ("raised an exception" in msg and self.directory in msg)
+
+
 # --------------------------------------------------------------------------------- the checkpointer
 class SparseCheckpointer:
     """Thin wrapper around ``orbax.checkpoint.CheckpointManager`` for jaxprune states.
 
     Args:
       directory: root directory; steps are sub-directories.
-      max_to_keep: keep only the newest ``max_to_keep`` steps (orbax deletes older
-        ones after a save); ``None`` keeps all.
+      max_to_keep: keep only the newest ``max_to_keep`` steps *by step number*
+        (older ones are deleted after a save); ``None`` keeps all. With a limit, a
+        save of a new step older than the newest committed one is refused
+        (:class:`CheckpointError`) instead of deleting newer steps.
       async_: save in a background thread (orbax async checkpointing); call
         :meth:`wait` (or :meth:`close`) before reading the checkpoint.
       compact: store masked weights as kept values + packed masks.
       checksums: record a CRC-32 per stored array (checked on restore).
+
+    Thread safety: one instance may be shared by threads; :meth:`save`,
+    :meth:`wait`, :meth:`restore` and :meth:`close` are serialized by an internal
+    lock (a save waits for the previous async save to commit first).
+
+    One writer per directory: while open, the instance holds an exclusive lock
+    (``flock``) on ``directory``; opening a second ``SparseCheckpointer`` on it, in
+    this or another process, raises :class:`CheckpointError`. Reading with
+    :func:`jaxprune.restore_checkpoint` needs no lock. Opening the directory also
+    finishes or rolls back an overwrite interrupted by a crash and deletes the
+    temporary folders of killed saves (see :func:`recover_directory`).
 
     Example:
       >>> import tempfile, jax.numpy as jnp
@@ -98,10 +331,62 @@ class SparseCheckpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         self.compact = compact
         self.checksums = checksums
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_,
-                                               create=True)
-        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
-        self._pending_backup: str | None = None
+        self.max_to_keep = max_to_keep
+        self.async_ = async_
+        self._lock = threading.RLock()
+        self._pending: dict | None = None  # the save in flight: step, kind, staging manager
+        self._dir_lock: _DirLock | None = None
+        self._mngr = None
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {e.strerror or e}") from None
+        try:
+            self._dir_lock = _DirLock(self.directory)
+        except OSError:
+            raise CheckpointError(
+                f"{self.directory} is already open for writing by another SparseCheckpointer (in this or another "
+                "process); a checkpoint directory has one writer at a time: close the other one first") from None
+        try:
+            self.recovered = recover_directory(self.directory)
+            for msg in self.recovered:
+                logging.getLogger(__name__).warning("%s: %s", self.directory, msg)
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_,
+                                                   create=True)
+            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
+        except BaseException:
+            self._dir_lock.release()
+            raise
+        self._log_filter = _QuietFailedSave(self.directory)
+        logging.getLogger("absl").addFilter(self._log_filter)
+
+    @classmethod
+    def _reader(cls, directory: str) -> "SparseCheckpointer":
+        """A read-only instance (no writer lock; used by :func:`restore_checkpoint`)."""
+        self = cls.__new__(cls)
+        self.directory = os.path.abspath(directory)
+        self.compact = self.checksums = True
+        self.max_to_keep = None
+        self.async_ = False
+        self._lock = threading.RLock()
+        self._pending = None
+        self._dir_lock = None
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False,
+                                               save_interval_steps=0)
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)  # orbax warns "Given directory is read only" on every read-only manager
+        try:
+            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
+        finally:
+            absl_logger.setLevel(level)
+        return self
+
+    def __del__(self):  # an instance dropped without close(): free the directory for other writers
+        lock = getattr(self, "_dir_lock", None)
+        if lock is not None:
+            with contextlib.suppress(Exception):
+                lock.release()
 
     # -- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "SparseCheckpointer":
@@ -111,16 +396,94 @@ class SparseCheckpointer:
         self.close()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's resources."""
-        self.wait()
-        self._mngr.close()
+        """Waits for pending saves, releases orbax's resources and the directory's writer lock."""
+        with self._lock:
+            try:
+                self.wait()
+            finally:
+                if self._mngr is not None:
+                    self._mngr.close()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+                    self._dir_lock = None
+                if getattr(self, "_log_filter", None) is not None:
+                    logging.getLogger("absl").removeFilter(self._log_filter)
+                    self._log_filter = None
 
     def wait(self) -> None:
-        """Blocks until an async save is committed."""
-        self._mngr.wait_until_finished()
-        if self._pending_backup is not None:
-            shutil.rmtree(self._pending_backup, ignore_errors=True)
-            self._pending_backup = None
+        """Blocks until an async save is committed (and an overwrite swapped in).
+
+        Raises :class:`CheckpointError` if the save failed (e.g. disk full); the
+        partial write is removed and the previous steps stay as they were.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                self._mngr.wait_until_finished()
+                return
+            self._finish(pending)
+
+    def _finish(self, pending: dict) -> None:
+        step = pending["step"]
+        step_path = _step_dir(self.directory, step)
+        staging = step_path + _STAGING_SUFFIX
+        mngr = pending.get("staging_mngr") or self._mngr
+        try:
+            mngr.wait_until_finished()
+        except BaseException as e:  # background write failed (or interrupted): clean up, keep the old state
+            self._cleanup_failed(step, pending)
+            if not isinstance(e, Exception):
+                raise
+            raise _save_error(e, step, self.directory) from None
+        if pending["kind"] == "new":
+            if not _committed(step_path):
+                self._cleanup_failed(step, pending)
+                raise CheckpointError(f"saving step {step} to {self.directory} did not commit (no {COMMIT_MARKER}); "
+                                      "nothing was written, the previous steps are unchanged")
+            self._apply_retention()
+            return
+        # overwrite: the new step is complete in staging; swap it in
+        with contextlib.suppress(Exception):
+            pending["staging_mngr"].close()
+        staged = os.path.join(staging, str(step))
+        if not _committed(staged):
+            self._cleanup_failed(step, pending)
+            raise CheckpointError(f"overwriting step {step} in {self.directory} did not commit; the previous "
+                                  f"version of step {step} is unchanged")
+        backup = step_path + _BACKUP_SUFFIX
+        os.rename(step_path, backup)
+        os.rename(staged, step_path)
+        shutil.rmtree(backup)
+        shutil.rmtree(staging)
+        self._mngr.reload()
+
+    def _cleanup_failed(self, step: int, pending: dict) -> None:
+        step_path = _step_dir(self.directory, step)
+        # let orbax's other background writers of this save stop before deleting their folders
+        with contextlib.suppress(Exception):
+            (pending.get("staging_mngr") or self._mngr).wait_until_finished()
+        if pending["kind"] == "overwrite":
+            with contextlib.suppress(Exception):
+                pending["staging_mngr"].close()
+            _rmtree_settled(step_path + _STAGING_SUFFIX)
+        else:
+            if os.path.isdir(step_path) and not _committed(step_path):
+                shutil.rmtree(step_path, ignore_errors=True)
+        for name in os.listdir(self.directory):
+            if name.startswith(f"{step}{_ORBAX_TMP}"):
+                _rmtree_settled(os.path.join(self.directory, name))
+        with contextlib.suppress(Exception):
+            self._mngr.reload()
+
+    def _apply_retention(self) -> None:
+        if self.max_to_keep is None:
+            return
+        steps = checkpoint_steps(self.directory)
+        extra = steps[: max(0, len(steps) - self.max_to_keep)]
+        for old in extra:  # the oldest by step number; orbax normally did this already
+            shutil.rmtree(_step_dir(self.directory, old), ignore_errors=True)
+        if extra:
+            self._mngr.reload()
 
     # -- steps -------------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -140,9 +503,22 @@ class SparseCheckpointer:
         """Saves the given items as step ``step`` (see :func:`save_checkpoint` for the arguments).
 
         Everything is validated before anything is written. A step that already
-        exists (complete or not) is refused unless ``overwrite=True``; the old step
-        is then moved aside and only deleted once the new one is committed.
+        exists (complete or not) is refused unless ``overwrite=True``; the new
+        version is then written completely beside the old one and swapped in only
+        once committed, so a crash leaves the old or the new step (never neither).
+        A failed write (e.g. disk full) raises :class:`CheckpointError` (at once, or
+        from :meth:`wait` for an async save) and leaves the previous steps intact.
         """
+        with self._lock:
+            self._save(step, params=params, masks=masks, opt_state=opt_state, shrunk_params=shrunk_params, plan=plan,
+                       model_config=model_config, data_state=data_state, compact=compact, overwrite=overwrite,
+                       validate=validate)
+
+    def _save(self, step: int, *, params: PyTree = None, masks: PyTree = None, opt_state: PyTree = None,
+              shrunk_params: PyTree = None, plan: Any = None, model_config: Any = None,
+              data_state: Mapping[str, Any] | None = None, compact: bool | None = None, overwrite: bool = False,
+              validate: bool = True) -> None:
+        """:meth:`save`, called with ``self._lock`` held."""
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise TypeError(f"step must be a non-negative int, got {step!r}")
         step = int(step)
@@ -186,53 +562,85 @@ class SparseCheckpointer:
         for name, value in (("plan", plan_d), ("model_config", config_d), ("data_state", data_d)):
             if value is not None:
                 manifest["json_items"].append(name)
+                manifest.setdefault("json_sha256", {})[name] = json_digest(value)
                 args[name] = ocp.args.JsonSave(value)
+        manifest["sha256"] = manifest_digest(manifest)  # over dtypes, shapes, layout, CRCs: catches hand edits
         args[MANIFEST] = ocp.args.JsonSave(manifest)
 
-        self.wait()  # one save at a time; finishes a pending overwrite
+        if self._dir_lock is None:
+            raise CheckpointError(f"this SparseCheckpointer of {self.directory} is closed or read-only; open a new one "
+                                  "to save")
+        self.wait()  # one save at a time; finishes (or reports the failure of) the previous async save
         step_path = _step_dir(self.directory, step)
-        backup = None
-        if os.path.exists(step_path):
-            if not overwrite:
-                state = "a complete" if step in self.all_steps() else "an incomplete"
-                raise CheckpointError(f"{step_path} already holds {state} checkpoint of step {step}; refusing to "
-                                      "overwrite it (pass overwrite=True to replace it)")
-            backup = step_path + _BACKUP_SUFFIX
-            if os.path.exists(backup):
-                raise CheckpointError(f"{backup} exists (left by an interrupted overwrite); move it away first")
-            os.rename(step_path, backup)
-            self._mngr.reload()
-        try:
-            saved = self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
-            if not saved:
-                raise CheckpointError(f"orbax refused to save step {step} in {self.directory}")
-            if backup is not None:
-                self._mngr.wait_until_finished()
-        except BaseException:
-            if backup is not None and not os.path.exists(step_path):
-                os.rename(backup, step_path)
+        committed = self.all_steps()
+        exists = os.path.exists(step_path)
+        if exists and not overwrite:
+            state = "a complete" if step in committed else "an incomplete"
+            raise CheckpointError(f"{step_path} already holds {state} checkpoint of step {step}; refusing to "
+                                  "overwrite it (pass overwrite=True to replace it)")
+        if self.max_to_keep is not None and not exists and committed and step < committed[-1]:
+            raise CheckpointError(
+                f"refusing to save step {step} in {self.directory}: it is older than the newest step {committed[-1]} "
+                f"and max_to_keep={self.max_to_keep} keeps the newest steps by step number, so it would be deleted "
+                "at once (or delete newer steps); save steps in increasing order, or use max_to_keep=None")
+        if not os.access(self.directory, os.W_OK):
+            raise CheckpointError(f"cannot save step {step}: checkpoint directory {self.directory} is not writable")
+        if exists:  # overwrite: write the whole new step aside, swap it in once committed
+            if os.path.isdir(step_path) and step not in committed:
+                shutil.rmtree(step_path)  # an incomplete step: nothing to keep
                 self._mngr.reload()
-            raise
-        self._pending_backup = backup
-        if backup is not None:
+                exists = False
+        if exists:
+            staging = step_path + _STAGING_SUFFIX
+            shutil.rmtree(staging, ignore_errors=True)
+            options = ocp.CheckpointManagerOptions(enable_async_checkpointing=self.async_, create=True)
+            pending = {"step": step, "kind": "overwrite",
+                       "staging_mngr": ocp.CheckpointManager(staging, options=options, item_handlers=_item_handlers())}
+            mngr = pending["staging_mngr"]
+        else:
+            pending = {"step": step, "kind": "new"}
+            mngr = self._mngr
+        try:
+            saved = mngr.save(step, args=ocp.args.Composite(**args), force=True)
+        except BaseException as e:  # noqa: BLE001 - a failed write (e.g. disk full): clean up, keep the old state
+            self._cleanup_failed(step, pending)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _save_error(e, step, self.directory) from None
+        if not saved:
+            self._cleanup_failed(step, pending)
+            raise CheckpointError(f"orbax refused to save step {step} in {self.directory}")
+        self._pending = pending
+        if not self.async_:
             self.wait()
 
     # -- restore -----------------------------------------------------------------------------------
     def restore(self, step: int | None = None, *, template: Checkpoint | Mapping[str, Any] | None = None,
                 items: Sequence[str] | None = None, verify: bool = True) -> Checkpoint:
         """Restores step ``step`` (default: the latest committed one); see :func:`restore_checkpoint`."""
+        with self._lock:
+            return self._restore(step, template=template, items=items, verify=verify)
+
+    def _restore(self, step: int | None, *, template: Any, items: Sequence[str] | None, verify: bool) -> Checkpoint:
         self.wait()
+        side = _interrupted_replaces(self.directory)
         if step is None:
             step = self.latest_step()
             if step is None:
+                hints = " ".join(recovery_hint(self.directory, s) for s in side)
                 raise CheckpointError(f"no complete checkpoint in {self.directory} "
-                                      f"(incomplete steps: {checkpoint_steps(self.directory, committed=False)})")
+                                      f"(incomplete steps: {checkpoint_steps(self.directory, committed=False)})"
+                                      + (f"; {hints}" if hints.strip() else ""))
         step_path = _step_dir(self.directory, step)
         if step not in self.all_steps():
+            hint = recovery_hint(self.directory, step)
+            hint = f"; {hint}" if hint else ""
             if os.path.isdir(step_path):
                 raise CheckpointError(f"checkpoint step {step} in {self.directory} is incomplete (no "
-                                      f"{COMMIT_MARKER}: its save did not finish); complete steps: {self.all_steps()}")
-            raise CheckpointError(f"no checkpoint step {step} in {self.directory}; complete steps: {self.all_steps()}")
+                                      f"{COMMIT_MARKER}: its save did not finish); complete steps: {self.all_steps()}"
+                                      + hint)
+            raise CheckpointError(f"no checkpoint step {step} in {self.directory}; complete steps: {self.all_steps()}"
+                                  + hint)
         templates = _template_fields(template)
         manifest = self._restore_json(step, MANIFEST, "manifest")
         if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
@@ -241,6 +649,16 @@ class SparseCheckpointer:
         if manifest.get("version", 0) > VERSION:
             raise CheckpointError(f"step {step}: written by format version {manifest['version']}, this jaxprune "
                                   f"reads up to {VERSION}")
+        manifest_file = os.path.join(step_path, MANIFEST, "metadata")
+        if manifest.get("version", 0) >= 2 or "sha256" in manifest:
+            want = manifest.get("sha256")
+            got = manifest_digest(manifest)
+            if want != got:
+                raise CheckpointError(f"{manifest_file}: the manifest fails its SHA-256 check (recorded {want}, "
+                                      f"computed {got}): it was edited or corrupted; refusing to restore step {step}")
+        if manifest.get("step", step) != step:
+            raise CheckpointError(f"{manifest_file}: the manifest is of step {manifest.get('step')}, not {step} "
+                                  "(folder renamed or copied by hand?)")
         stored_items = list(manifest["items"]) + list(manifest["json_items"])
         wanted = stored_items if items is None else list(items)
         for name in wanted:
@@ -267,14 +685,27 @@ class SparseCheckpointer:
             if name in wanted:
                 setattr(out, name, self._restore_array(step, name, manifest["items"][name], templates.get(name),
                                                        mask_at, verify))
+        edited = []
         for name in JSON_ITEMS:
             if name in wanted:
-                setattr(out, name, self._restore_json(step, name, name))
+                value = self._restore_json(step, name, name)
+                want = manifest.get("json_sha256", {}).get(name)
+                if verify and want is not None and json_digest(value) != want:
+                    edited.append(name)
+                setattr(out, name, value)
         if verify and out.plan is not None:
             check_plan_shapes(out.plan, _entry_shapes(manifest["items"]["params"]) if "params" in manifest["items"]
                               else None,
                               _entry_shapes(manifest["items"]["shrunk_params"]) if "shrunk_params" in
                               manifest["items"] else None)
+        if edited:  # after the plan and model-config checks, whose messages are more specific
+            if "model_config" in edited and isinstance(out.model_config, Mapping):
+                which = "shrunk_params" if "shrunk_params" in manifest["items"] else "params"
+                if which in manifest["items"]:
+                    check_model_config(out.model_config, _entry_shapes(manifest["items"][which]), which)
+            name = edited[0]
+            raise CheckpointError(f"{os.path.join(step_path, name, 'metadata')}: item {name!r} fails its SHA-256 "
+                                  "check (edited or corrupted); refusing to restore it")
         return out
 
     def _restore_json(self, step: int, name: str, what: str) -> Any:
@@ -286,18 +717,27 @@ class SparseCheckpointer:
 
     def _restore_array(self, step: int, name: str, entries: dict, template: PyTree, mask_at: Mapping[str, Any],
                        verify: bool) -> PyTree:
+        item_dir = os.path.join(_step_dir(self.directory, step), name)
+
+        def metadata():
+            try:  # this item's metadata only (the manager's item_metadata reads every item's)
+                meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
+            except Exception as e:  # noqa: BLE001
+                raise _wrap(e, f"step {step}: cannot read the metadata of item {name!r} ({item_dir})") from e
+            return getattr(meta, "tree", meta)
+
         if template is not None:
             target = _abstract_for(name, template, entries)
         else:
-            try:
-                meta = self._mngr.item_metadata(step)[name]
-            except Exception as e:  # noqa: BLE001
-                raise _wrap(e, f"step {step}: cannot read the metadata of item {name!r}") from e
-            target = _abstract_from_metadata(getattr(meta, "tree", meta))
+            target = _abstract_from_metadata(metadata())
         try:
             res = self._mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(target)}))
         except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many types; name the item
-            raise _wrap(e, f"step {step}: cannot read item {name!r}") from e
+            if template is not None and "tree structures do not match" in str(e):
+                diff = _structure_diff(metadata(), template) or "(containers differ; leaf paths are equal)"
+                raise CheckpointError(f"step {step} item {name!r}: the template's tree structure does not match the "
+                                      f"checkpoint's: {diff}") from None
+            raise _wrap(e, f"step {step}: cannot read item {name!r} ({item_dir})") from e
         stored = res[name]
         canon = lambda p: _canon(p, entries)  # noqa: E731
         found = {canon(p) for p, _ in tree_lib.leaves_with_paths(stored)}
