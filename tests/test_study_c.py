@@ -242,7 +242,9 @@ def test_record_from_plan_and_library_round_trip(cnn, tmp_path):
     assert back.records[1].meta["note"] == 1.5
     assert back.select(budget=0.3).names == ["task_b"]
     # overwrite in place
-    ml.save_library(path, ml.MaskLibrary((rec,)))
+    with pytest.raises(ValueError, match="overwrite=True"):  # never replaced silently
+        ml.save_library(path, ml.MaskLibrary((rec,)))
+    ml.save_library(path, ml.MaskLibrary((rec,)), overwrite=True)
     assert ml.load_library(path).names == ["task_a"]
 
 

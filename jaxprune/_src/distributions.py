@@ -31,7 +31,14 @@ DISTRIBUTIONS = ("uniform", "erk", "er")
 
 
 def check_sparsity(sparsity: Any, name: str = "sparsity") -> float:
-    """Validates a static sparsity in [0, 1) and returns it as a float."""
+    """Validates a static sparsity in [0, 1) and returns it as a float.
+
+    Strings, bools and non-scalar values raise ``TypeError`` (``"0.5"`` is not a
+    sparsity); NaN and values outside [0, 1) raise ``ValueError``.
+    """
+    if isinstance(sparsity, (str, bytes, bool, np.bool_)) or np.ndim(sparsity) != 0 or (
+            hasattr(sparsity, "dtype") and np.dtype(sparsity.dtype) == np.bool_):
+        raise TypeError(f"{name} must be a number in [0, 1), got {type(sparsity).__name__} {sparsity!r}")
     try:
         s = float(sparsity)
     except (TypeError, ValueError):
@@ -94,7 +101,10 @@ def layer_sparsities(params: PyTree, sparsity: float, *, distribution: str = "un
         (see :func:`jaxprune.prunable_tree`).
       rules: ``(regex, sparsity or None)`` overrides, first match wins; a matched
         layer gets exactly that sparsity (``None`` = leave dense) and is excluded
-        from the ERK redistribution.
+        from the ERK redistribution. Rules only apply to *prunable* leaves: a
+        rule ``('conv', 0.8)`` does not prune the biases or norm scales of the
+        ``conv`` layers (mark such a leaf prunable with ``prunable`` rules to
+        prune it).
       strict: raise if a rule (in ``prunable`` or ``rules``) matches no leaf.
 
     >>> import jax.numpy as jnp
@@ -117,10 +127,11 @@ def layer_sparsities(params: PyTree, sparsity: float, *, distribution: str = "un
     for (path, leaf), (_, ok), (_, rule) in zip(
             leaves, tree_lib.leaves_with_paths(prunable),
             tree_lib.leaves_with_paths(overrides, is_leaf=tree_lib.is_none)):
-        if rule is not _unset:
-            fixed[path] = None if rule is None else check_sparsity(rule, f"sparsity rule for {path!r}")
-        elif not ok:
+        value = rule if rule is _unset or rule is None else check_sparsity(rule, f"sparsity rule for {path!r}")
+        if not ok:  # rules never make a non-prunable leaf (bias, norm scale, ...) prunable
             fixed[path] = None
+        elif rule is not _unset:
+            fixed[path] = value
         else:
             free_shapes[path] = tuple(np.shape(leaf))
     if distribution == "uniform":

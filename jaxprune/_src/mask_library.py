@@ -28,8 +28,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import uuid
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -202,13 +205,41 @@ def validate_library(library: MaskLibrary, graph=None) -> None:
 
 
 # -------------------------------------------------------------------------------- save/load
-def save_library(path: str | os.PathLike, library: MaskLibrary) -> str:
+_META_FILE = "library.json"
+_ARRAYS_PREFIX = "arrays"
+
+
+def _record_digest(embedding: np.ndarray, keep: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(embedding, np.float32).tobytes())
+    for m in keep:
+        h.update(np.ascontiguousarray(m, np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def _json_digest(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _holds_library(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, _META_FILE))
+
+
+def save_library(path: str | os.PathLike, library: MaskLibrary, *, overwrite: bool = False) -> str:
     """Writes ``library`` to the directory ``path`` (orbax arrays + ``library.json``); returns the path.
 
-    Layout: ``arrays/`` (an orbax ``StandardCheckpointer`` pytree:
+    Layout: ``arrays-<id>/`` (an orbax ``StandardCheckpointer`` pytree:
     ``{'r0': {'embedding': f32, 'keep': [uint8 vectors]}, ...}``) and
-    ``library.json`` (format, version, names, group names per record,
-    metadata), written last so an interrupted save never looks complete.
+    ``library.json`` (format, version, the arrays directory, names, group names
+    per record, metadata, a SHA-256 per record and one over the JSON itself).
+
+    Safety: the library and its metadata are validated (JSON-serializable,
+    finite) *before* anything on disk changes; a path that already holds a
+    library is refused (``ValueError``) unless ``overwrite=True``. The save is
+    atomic: new arrays go to a fresh ``arrays-<id>/`` and the new
+    ``library.json`` is written to a temp file then ``os.replace``-d over the old
+    one (the commit point), after which the old arrays are removed. A save that
+    fails or is killed at any point leaves the previous library loadable as it
+    was (leftovers of an interrupted save are removed by the next save).
 
     Example:
       >>> lib = MaskLibrary((TaskRecord('a', np.ones(3), {'g': np.array([True, False])}),))
@@ -218,23 +249,58 @@ def save_library(path: str | os.PathLike, library: MaskLibrary) -> str:
     import orbax.checkpoint as ocp
 
     validate_library(library)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"save_library: overwrite must be a bool, got {overwrite!r}")
     path = os.path.abspath(os.fspath(path))
+    arrays_name = f"{_ARRAYS_PREFIX}-{uuid.uuid4().hex[:12]}"
+    records = [{"name": r.name, "groups": list(r.keep), "sizes": [int(m.size) for m in r.keep.values()],
+                "embedding_dim": int(r.embedding.size), "meta": r.meta,
+                "sha256": _record_digest(r.embedding, list(r.keep.values()))} for r in library.records]
+    body = {"format": _FORMAT, "version": _VERSION, "arrays": arrays_name if records else None,
+            "meta": library.meta, "records": records}
+    try:  # everything is checked before the disk is touched
+        body = json.loads(json.dumps(body, default=_json_default, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"save_library({path!r}): library metadata cannot be saved as JSON: {e}; nothing "
+                      "was written") from None
+    body["sha256"] = _json_digest(body)
+    text = json.dumps(body, indent=1)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"save_library: {path!r} exists and is not a directory")
+    if _holds_library(path) and not overwrite:
+        raise ValueError(f"save_library: {path!r} already holds a mask library; refusing to replace it "
+                         "(pass overwrite=True to replace it)")
     os.makedirs(path, exist_ok=True)
-    if os.path.exists(os.path.join(path, "library.json")):
-        os.remove(os.path.join(path, "library.json"))
     arrays = {f"r{i}": {"embedding": r.embedding, "keep": [m.astype(np.uint8) for m in r.keep.values()]}
               for i, r in enumerate(library.records)}
-    if arrays:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(path, "arrays"), arrays, force=True)
-    meta = {"format": _FORMAT, "version": _VERSION, "meta": library.meta,
-            "records": [{"name": r.name, "groups": list(r.keep), "sizes": [int(m.size) for m in r.keep.values()],
-                         "embedding_dim": int(r.embedding.size), "meta": r.meta} for r in library.records]}
-    tmp = os.path.join(path, "library.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1, default=_json_default)
-    os.replace(tmp, os.path.join(path, "library.json"))
+    tmp = os.path.join(path, f"{_META_FILE}.tmp-{arrays_name}")
+    try:
+        if arrays:
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(os.path.join(path, arrays_name), arrays)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(path, _META_FILE))  # the commit point
+    except BaseException:  # the previous library.json and its arrays are untouched: drop the new files
+        shutil.rmtree(os.path.join(path, arrays_name), ignore_errors=True)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _remove_stale(path, keep=arrays_name)
     return path
+
+
+def _remove_stale(path: str, keep: str | None) -> None:
+    """Removes arrays directories / temp files of earlier (replaced or interrupted) saves."""
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        stale_arrays = (name == _ARRAYS_PREFIX or name.startswith(_ARRAYS_PREFIX + "-")) and name != keep
+        if stale_arrays and os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+        elif name.startswith(f"{_META_FILE}.tmp"):
+            os.remove(full)
 
 
 def _json_default(x):
@@ -245,42 +311,65 @@ def _json_default(x):
     raise TypeError(f"metadata value of type {type(x).__name__} is not JSON-serializable")
 
 
+def _bad(meta_path: str, what: str) -> ValueError:
+    return ValueError(f"{meta_path}: {what} (library file corrupted or not written by jaxprune)")
+
+
 def load_library(path: str | os.PathLike, graph=None) -> MaskLibrary:
     """Restores a library written by :func:`save_library`, validating it (and against ``graph`` if given).
 
     Raises ``FileNotFoundError`` if ``path`` holds no library and ``ValueError``
-    naming the record and group when the stored data are inconsistent.
+    naming the file (and record/group) when the stored data are inconsistent,
+    truncated or bit-flipped (checked against the SHA-256 sums written by
+    :func:`save_library`; libraries written before these sums existed load
+    without that check).
     """
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.fspath(path))
-    meta_path = os.path.join(path, "library.json")
+    meta_path = os.path.join(path, _META_FILE)
     if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"no mask library at {path!r} (missing library.json)")
-    with open(meta_path) as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
+        hint = ""
+        if os.path.isdir(path) and any(n.startswith(_ARRAYS_PREFIX) or n.startswith(_META_FILE + ".tmp")
+                                       for n in os.listdir(path)):
+            hint = " (it holds leftovers of a save that never completed: the first save was interrupted)"
+        raise FileNotFoundError(f"no mask library at {path!r} (missing library.json){hint}")
+    with open(meta_path, "rb") as f:
+        raw = f.read()
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: not valid JSON ({e}; {len(raw)} bytes: truncated or corrupted?)") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ValueError(f"{meta_path}: format must be {_FORMAT!r}, got "
                          f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
     if meta.get("version") != _VERSION:
         raise ValueError(f"{meta_path}: unsupported version {meta.get('version')!r} (expected {_VERSION})")
     recs = meta.get("records")
-    if not isinstance(recs, list):
-        raise ValueError(f"{meta_path}: 'records' must be a list")
+    if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+        raise ValueError(f"{meta_path}: 'records' must be a list of objects")
+    arrays_name = meta.get("arrays", _ARRAYS_PREFIX)  # libraries without the key: the old fixed name
+    if recs and (not isinstance(arrays_name, str) or os.sep in arrays_name or not arrays_name.startswith(
+            _ARRAYS_PREFIX)):
+        raise _bad(meta_path, f"'arrays' must name an arrays directory, got {arrays_name!r}")
     records = []
     if recs:
-        abstract = {f"r{i}": {"embedding": np.zeros(int(r["embedding_dim"]), np.float32),
-                              "keep": [np.zeros(int(s), np.uint8) for s in r["sizes"]]}
-                    for i, r in enumerate(recs)}
+        try:
+            abstract = {f"r{i}": {"embedding": np.zeros(int(r["embedding_dim"]), np.float32),
+                                  "keep": [np.zeros(int(s), np.uint8) for s in r["sizes"]]}
+                        for i, r in enumerate(recs)}
+        except (KeyError, TypeError, ValueError) as e:
+            raise _bad(meta_path, f"a record lacks a valid embedding_dim/sizes ({type(e).__name__}: {e})") from None
+        arrays_dir = os.path.join(path, arrays_name)
+        if not os.path.isdir(arrays_dir):
+            raise ValueError(f"{path}: library.json refers to {arrays_name}/, which is missing (library "
+                             "truncated or partly deleted)")
         try:
             with ocp.StandardCheckpointer() as ckptr:
-                arrays = ckptr.restore(os.path.join(path, "arrays"), abstract)
+                arrays = ckptr.restore(arrays_dir, abstract)
         except Exception as e:  # orbax raises several types for missing/mismatched data
             raise ValueError(f"{path}: stored arrays do not match library.json ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:300]})") from None
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
         for i, r in enumerate(recs):
             a = arrays[f"r{i}"]
             if len(r["groups"]) != len(r["sizes"]) or len(a["keep"]) != len(r["groups"]):
@@ -293,7 +382,14 @@ def load_library(path: str | os.PathLike, graph=None) -> MaskLibrary:
                     raise ValueError(f"{path}: record {r['name']!r} group {g!r}: expected a 0/1 vector of "
                                      f"{s} units, got shape {m.shape} max {m.max() if m.size else None}")
                 keep[g] = m.astype(bool)
+            if "sha256" in r and _record_digest(np.asarray(a["embedding"]), list(keep.values())) != r["sha256"]:
+                raise ValueError(f"{arrays_dir}: the stored arrays of record {i} ({r.get('name')!r}) do not match "
+                                 "their SHA-256 in library.json (arrays file corrupted)")
             records.append(TaskRecord(r["name"], np.asarray(a["embedding"]), keep, r.get("meta", {})))
+    if "sha256" in meta:
+        body = {k: v for k, v in meta.items() if k != "sha256"}
+        if _json_digest(body) != meta["sha256"]:
+            raise _bad(meta_path, "content does not match its SHA-256 (edited or bit-flipped)")
     lib = MaskLibrary(tuple(records), meta.get("meta", {}))
     validate_library(lib, graph)
     return lib

@@ -9,6 +9,15 @@ Conventions:
     leaves. Ties are broken deterministically: among equal scores, the entry
     with the lower flat index (in leaf order, then row-major) is pruned first.
   * Every function is jit-able; sparsities may be traced (scheduled) values.
+    Concrete sparsities (Python numbers, NumPy or JAX arrays) are checked: a
+    string, NaN or a value outside [0, 1) raises. A *traced* sparsity cannot
+    be checked without a host round-trip: it is clipped to [0, 1] and a NaN
+    counts as 0 (nothing pruned), so a bad schedule never prunes "everything".
+  * Masks must be boolean (``apply_masks`` raises ``TypeError`` naming the leaf
+    otherwise: a float mask of 0.3 is not "kept" or "pruned"). Axis arguments
+    must be in ``[-ndim, ndim)`` of each leaf (``ValueError`` naming it).
+  * With a scalar sparsity, a scores tree with no prunable leaf gives all-None
+    masks and a ``UserWarning`` (:func:`jaxprune.prune` raises instead).
 
 Top-k selection is the exact joint engine of :mod:`jaxprune._src.topk` (NumPy
 introselect for concrete host arrays; a jitted bisection on the uint32 image of
@@ -21,6 +30,7 @@ above ``+inf`` (never pruned first).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import jax
@@ -42,15 +52,31 @@ __all__ = [
     "block_masks",
     "channel_masks",
     "apply_masks",
+    "check_masks",
     "combine_masks",
     "check_scores",
 ]
 
 
-def _n_prune(sparsity: Any, n: int) -> jax.Array:
-    if isinstance(sparsity, (int, float, np.floating, np.integer)):
-        return jnp.int32(int(np.round(check_sparsity(sparsity) * n)))
-    return jnp.round(jnp.asarray(sparsity, jnp.float32) * n).astype(jnp.int32)
+def _is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _is_scalar_sparsity(x: Any) -> bool:
+    """A Python/NumPy number or a 0-d array (concrete or traced): one sparsity for every leaf."""
+    if isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return True
+    return isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)) and np.ndim(x) == 0
+
+
+def _n_prune(sparsity: Any, n: int, name: str = "sparsity") -> jax.Array:
+    if not _is_traced(sparsity):  # concrete (number, NumPy or JAX array): checked, raises on bad values
+        return jnp.int32(int(np.round(check_sparsity(sparsity, name) * n)))
+    if not jnp.issubdtype(sparsity.dtype, jnp.number) or np.ndim(sparsity) != 0:
+        raise TypeError(f"{name} must be a scalar number, got a traced {sparsity.dtype} {np.shape(sparsity)}")
+    s = jnp.asarray(sparsity, jnp.float32)
+    s = jnp.clip(jnp.where(jnp.isnan(s), 0.0, s), 0.0, 1.0)  # traced: NaN -> 0, clipped to [0, 1]
+    return jnp.round(s * n).astype(jnp.int32)
 
 
 def check_scores(scores: PyTree, what: str = "scores") -> None:
@@ -72,6 +98,8 @@ def topk_mask(scores: jax.Array, sparsity: float | jax.Array) -> jax.Array:
     >>> topk_mask(jnp.array([3., 1., 2., 1.]), 0.5)
     Array([ True, False,  True, False], dtype=bool)
     """
+    if isinstance(sparsity, (str, bytes)):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     scores = jnp.asarray(scores)
     (mask,) = _prune_lowest([scores], _n_prune(sparsity, scores.size))
     return mask
@@ -79,13 +107,34 @@ def topk_mask(scores: jax.Array, sparsity: float | jax.Array) -> jax.Array:
 
 def _resolve_sparsities(scores: PyTree, sparsities: Any, prunable: Any) -> PyTree:
     """Broadcasts a scalar sparsity over prunable leaves, or validates a per-leaf tree."""
-    if isinstance(sparsities, (int, float, np.floating)) or (
-            isinstance(sparsities, jax.Array) and sparsities.ndim == 0):
+    tree_lib.check_no_none_leaves(scores, "scores")
+    if isinstance(sparsities, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"sparsities must be a number in [0, 1) or a pytree of them, got "
+                        f"{type(sparsities).__name__} {sparsities!r}")
+    if _is_scalar_sparsity(sparsities):
+        if not _is_traced(sparsities):
+            check_sparsity(sparsities, "sparsities")
         if prunable is None or isinstance(prunable, (list, tuple)):
             prunable = tree_lib.prunable_tree(scores, prunable)
-        return jax.tree.map(lambda ok: sparsities if ok else None, prunable)
+        else:
+            tree_lib.check_same_structure(scores, prunable, what="prunable", check_shapes=False)
+        out = jax.tree.map(lambda ok: sparsities if ok else None, prunable)
+        _warn_if_nothing_prunable(scores, out)
+        return out
     tree_lib.check_same_structure(scores, sparsities, what="sparsities", check_shapes=False)
+    for path, sp in tree_lib.leaves_with_paths(sparsities, is_leaf=tree_lib.is_none):
+        if sp is not None and not _is_traced(sp):
+            check_sparsity(sp, f"sparsities leaf {path!r}")
     return sparsities
+
+
+def _warn_if_nothing_prunable(scores: PyTree, chosen: PyTree) -> None:
+    if jax.tree.leaves(scores) and all(c is None for c in jax.tree.leaves(chosen, is_leaf=tree_lib.is_none)):
+        paths = [p for p, _ in tree_lib.leaves_with_paths(scores)]
+        warnings.warn(f"no prunable leaf among {paths[:8]}{' ...' if len(paths) > 8 else ''}: every mask is "
+                      "None (nothing is pruned). By default only float leaves with ndim >= 2 that are not "
+                      "biases/norms are pruned; pass prunable=[(regex, True)] to choose leaves.",
+                      UserWarning, stacklevel=3)
 
 
 def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) -> PyTree:
@@ -135,6 +184,12 @@ def global_masks(scores: PyTree, sparsity: float | jax.Array, *, prunable: Any =
     ([[False, True]], [[False, True]])
     """
     check_scores(scores)
+    tree_lib.check_no_none_leaves(scores, "scores")
+    if isinstance(sparsity, (str, bytes)) or not _is_scalar_sparsity(sparsity):
+        raise TypeError(f"global_masks: sparsity must be a number in [0, 1) (one scalar), got "
+                        f"{type(sparsity).__name__} {sparsity!r}")
+    if not _is_traced(sparsity):
+        check_sparsity(sparsity)
     if prunable is None or isinstance(prunable, (list, tuple)):
         prunable = tree_lib.prunable_tree(scores, prunable)
     else:
@@ -167,9 +222,23 @@ def _nm_keep(x: jax.Array, n: int, m: int, ax: int) -> jax.Array:
     return rank < n
 
 
+def _check_axis(what: str, path: str, axis: Any, x: Any) -> int:
+    """``axis`` normalized for leaf ``x``; ``ValueError`` naming the leaf if out of ``[-ndim, ndim)``."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{what}: axis must be an int, got {axis!r}")
+    nd = np.ndim(x)
+    if nd == 0:
+        raise ValueError(f"{what} for leaf {path!r}: the leaf is a scalar (shape ()), it has no axis {axis}; "
+                         "exclude it with prunable rules")
+    if not -nd <= axis < nd:
+        raise ValueError(f"{what} for leaf {path!r}: axis {axis} is out of range for its ndim {nd} "
+                         f"(shape {np.shape(x)}; valid axes are {-nd}..{nd - 1})")
+    return int(axis) % nd
+
+
 def _nm_one(path: str, x: jax.Array, n: int, m: int, axis: int) -> jax.Array:
-    ax = axis % x.ndim if x.ndim else 0
-    if x.ndim == 0 or x.shape[ax] % m:
+    ax = _check_axis("N:M mask", path, axis, x)
+    if x.shape[ax] % m:
         raise ValueError(
             f"N:M mask for leaf {path!r}: axis {axis} of shape {x.shape} must be divisible by M={m}")
     return _nm_keep(x, n, m, ax)
@@ -247,7 +316,7 @@ def channel_masks(scores: PyTree, sparsities: Any, *, axis: int = -1, prunable: 
         if s is None:
             return None
         x = jnp.asarray(x)
-        ax = axis % x.ndim
+        ax = _check_axis("channel mask", path, axis, x)
         reduce_axes = tuple(i for i in range(x.ndim) if i != ax)
         ch = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=reduce_axes))
         keep = topk_mask(ch, s)
@@ -261,12 +330,29 @@ def channel_masks(scores: PyTree, sparsities: Any, *, axis: int = -1, prunable: 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     """Zeroes pruned entries: ``where(mask, w, 0)``; leaves whose mask is ``None`` pass through.
 
+    Masks must be boolean arrays (``True`` = kept); any other dtype raises
+    ``TypeError`` naming the leaf (convert 0/1 masks with ``m.astype(bool)``).
+
     >>> apply_masks({'w': jnp.array([1., 2.])}, {'w': jnp.array([True, False])})['w']
     Array([1., 0.], dtype=float32)
     """
-    tree_lib.check_same_structure(params, masks, what="masks")
+    check_masks(params, masks)
     return jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
                         masks, params, is_leaf=tree_lib.is_none)
+
+
+def check_masks(params: PyTree, masks: PyTree, what: str = "masks") -> None:
+    """Raises naming the leaf if ``masks`` does not match ``params`` or a mask is not boolean."""
+    tree_lib.check_same_structure(params, masks, what=what)
+    for path, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none):
+        if m is None:
+            continue
+        dtype = getattr(m, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(m).dtype
+        if np.dtype(dtype) != np.bool_:
+            raise TypeError(f"{what} leaf {path!r} has dtype {dtype}; masks must be boolean (True = kept). "
+                            "Convert 0/1 masks with .astype(bool)")
 
 
 def combine_masks(a: PyTree, b: PyTree) -> PyTree:

@@ -213,7 +213,14 @@ def prune(params: PyTree, sparsity: float = 0.5, *, method: str | Callable[..., 
         or any registered with :func:`jaxprune.register_score`) or a callable.
       scope, distribution, structure, prunable, rules, n, m, block, strict: see :class:`MaskSpec`.
       grads: gradients for gradient-based scores; key: PRNG key for random scores.
-      masks: existing masks to keep (the result prunes on top of them).
+      masks: existing masks to keep (the result prunes on top of them); boolean
+        arrays (``True`` = kept) or ``None`` per leaf, else ``TypeError`` naming the leaf.
+
+    Raises:
+      TypeError / ValueError naming the argument or leaf: a non-numeric or
+      out-of-range ``sparsity``, a ``None`` leaf in params, non-boolean masks,
+      or params with no prunable leaf. ``rules`` only set the sparsity of
+      prunable leaves (biases and norm scales of a matched layer stay dense).
 
     >>> params = {'dense': {'kernel': jnp.arange(1., 9.).reshape(4, 2), 'bias': jnp.ones(2)}}
     >>> pruned, masks = prune(params, 0.5)
@@ -224,6 +231,15 @@ def prune(params: PyTree, sparsity: float = 0.5, *, method: str | Callable[..., 
                     rules=rules, n=n, m=m, block=tuple(block), strict=strict)
     if structure != "nm":
         check_sparsity(sparsity)
+    tree_lib.check_no_none_leaves(params, "params")
+    if masks is not None:
+        masks_lib.check_masks(params, masks, what="masks")
+    ok = tree_lib.prunable_tree(params, spec.prunable, strict=spec.strict)
+    if not any(jax.tree.leaves(ok)):
+        paths = [p for p, _ in tree_lib.leaves_with_paths(params)]
+        raise ValueError(f"prune: params have no prunable leaf (leaves: {paths[:8]}{' ...' if len(paths) > 8 else ''}"
+                         "); by default only float leaves with ndim >= 2 that are not biases/norms/position "
+                         "tables are pruned. Mark leaves prunable with prunable=[(regex, True)]")
     base = params if masks is None else masks_lib.apply_masks(params, masks)
     s = scores_lib.get_score_fn(method)(base, grads=grads, key=key)
     new = masks_from_scores(s, sparsity, spec)

@@ -83,6 +83,18 @@ def _replicate_on_params_mesh(x: Any, params: PyTree) -> Any:
     return x
 
 
+def _check_grads(updates: PyTree, params: PyTree) -> None:
+    """Raises ``ValueError`` naming the first path where ``updates`` (grads) differ from ``params``."""
+    if jax.tree.structure(updates) != jax.tree.structure(params):
+        diff = tree_lib.first_structure_difference(params, updates)
+        raise ValueError("sparse_optimizer.update: grads (updates) do not have the structure of params; "
+                         f"first difference: {diff} (params vs grads)")
+    for (path, p), (_, g) in zip(tree_lib.leaves_with_paths(params), tree_lib.leaves_with_paths(updates)):
+        if jnp.shape(g) != jnp.shape(p):
+            raise ValueError(f"sparse_optimizer.update: grads leaf {path!r} has shape {jnp.shape(g)}, "
+                             f"the param has {jnp.shape(p)}")
+
+
 def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
                      key: jax.Array | int = 0) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that it trains a sparse model under ``pruner``.
@@ -118,6 +130,7 @@ def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("jaxprune.sparse_optimizer needs params: call opt.update(grads, state, params)")
+        _check_grads(updates, params)
         step = state.count
         key, k_upd = jax.random.split(state.key)
         aux = state.aux

@@ -35,6 +35,8 @@ __all__ = [
     "rule_tree",
     "prunable_tree",
     "check_same_structure",
+    "check_no_none_leaves",
+    "first_structure_difference",
     "DEFAULT_EXCLUDE",
 ]
 
@@ -123,16 +125,38 @@ def match_rules(path: str, rules: Rules | None, default: Any = None) -> Any:
 
 
 def rule_tree(tree: PyTree, rules: Rules | None, default: Any = None, *, strict: bool = False,
-              name: str = "rules") -> PyTree:
+              name: str = "rules", prunable: Any = None) -> PyTree:
     """Pytree with, at each leaf, the value of the first matching rule (else ``default``).
 
     With ``strict=True``, a rule that matches no leaf raises ``ValueError``
     (it is almost always a typo in the regex).
+
+    ``prunable`` restricts the rules to prunable leaves (others get ``default``),
+    which is how sparsity rules are applied (a rule ``('conv', 0.8)`` must not
+    reach the conv layer's bias): ``True`` = the default prunable set of
+    :func:`prunable_tree`, a list of ``(regex, bool)`` rules, or a bool pytree.
+    ``None`` (default) applies the rules to every leaf (generic per-leaf values).
+
+    >>> import jax.numpy as jnp
+    >>> p = {'conv': {'kernel': jnp.ones((3, 3)), 'bias': jnp.ones(3)}}
+    >>> rule_tree(p, [('conv', 0.8)], prunable=True)
+    {'conv': {'bias': None, 'kernel': 0.8}}
     """
     compiled = _compile_rules(rules, name)
     used = [False] * len(compiled)
+    ok_paths = None
+    if prunable is not None and prunable is not False:
+        if prunable is True:
+            prunable = None
+        if prunable is None or isinstance(prunable, (list, tuple)):
+            prunable = prunable_tree(tree, prunable)
+        else:
+            check_same_structure(tree, prunable, what="prunable", check_shapes=False)
+        ok_paths = {p for p, ok in leaves_with_paths(prunable, is_leaf=is_none) if ok}
 
     def pick(path, _):
+        if ok_paths is not None and path not in ok_paths:
+            return default
         for i, (pattern, value) in enumerate(compiled):
             if pattern.search(path):
                 used[i] = True
@@ -151,8 +175,18 @@ def rule_tree(tree: PyTree, rules: Rules | None, default: Any = None, *, strict:
     return out
 
 
+def _is_bool_leaf(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        return isinstance(leaf, (bool, np.bool_))
+    try:
+        return np.dtype(dtype) == np.bool_
+    except TypeError:
+        return False
+
+
 def _default_prunable(path: str, leaf: Any) -> bool:
-    return np.ndim(leaf) >= 2 and re.search(DEFAULT_EXCLUDE, path) is None
+    return np.ndim(leaf) >= 2 and not _is_bool_leaf(leaf) and re.search(DEFAULT_EXCLUDE, path) is None
 
 
 def prunable_tree(params: PyTree, rules: Rules | None = None, *, strict: bool = False) -> PyTree:
@@ -160,8 +194,10 @@ def prunable_tree(params: PyTree, rules: Rules | None = None, *, strict: bool = 
 
     By default, leaves with ``ndim >= 2`` (kernels, embeddings) are prunable;
     biases, norm scales/statistics and position/class-token tables are not
-    (see :data:`DEFAULT_EXCLUDE`). ``rules`` is a list of ``(regex, bool)``;
-    the first rule matching a leaf's path decides, else the default applies.
+    (see :data:`DEFAULT_EXCLUDE`), nor are boolean leaves (flags, masks).
+    ``rules`` is a list of ``(regex, bool)``; the first rule matching a leaf's
+    path decides, else the default applies. A rule marking a boolean leaf
+    prunable raises ``TypeError`` naming it.
 
     >>> import jax.numpy as jnp
     >>> params = {'conv': {'kernel': jnp.ones((3, 3, 2, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
@@ -175,6 +211,9 @@ def prunable_tree(params: PyTree, rules: Rules | None = None, *, strict: bool = 
             return _default_prunable(path, leaf)
         if not isinstance(rule, (bool, np.bool_)):
             raise TypeError(f"prunable rules must map to bool, got {rule!r} for leaf {path!r}")
+        if rule and _is_bool_leaf(leaf):
+            raise TypeError(f"prunable rules mark leaf {path!r} prunable, but it is a boolean array "
+                            "(flags/masks are not weights and cannot be pruned)")
         return bool(rule)
 
     return map_with_path(pick, params, decided)
@@ -206,3 +245,30 @@ def check_same_structure(params: PyTree, other: PyTree, what: str = "masks", *,
                 raise ValueError(
                     f"{what} leaf {path!r} has shape {np.shape(o)}, expected the param's shape {np.shape(p)}"
                 )
+
+
+def check_no_none_leaves(tree: PyTree, what: str = "params") -> None:
+    """Raises ``ValueError`` naming the first leaf of ``tree`` that is ``None``.
+
+    JAX treats ``None`` as an empty subtree, so a ``None`` in params would
+    otherwise surface later as a confusing structure mismatch.
+    """
+    for path, leaf in leaves_with_paths(tree, is_leaf=is_none):
+        if leaf is None:
+            raise ValueError(f"{what} leaf {path!r} is None; {what} must hold arrays at every leaf "
+                             "(remove the entry, or use an empty array)")
+
+
+def first_structure_difference(a: PyTree, b: PyTree, is_leaf=None) -> str | None:
+    """A readable description of the first path where pytrees ``a`` and ``b`` differ, or None."""
+    pa = leaves_with_paths(a, is_leaf=is_leaf)
+    pb = leaves_with_paths(b, is_leaf=is_leaf)
+    for (x, _), (y, _) in zip(pa, pb):
+        if x != y:
+            return f"path {x!r} vs {y!r}"
+    if len(pa) != len(pb):
+        longer, tag = (pa, "first") if len(pa) > len(pb) else (pb, "second")
+        return f"path {longer[min(len(pa), len(pb))][0]!r} only in the {tag} tree"
+    if jax.tree.structure(a, is_leaf=is_leaf) != jax.tree.structure(b, is_leaf=is_leaf):
+        return "same leaf paths but different container types"
+    return None

@@ -70,11 +70,67 @@ def build_model(name: str, num_classes: int, image_size: int | None = None, **kw
         raise CliError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
     kw = dict(kwargs, num_classes=num_classes)
     if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise CliError(f"--image-size expects an int >= 1, got {image_size!r}")
         kw["image_size"] = int(image_size)
     try:
-        return table[name](**kw)
-    except TypeError as e:
+        model = table[name](**kw)
+    except (TypeError, ValueError) as e:
         raise CliError(f"cannot build model {name!r} with {kw}: {e}") from None
+    check_model_args(model, kwargs)
+    return model
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a (simple) type annotation; unknown annotations accept anything."""
+    import collections.abc
+    import types
+    import typing
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return not args or (len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args)))
+    if origin in (list, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else \
+            isinstance(value, (list, tuple))
+    return True
+
+
+def check_model_args(model: Any, kwargs: dict) -> None:
+    """Raises :class:`CliError` naming a ``--model-arg`` whose value does not fit the model's field type.
+
+    Ints must be >= 0; lists stand for tuples. Fields with annotations other than
+    plain types, tuples, sequences and unions are not checked.
+    """
+    import typing
+    try:
+        hints = typing.get_type_hints(type(model))
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
+        return
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            what = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+            what = what or str(hint).replace("typing.", "")
+            raise CliError(f"model argument {key!r} of {type(model).__name__} expects {what} "
+                           f"(ints >= 0; a JSON list for a tuple), got {value!r}")
 
 
 def apply_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:

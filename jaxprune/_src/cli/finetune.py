@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -74,9 +75,13 @@ def train_config(args: argparse.Namespace, from_init: bool):
     if args.config:
         try:
             with open(args.config) as f:
-                cfg.update(json.load(f))
+                loaded = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise CliError(f"--config {args.config!r}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"--config {args.config!r} must hold a JSON object of training fields, "
+                           f"got {type(loaded).__name__}")
+        cfg.update(loaded)
     flags = dict(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                  weight_decay=args.weight_decay, eval_every=args.eval_every, seed=args.seed)
     cfg.update({k: v for k, v in flags.items() if v is not None})
@@ -84,11 +89,45 @@ def train_config(args: argparse.Namespace, from_init: bool):
     unknown = sorted(set(cfg) - set(TRAIN_FIELDS))
     if unknown:
         raise CliError(f"unknown training field(s) {unknown}; fields are {list(TRAIN_FIELDS)}")
+    for name, value in cfg.items():
+        check_train_field(name, value)
     cfg.setdefault("eval_every", max(cfg["steps"] // 5, 1) if isinstance(cfg["steps"], int) else 1)
     try:
         return TrainConfig(**cfg)
     except (TypeError, ValueError) as e:
         raise CliError(str(e)) from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: Each training field: (check, what it expects).
+TRAIN_FIELD_SPECS = {
+    "steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "learning_rate": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "momentum": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "weight_decay": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "label_smoothing": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "eval_every": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: evaluate once, at the end)"),
+    "patience": (lambda v: v is None or (_is_int(v) and v >= 0), "an int >= 0 or null"),
+    "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (_is_int, "an int"),
+}
+
+
+def check_train_field(name: str, value) -> None:
+    """Raises :class:`CliError` ``training field NAME expects ..., got ...`` for a bad value."""
+    ok, expects = TRAIN_FIELD_SPECS[name]
+    if not ok(value):
+        raise CliError(f"training field {name!r} expects {expects}, got {value!r}")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -17,8 +17,8 @@ A recipe is a JSON object; every field has a default, so ``{}`` is valid
   Every regex must match some layer.
 * structured: ``ratio`` (fraction of units pruned, [0, 1)), ``budget``
   (``{"flops": 0.5}`` or ``{"param_bytes": 0.5}``: fraction of the dense cost;
-  global ranking), ``round_to``, ``min_keep``, ``max_ratio``, ``ignore``
-  ([regex]), ``kinds``.
+  global ranking), ``round_to`` (int >= 1), ``min_keep`` (int >= 0),
+  ``max_ratio`` (in [0, 1]), ``ignore`` ([regex]), ``kinds``.
 * ``seed`` (random scores), ``calibration_examples``.
 
 Example:
@@ -200,12 +200,26 @@ def recipe_from_dict(config: dict, overrides: Sequence[str] = ()) -> Recipe:
     for name in ("n", "m", "round_to", "min_keep", "seed", "calibration_examples"):
         if name in kw and (not isinstance(kw[name], int) or isinstance(kw[name], bool) or kw[name] < 0):
             raise CliError(f"recipe field {name!r} must be a non-negative integer, got {kw[name]!r}")
+    if "round_to" in kw and kw["round_to"] < 1:
+        raise CliError(f"recipe field 'round_to' must be a positive integer (>= 1), got {kw['round_to']!r}")
+    if "max_ratio" in kw:
+        v = kw["max_ratio"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise CliError(f"recipe field 'max_ratio' must be a number in [0, 1], got {v!r}")
+        kw["max_ratio"] = float(v)
+    if method is not None and not isinstance(method, str):
+        raise CliError(f"recipe field 'method' must be a string, got {method!r}")
+    if kw.get("prunable"):
+        for rx, v in kw["prunable"]:
+            if not isinstance(v, bool):
+                raise CliError(f"recipe field 'prunable': the value of {rx!r} must be true or false, got {v!r}")
     if kind == "nm" and not 0 < kw.get("n", 2) <= kw.get("m", 4):
         raise CliError(f"N:M needs 0 < n <= m, got n={kw.get('n', 2)}, m={kw.get('m', 4)}")
     if "block" in kw:
         kw["block"] = tuple(kw["block"]) if isinstance(kw["block"], (list, tuple)) else kw["block"]
-        if not (isinstance(kw["block"], tuple) and len(kw["block"]) == 2):
-            raise CliError(f"recipe field 'block' must be [rows, cols], got {config['block']!r}")
+        if not (isinstance(kw["block"], tuple) and len(kw["block"]) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in kw["block"])):
+            raise CliError(f"recipe field 'block' must be [rows, cols] (positive integers), got {config['block']!r}")
     for name in ("ignore", "kinds"):
         if kw.get(name) is not None:
             if not isinstance(kw[name], list) or not all(isinstance(x, str) for x in kw[name]):
@@ -247,6 +261,8 @@ def _sparse(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     try:
         pruned, masks = jp.prune(loaded.variables, recipe.sparsity, **kw)
     except (ValueError, TypeError) as e:
+        if "no prunable leaf" in str(e):  # the library refuses a pytree without prunable leaves
+            raise CliError(f"the recipe matches no layer (check 'prunable' and 'rules'): {e}") from None
         raise CliError(f"recipe cannot be applied: {e}") from None
     if not [m for m in jax.tree.leaves(masks) if m is not None]:
         raise CliError("the recipe matches no layer: no parameter would be pruned (check 'prunable' and 'rules'; "
@@ -257,7 +273,7 @@ def _sparse(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
 def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     from jaxprune import models
     from jaxprune._src.structured import flops_budget, make_plan, param_bytes_budget, shrink, trace_groups
-    from jaxprune._src.structured.plan import DEFAULT_KINDS, _eligible
+    from jaxprune._src.structured.plan import DEFAULT_KINDS, EMPTY_HINT, _eligible
     if loaded.masks is not None:
         raise CliError("structured pruning of a sparse (masked) checkpoint is not supported: start from the "
                        "dense or a shrunk checkpoint")
@@ -291,6 +307,7 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
         small = shrink(variables, plan)
         small_model = models.rebuild(model, small)
     except (ValueError, TypeError) as e:
-        raise CliError(f"recipe cannot be applied: {e}") from None
+        msg = str(e).replace(EMPTY_HINT, "raise the recipe field 'min_keep' to at least 1")
+        raise CliError(f"recipe cannot be applied: {msg}") from None
     small = jax.tree.map(jnp.asarray, small)
     return dataclasses.replace(loaded, model=small_model, variables=small, masks=None, kind="shrunk", plan=plan)

@@ -159,6 +159,17 @@ def _set(tree: dict, path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _check_weight(raw: np.ndarray, key: str, dst: str, what: str) -> None:
+    """Raises naming ``key`` if a used source array is not floating point or holds NaN/inf."""
+    if not jax.numpy.issubdtype(raw.dtype, jax.numpy.floating):  # (bfloat16 counts as floating)
+        raise TypeError(f"{what}: key {key!r} (for {dst}) has dtype {raw.dtype}; weights must be floating "
+                        "point (an integer/bool tensor here is a wrong or quantized checkpoint)")
+    if raw.size and not np.isfinite(raw).all():
+        n_nan, n_inf = int(np.isnan(raw).sum()), int(np.isinf(raw).sum())
+        raise ValueError(f"{what}: key {key!r} (for {dst}) holds {n_nan} NaN and {n_inf} inf value(s); "
+                         "the checkpoint is corrupted or diverged")
+
+
 def assemble(source: StateDict, entries: Iterable[Entry],
              expected: Mapping[str, tuple[int, ...]] | Callable[[], Mapping[str, tuple[int, ...]]] | None = None,
              *, ignore: Sequence[str] = (), what: str = "checkpoint", dtype: Any = None) -> dict:
@@ -176,7 +187,8 @@ def assemble(source: StateDict, entries: Iterable[Entry],
       dtype: cast every array to this dtype (default: keep, but float64 -> float32).
 
     Raises:
-      ValueError: naming the missing, unexpected or mis-shaped keys.
+      ValueError: naming the missing, unexpected or mis-shaped keys, or a used key holding NaN/inf.
+      TypeError: naming a used key whose array is not floating point (e.g. int64).
     """
     entries = list(entries)
     missing = sorted({e.src for e in entries if e.src not in source})
@@ -195,6 +207,7 @@ def assemble(source: StateDict, entries: Iterable[Entry],
     out: dict = {}
     for e in entries:
         raw = to_numpy(source[e.src], e.src)
+        _check_weight(raw, e.src, e.dst, what)
         try:
             arr = np.asarray(e.fn(raw))
         except Exception as err:

@@ -38,7 +38,13 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no safetensors file at {path!r}")
-    return dict(_require_safetensors().load_file(path))
+    stn = _require_safetensors()
+    try:
+        return dict(stn.load_file(path))
+    except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError on bad files
+        size = os.path.getsize(path)
+        raise ValueError(f"{path!r} ({size} bytes) is not a valid .safetensors file (truncated or corrupted?): "
+                         f"{type(e).__name__}: {str(e)[:300]}") from None
 
 
 def save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
@@ -58,7 +64,15 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise ImportError(f"reading {os.fspath(path)!r} needs PyTorch (optional extra): "
                           "pip install 'jaxprune[torch]', or convert it to .safetensors") from e
-    obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"no torch checkpoint at {p!r}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        raise ValueError(f"{p!r} ({os.path.getsize(p)} bytes) is not a readable torch checkpoint (truncated, "
+                         f"corrupted, or not a state dict saved with torch.save): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

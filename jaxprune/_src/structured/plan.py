@@ -36,6 +36,7 @@ import math
 import re
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jaxprune._src.structured.importance import _normalize, group_scores
@@ -50,12 +51,18 @@ __all__ = ["PrunePlan", "make_plan", "plan_from_kept", "Budget", "flops_budget",
 DEFAULT_KINDS = ("channels", "units", "heads")
 
 
+#: How to allow a group to keep 0 units (the CLI, which has no such option, rewrites this hint).
+EMPTY_HINT = "pass allow_empty=True (to make_plan or plan_from_kept) to allow it, or min_keep >= 1"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PrunePlan:
     """Kept indices per group and per leaf axis; JSON-serializable.
 
     Attributes:
-      groups: one dict per pruned group: ``id``, ``name``, ``kind``, ``size``, ``kept``.
+      groups: one dict per pruned group: ``id``, ``name``, ``kind``, ``size``, ``kept`` and
+        ``members`` (``(leaf path, axis, indices per unit)`` of each member; 0 indices per unit
+        when units share indices), which lets a stored plan be checked without the model.
       leaves: ``{path: {axis: kept indices}}`` for every affected leaf.
       shapes: ``{path: (original shape, new shape)}`` for every affected leaf.
       leaf_shapes: ``{path: original shape}`` for every leaf of the params.
@@ -70,7 +77,7 @@ class PrunePlan:
 
     def to_dict(self) -> dict:
         return {
-            "groups": [dict(g, kept=list(map(int, g["kept"]))) for g in self.groups],
+            "groups": [_group_to_dict(g) for g in self.groups],
             "leaves": {p: {str(a): list(map(int, k)) for a, k in ax.items()} for p, ax in self.leaves.items()},
             "shapes": {p: [list(o), list(n)] for p, (o, n) in self.shapes.items()},
             "leaf_shapes": {p: list(s) for p, s in self.leaf_shapes.items()},
@@ -82,20 +89,50 @@ class PrunePlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrunePlan":
+        """The plan of :meth:`to_dict`'s output, validated (see :meth:`validate`); ``ValueError`` otherwise."""
         try:
-            return cls(
-                groups=tuple(dict(g, kept=tuple(int(i) for i in g["kept"])) for g in d["groups"]),
-                leaves={p: {int(a): tuple(int(i) for i in k) for a, k in ax.items()} for p, ax in d["leaves"].items()},
-                shapes={p: (tuple(o), tuple(n)) for p, (o, n) in d["shapes"].items()},
-                leaf_shapes={p: tuple(s) for p, s in d["leaf_shapes"].items()},
+            plan = cls(
+                groups=tuple(_group_from_dict(g) for g in d["groups"]),
+                leaves={p: {_int(int(a) if isinstance(a, str) else a): tuple(_int(i) for i in k)
+                            for a, k in ax.items()} for p, ax in d["leaves"].items()},
+                shapes={p: (tuple(_int(i) for i in o), tuple(_int(i) for i in n))
+                        for p, (o, n) in d["shapes"].items()},
+                leaf_shapes={p: tuple(_int(i) for i in s) for p, s in d["leaf_shapes"].items()},
                 meta=dict(d.get("meta", {})),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a PrunePlan dict: {e!r}") from None
+        plan.validate()
+        return plan
 
     @classmethod
     def from_json(cls, s: str) -> "PrunePlan":
-        return cls.from_dict(json.loads(s))
+        try:
+            d = json.loads(s)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not a PrunePlan JSON string: {e}") from None
+        return cls.from_dict(d)
+
+    def validate(self, graph: DependencyGraph | None = None) -> "PrunePlan":
+        """Raises ``ValueError`` naming the group or leaf if the plan is not self-consistent.
+
+        Checked from the plan alone: every group's kept indices are sorted,
+        unique and in ``[0, size)``; every shrunk leaf is a leaf of
+        ``leaf_shapes``, its axes are in range and its kept indices sorted,
+        unique and in range of the original shape; ``shapes`` agree with
+        ``leaf_shapes`` and the kept counts; and, for plans that record their
+        groups' members (plans made by this version), every shrunk leaf axis
+        belongs to a pruned group, every member axis of a pruned group is
+        shrunk, and the number of dropped indices agrees with the groups'
+        kept counts. With ``graph`` (the :func:`trace_groups` graph the plan
+        was made for), every group must exist there with the same name and
+        size and be prunable, and the leaves must be exactly those the
+        groups' kept units give. Returns the plan.
+        """
+        _validate_plan(self)
+        if graph is not None:
+            _validate_against_graph(self, graph)
+        return self
 
     def __eq__(self, other) -> bool:
         return isinstance(other, PrunePlan) and self.to_dict() == other.to_dict()
@@ -115,12 +152,179 @@ class PrunePlan:
     __str__ = describe
 
 
+def _int(x: Any) -> int:
+    """``x`` as an int: ints (not bools) and integral floats; ``ValueError`` otherwise."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer, float, np.floating)):
+        raise ValueError(f"expected an integer, got {x!r}")
+    if isinstance(x, (float, np.floating)) and not float(x).is_integer():
+        raise ValueError(f"expected an integer, got {x!r}")
+    return int(x)
+
+
+def _group_to_dict(g: dict) -> dict:
+    out = dict(g, kept=list(map(int, g["kept"])))
+    if "members" in g:
+        out["members"] = [[str(path), int(axis), int(k)] for path, axis, k in g["members"]]
+    return out
+
+
+def _group_from_dict(g: dict) -> dict:
+    out = dict(g, kept=tuple(_int(i) for i in g["kept"]))
+    if "members" in out:
+        out["members"] = tuple((str(path), _int(axis), _int(k)) for path, axis, k in out["members"])
+    return out
+
+
+def _check_indices(idx: Sequence[int], n: int, what: str) -> None:
+    """``idx`` sorted, unique, in ``[0, n)``; ``ValueError`` starting with ``what`` otherwise."""
+    a = np.asarray(idx, dtype=np.int64)
+    if a.size == 0:
+        return
+    bad = a[(a < 0) | (a >= n)]
+    if bad.size:
+        raise ValueError(f"{what}: kept index {int(bad[0])} is out of range [0, {n})")
+    d = np.diff(a)
+    if (d == 0).any():
+        raise ValueError(f"{what}: kept index {int(a[1:][d == 0][0])} is duplicated")
+    if (d < 0).any():
+        raise ValueError(f"{what}: kept indices must be sorted ascending, got {a.tolist()[:20]}")
+
+
+def _validate_plan(plan: "PrunePlan") -> None:
+    where = "invalid PrunePlan"
+    if not isinstance(plan.leaf_shapes, Mapping) or not isinstance(plan.leaves, Mapping) \
+            or not isinstance(plan.shapes, Mapping):
+        raise ValueError(f"{where}: leaves, shapes and leaf_shapes must be dicts keyed by leaf path")
+    for path, shape in plan.leaf_shapes.items():
+        if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+            raise ValueError(f"{where}: leaf_shapes[{path!r}] must be a shape of non-negative ints, got {shape!r}")
+    # groups
+    ids: set = set()
+    for i, g in enumerate(plan.groups):
+        if not isinstance(g, Mapping):
+            raise ValueError(f"{where}: groups[{i}] must be a dict, got {type(g).__name__}")
+        missing = [k for k in ("id", "name", "kind", "size", "kept") if k not in g]
+        if missing:
+            raise ValueError(f"{where}: groups[{i}] ({g.get('name')!r}) lacks {missing}")
+        name = f"group {g['id']} ({g['name']})"
+        size = g["size"]
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+            raise ValueError(f"{where}: {name}: size must be a non-negative int, got {size!r}")
+        if g["id"] in ids:
+            raise ValueError(f"{where}: {name}: group id {g['id']} appears twice")
+        ids.add(g["id"])
+        _check_indices(g["kept"], int(size), f"{where}: {name}")
+    # leaves and shapes
+    for path, axes in plan.leaves.items():
+        if path not in plan.leaf_shapes:
+            raise ValueError(f"{where}: leaf {path!r} is shrunk by the plan but is not in its leaf_shapes")
+        orig = tuple(plan.leaf_shapes[path])
+        for axis, kept in axes.items():
+            if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis < len(orig):
+                raise ValueError(f"{where}: leaf {path!r}: axis {axis!r} is out of range for its "
+                                 f"{len(orig)}-d shape {orig}")
+            _check_indices(kept, orig[axis], f"{where}: leaf {path!r} axis {axis}")
+        if path not in plan.shapes:
+            raise ValueError(f"{where}: leaf {path!r} is shrunk but has no entry in shapes")
+        o, n = plan.shapes[path]
+        want = tuple(len(axes[a]) if a in axes else d for a, d in enumerate(orig))
+        if tuple(o) != orig:
+            raise ValueError(f"{where}: leaf {path!r}: shapes gives original shape {tuple(o)}, "
+                             f"leaf_shapes gives {orig}")
+        if tuple(n) != want:
+            raise ValueError(f"{where}: leaf {path!r}: shapes gives new shape {tuple(n)}, its kept indices "
+                             f"give {want}")
+    extra = sorted(set(plan.shapes) - set(plan.leaves))
+    if extra:
+        raise ValueError(f"{where}: leaf {extra[0]!r} has an entry in shapes but is not shrunk (no kept indices)")
+    # groups vs leaves (plans that record their members)
+    if not plan.groups and plan.leaves:
+        raise ValueError(f"{where}: leaf {next(iter(plan.leaves))!r} is shrunk but the plan prunes no group")
+    if plan.groups and not plan.leaves and any(len(g["kept"]) < g["size"] for g in plan.groups):
+        g = next(g for g in plan.groups if len(g["kept"]) < g["size"])
+        raise ValueError(f"{where}: group {g['id']} ({g['name']}) keeps {len(g['kept'])} of {g['size']} units "
+                         "but the plan shrinks no leaf")
+    if not plan.groups or not all("members" in g for g in plan.groups):
+        return
+    cover: dict[tuple[str, int], list[tuple[dict, int]]] = {}
+    for g in plan.groups:
+        for path, axis, k in g["members"]:
+            cover.setdefault((path, axis), []).append((g, k))
+    for path, axes in plan.leaves.items():
+        for axis, kept in axes.items():
+            if (path, axis) not in cover:
+                raise ValueError(f"{where}: leaf {path!r} axis {axis} is shrunk but belongs to no group of the plan "
+                                 "(a group deleted from the plan?)")
+    for (path, axis), gs in cover.items():
+        removed = [(g, (g["size"] - len(g["kept"])) * k) for g, k in gs]
+        if path not in plan.leaf_shapes:
+            raise ValueError(f"{where}: group {gs[0][0]['id']} ({gs[0][0]['name']}): member leaf {path!r} is not "
+                             "in the plan's leaf_shapes")
+        n = plan.leaf_shapes[path][axis] if 0 <= axis < len(plan.leaf_shapes[path]) else None
+        kept = plan.leaves.get(path, {}).get(axis)
+        dropped = 0 if kept is None else (n or 0) - len(kept)
+        g0, most = max(removed, key=lambda t: t[1])
+        if dropped < most:
+            raise ValueError(f"{where}: group {g0['id']} ({g0['name']}) drops {g0['size'] - len(g0['kept'])} "
+                             f"units, but its member leaf {path!r} axis {axis} has {dropped} indices dropped "
+                             f"(expected at least {most})")
+        if all(k > 0 for _, k in gs) and dropped > sum(r for _, r in removed):
+            raise ValueError(f"{where}: leaf {path!r} axis {axis} has {dropped} indices dropped, but its groups "
+                             f"{[g['name'] for g, _ in gs]} drop only {sum(r for _, r in removed)}")
+
+
+def _validate_against_graph(plan: "PrunePlan", graph: DependencyGraph) -> None:
+    where = "PrunePlan does not match the traced model"
+    by_id = {g.id: g for g in graph.groups}
+    for pg in plan.groups:
+        g = by_id.get(pg["id"])
+        if g is None:
+            raise ValueError(f"{where}: group {pg['id']} ({pg['name']}) does not exist in the traced model "
+                             f"({len(graph.groups)} groups)")
+        if g.name != pg["name"] or g.size != pg["size"]:
+            raise ValueError(f"{where}: plan group {pg['id']} is {pg['name']} with {pg['size']} units, the traced "
+                             f"model's group {g.id} is {g.name} with {g.size} units")
+        if not g.prunable and len(pg["kept"]) < g.size:
+            raise ValueError(f"{where}: group {g.id} ({g.name}) is pruned by the plan but not prunable: {g.reason}")
+    for path, shape in graph.leaf_shapes.items():
+        if tuple(plan.leaf_shapes.get(path, ())) != tuple(shape):
+            raise ValueError(f"{where}: leaf {path!r}: the plan expects shape {plan.leaf_shapes.get(path)}, the "
+                             f"traced model has {tuple(shape)}")
+    extra = sorted(set(plan.leaf_shapes) - set(graph.leaf_shapes))
+    if extra:
+        raise ValueError(f"{where}: leaf {extra[0]!r} of the plan is not in the traced model")
+    ref = plan_from_kept(graph, {g["id"]: g["kept"] for g in plan.groups}, allow_empty=True)
+    for path in sorted(set(ref.leaves) | set(plan.leaves)):
+        want, have = ref.leaves.get(path, {}), plan.leaves.get(path, {})
+        if want != have:
+            axis = next(a for a in sorted(set(want) | set(have)) if want.get(a) != have.get(a))
+            culprits = [g.name for g in graph.groups if any(m.path == path and m.axis == axis for m in g.members)]
+            raise ValueError(f"{where}: leaf {path!r} axis {axis}: the plan keeps "
+                             f"{_short(have.get(axis))}, its groups' kept units give {_short(want.get(axis))} "
+                             f"(groups {culprits[:4]}; a group deleted or edited?)")
+
+
+def _short(k) -> str:
+    if k is None:
+        return "all indices"
+    k = list(k)
+    return f"{len(k)} indices {k[:8]}{'...' if len(k) > 8 else ''}"
+
+
 # --------------------------------------------------------------------------------- plan building
 def _complement(n: int, idx: np.ndarray) -> np.ndarray:
     """Sorted indices of ``range(n)`` not in ``idx`` (``np.setdiff1d(np.arange(n), idx)``, faster)."""
     keep = np.ones(n, dtype=bool)
     keep[idx] = False
     return np.flatnonzero(keep)
+
+
+def _unit_width(m) -> int:
+    """Indices each unit owns along the member's axis; 0 if units share indices (no count check then)."""
+    im = np.asarray(m.index_map)
+    if im.ndim != 2 or np.unique(im).size != im.size:
+        return 0
+    return int(im.shape[1])
 
 
 def plan_from_kept(graph: DependencyGraph, kept: dict[int, Sequence[int]], meta: dict | None = None,
@@ -149,9 +353,10 @@ def plan_from_kept(graph: DependencyGraph, kept: dict[int, Sequence[int]], meta:
         if not g.prunable:
             raise ValueError(f"group {gid} ({g.name}) is not prunable: {g.reason}")
         if k.size == 0 and not allow_empty:
-            raise ValueError(f"group {gid} ({g.name}): keeping 0 units; pass allow_empty=True to allow it")
+            raise ValueError(f"group {gid} ({g.name}): keeping 0 units; {EMPTY_HINT}")
         drop = _complement(g.size, k)
-        groups.append(dict(id=g.id, name=g.name, kind=g.kind, size=g.size, kept=tuple(k.tolist())))
+        groups.append(dict(id=g.id, name=g.name, kind=g.kind, size=g.size, kept=tuple(k.tolist()),
+                           members=tuple((m.path, int(m.axis), _unit_width(m)) for m in g.members)))
         for m in g.members:
             removed.setdefault((m.path, m.axis), []).append(m.index_map[drop].ravel())
     leaves: dict[str, dict[int, tuple[int, ...]]] = {}
@@ -222,7 +427,7 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
               min_keep: int = 1, max_ratio: float = 1.0, ignore: Sequence[str] | None = None,
               kinds: Sequence[str] | None = DEFAULT_KINDS, budget: Budget | None = None,
               unit_scores: Mapping[str, Any] | None = None, p: float | None = None,
-              bias: bool = True) -> PrunePlan:
+              bias: bool = True, allow_empty: bool = False) -> PrunePlan:
     """Chooses the units to keep in every prunable group.
 
     Args:
@@ -248,6 +453,12 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
         eligible groups are pruned; named groups that are not eligible
         (``kinds``, ``ignore``, unprunable) are ignored. Unknown names or
         wrong lengths raise ``ValueError``.
+      allow_empty: let a group keep 0 units (only reachable with ``min_keep=0``);
+        otherwise that raises ``ValueError``.
+
+    Bad arguments (a ratio outside ``[0, 1]`` or not a number, a negative
+    ``min_keep``, ...) and params holding NaN in a leaf of an eligible group
+    raise ``TypeError``/``ValueError`` naming the argument or the leaf.
 
     Example:
       >>> import jax.numpy as jnp
@@ -262,12 +473,12 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
       >>> make_plan(p, g, 0.5, **TORCH_PRUNING_DEFAULTS).groups[0]['kept']
       (2, 3)
     """
-    if scope not in ("layerwise", "global"):
-        raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive int, got {round_to!r}")
+    _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, kinds, budget, allow_empty)
+    ratio, round_to, min_keep, max_ratio = (x.item() if isinstance(x, (np.integer, np.floating)) else x
+                                            for x in (ratio, round_to, min_keep, max_ratio))  # JSON-able meta
     _check_params(params, graph)
     eligible = _eligible(graph, kinds, ignore)
+    _check_finite(graph, eligible, params=params, grads=grads, scores=scores)
     if unit_scores is None:
         sc = group_scores(params, graph, method, grads=grads, key=key, scores=scores, reduce=reduce,
                           normalize=normalize, p=p, bias=bias)
@@ -294,7 +505,7 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
                 raise ValueError(f"ratio for group {g.name} must be in [0, 1], got {r}")
             kept[g.id] = keep_top(g, _keep_count(g.size, int(math.floor(g.size * r + 1e-9)),
                                                     min_keep, max_ratio, round_to))
-        return plan_from_kept(graph, kept, dict(meta, ratio=ratio))
+        return plan_from_kept(graph, kept, dict(meta, ratio=ratio), allow_empty=allow_empty)
 
     # global ranking: units sorted by normalised score, pruned lowest first
     if eligible:
@@ -310,7 +521,7 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
         counts = np.bincount(ranked_group[:k], minlength=len(eligible))
         kept = {g.id: keep_top(g, _keep_count(g.size, int(c), min_keep, max_ratio, round_to))
                 for g, c in zip(eligible, counts)}
-        return plan_from_kept(graph, kept, meta)
+        return plan_from_kept(graph, kept, meta, allow_empty=allow_empty)
 
     if budget is None:
         if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
@@ -318,6 +529,81 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
         plan = plan_for(int(math.floor(total * ratio + 1e-9)))
         return dataclasses.replace(plan, meta=dict(plan.meta, ratio=float(ratio)))
     return _plan_for_budget(params, graph, budget, plan_for, total, meta)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, kinds, budget, allow_empty) -> None:
+    if scope not in ("layerwise", "global"):
+        raise ValueError(f"make_plan: scope must be 'layerwise' or 'global', got {scope!r}")
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ValueError(f"make_plan: round_to must be a positive int (>= 1), got {round_to!r}")
+    if isinstance(min_keep, bool) or not isinstance(min_keep, (int, np.integer)):
+        raise TypeError(f"make_plan: min_keep must be an int >= 0, got {type(min_keep).__name__} {min_keep!r}")
+    if min_keep < 0:
+        raise ValueError(f"make_plan: min_keep must be an int >= 0, got {min_keep!r}")
+    if not _is_number(max_ratio):
+        raise TypeError(f"make_plan: max_ratio must be a number in [0, 1], got {type(max_ratio).__name__} "
+                        f"{max_ratio!r}")
+    if not 0.0 <= max_ratio <= 1.0:
+        raise ValueError(f"make_plan: max_ratio must be in [0, 1], got {max_ratio!r}")
+    if not isinstance(allow_empty, (bool, np.bool_)):
+        raise TypeError(f"make_plan: allow_empty must be a bool, got {allow_empty!r}")
+    if _is_number(ratio):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"make_plan: ratio must be in [0, 1], got {ratio!r}")
+    elif isinstance(ratio, (str, bytes)) or not isinstance(ratio, Sequence):
+        raise TypeError(f"make_plan: ratio must be a number in [0, 1] or a list of (regex, ratio) pairs, "
+                        f"got {type(ratio).__name__} {ratio!r}")
+    else:
+        for i, rule in enumerate(ratio):
+            if isinstance(rule, (str, bytes)) or not isinstance(rule, Sequence) or len(rule) != 2 \
+                    or not isinstance(rule[0], str) or not _is_number(rule[1]):
+                raise TypeError(f"make_plan: ratio rule {i} must be a (regex string, number) pair, got {rule!r}")
+            if not 0.0 <= rule[1] <= 1.0:
+                raise ValueError(f"make_plan: ratio rule {i} ({rule[0]!r}) must have a ratio in [0, 1], "
+                                 f"got {rule[1]!r}")
+            try:
+                re.compile(rule[0])
+            except re.error as e:
+                raise ValueError(f"make_plan: ratio rule {i}: invalid regex {rule[0]!r}: {e}") from None
+    for name, v in (("ignore", ignore), ("kinds", kinds)):
+        if v is None:
+            continue
+        if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, set, frozenset)) \
+                or not all(isinstance(x, str) for x in v):
+            raise TypeError(f"make_plan: {name} must be a list of strings (or None), got {v!r}")
+    for rx in ignore or ():
+        try:
+            re.compile(rx)
+        except re.error as e:
+            raise ValueError(f"make_plan: ignore: invalid regex {rx!r}: {e}") from None
+    if budget is not None:
+        if not isinstance(budget, Budget):
+            raise TypeError(f"make_plan: budget must be flops_budget(...) or param_bytes_budget(...), got {budget!r}")
+        if not _is_number(budget.target) or not math.isfinite(budget.target) or budget.target <= 0:
+            raise ValueError(f"make_plan: budget target must be a finite number > 0, got {budget.target!r}")
+
+
+def _check_finite(graph: DependencyGraph, eligible: list[Group], **trees: Any) -> None:
+    """``ValueError`` naming the leaf if a concrete float leaf of an eligible group holds NaN."""
+    paths = {m.path: g for g in eligible for m in g.members}
+    for what, tree in trees.items():
+        if tree is None:
+            continue
+        for path, x in leaves_with_paths(tree):
+            g = paths.get(path)
+            if g is None or x is None or isinstance(x, jax.core.Tracer):
+                continue
+            a = np.asarray(x)
+            if str(a.dtype) == "bfloat16":
+                a = a.astype(np.float32)
+            if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
+                if np.isnan(a).any():
+                    raise ValueError(f"make_plan: {what} leaf {path!r} contains NaN (group {g.name}); cannot rank "
+                                     "its units")
 
 
 def _named_unit_scores(graph: DependencyGraph, eligible: list[Group], unit_scores: Mapping[str, Any],
@@ -335,6 +621,12 @@ def _named_unit_scores(graph: DependencyGraph, eligible: list[Group], unit_score
         if np.shape(v) != (g.size,):
             raise ValueError(f"make_plan: unit_scores[{name!r}] has shape {np.shape(v)}, "
                              f"group has {g.size} units")
+        try:
+            nan = bool(np.isnan(np.asarray(v, np.float64)).any())
+        except (TypeError, ValueError):
+            raise TypeError(f"make_plan: unit_scores[{name!r}] must be numbers, got {v!r}") from None
+        if nan:
+            raise ValueError(f"make_plan: unit_scores[{name!r}] contains NaN; cannot rank the group's units")
     return {g.id: _normalize(np.asarray(unit_scores[g.name], np.float64), normalize)
             for g in eligible if g.name in unit_scores}
 

@@ -45,6 +45,7 @@ __all__ = ["make_shrunk_fn", "shrunk_fn_from_graph", "shrunk_flops"]
 
 def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarray]:
     """Removed units per atomic class; raises if the plan was made for another graph."""
+    plan.validate(graph)  # kept indices, shapes and leaves exactly as the graph's groups give them
     st = graph.trace
     removed = {}
     for g in plan.groups:

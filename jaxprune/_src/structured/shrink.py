@@ -30,13 +30,18 @@ from jaxprune._src.tree import leaves_with_paths, map_with_path
 __all__ = ["shrink", "plan_to_masks", "check_plan"]
 
 
-def check_plan(params: Any, plan: PrunePlan, *, shrunk: bool = False) -> None:
-    """Raises ``ValueError`` naming the first leaf whose shape does not match the plan.
+def check_plan(params: Any, plan: PrunePlan, *, shrunk: bool = False, graph: Any = None) -> None:
+    """Raises ``ValueError`` naming the group or leaf if the plan is inconsistent or does not fit ``params``.
 
-    ``shrunk=True`` checks against the plan's new shapes instead of the original ones.
+    The plan itself is checked first (:meth:`PrunePlan.validate`: kept indices
+    sorted, unique and in range, axes in range, ``shapes`` consistent; with
+    ``graph``, its groups exist there and give exactly the plan's leaves), then
+    the first leaf whose shape does not match the plan is named. ``shrunk=True``
+    checks against the plan's new shapes instead of the original ones.
     """
     if not isinstance(plan, PrunePlan):
         raise TypeError(f"plan must be a PrunePlan, got {type(plan).__name__}")
+    plan.validate(graph)
     have = {p: tuple(np.shape(x)) for p, x in leaves_with_paths(params)}
     for path, orig in plan.leaf_shapes.items():
         want = plan.shapes[path][1] if (shrunk and path in plan.shapes) else tuple(orig)

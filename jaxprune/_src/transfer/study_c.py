@@ -315,7 +315,8 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
             for fr in cfg.budgets:
                 library = ml.add_record(library, _source_record(cfg, arch, up, name, data[name][0], embs[name], fr,
                                                                 graphs))
-        lib_path = ml.save_library(os.path.join(out_dir, f"library_{arch}"), library) if out_dir else None
+        lib_path = (ml.save_library(os.path.join(out_dir, f"library_{arch}"), library, overwrite=True)
+                    if out_dir else None)  # a rerun into the same out_dir replaces its own library
         results["library"][arch] = dict(path=lib_path, records=[dict(name=r.name, budget=r.meta["budget"],
                                                                      kept_fraction=r.kept_fraction())
                                                                 for r in library.records])
