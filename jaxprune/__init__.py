@@ -27,7 +27,7 @@ from jaxprune._src.distributions import check_sparsity, erk_densities, layer_spa
 from jaxprune._src.masks import (apply_masks, block_masks, channel_masks, check_scores, combine_masks, global_masks,
                                  layerwise_masks, nm_masks, topk_mask)
 from jaxprune._src.summary import SparsitySummary, sparsity_summary
-from jaxprune._src.sparse_format import (CompactSparse, PackedMasks, compact_sparse, dense_from_compact, pack_masks,
+from jaxprune._src.checkpoint.sparse_format import (CompactSparse, PackedMasks, compact_sparse, dense_from_compact, pack_masks,
                                          unpack_masks)
 # ------------------------------------------------------------------------ schedules, pruners
 from jaxprune._src.schedules import Schedule, no_update, one_shot, periodic, polynomial
@@ -35,7 +35,7 @@ from jaxprune._src.pruner import MaskSpec, Pruner, dense_masks, magnitude_pruner
 # ------------------------------------------------------------------- sparse training (optax)
 from jaxprune._src.sparse_optax import SparseState, find_sparse_state, get_masks, sparse_optimizer
 # --------------------------------------------------------------------------------- algorithms
-from jaxprune._src.algorithms._common import fixed_mask_pruner, sparsity_of_masks
+from jaxprune._src.algorithms.common import fixed_mask_pruner, sparsity_of_masks
 from jaxprune._src.algorithms.gmp import gmp_pruner
 from jaxprune._src.algorithms.drop_grow import (cosine_drop_fraction, drop_grow_masks, drop_grow_pruner, rigl_config,
                                                 rigl_pruner, set_pruner)
@@ -59,9 +59,9 @@ from jaxprune._src.structured.nnx_surgery import shrink_nnx
 # -------------------------------------------------------------------------------------- FLOPs
 from jaxprune._src.flops import compare_models, flops, model_stats, param_bytes, param_count
 # -------------------------------------------------------------------------------- checkpoints
-from jaxprune._src.checkpoint import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
-from jaxprune._src.checkpoint_codec import Checkpoint, CheckpointError
-from jaxprune._src.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
+from jaxprune._src.checkpoint.api import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
+from jaxprune._src.checkpoint.codec import Checkpoint, CheckpointError
+from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
 # ----------------------------------------------------------------------------------- sharding
 from jaxprune._src.sharding import (abstract_like, mesh_round_to, shard_like, shardings_of, shrink_sharded,
                                     spec_for_shape)
@@ -118,9 +118,9 @@ _DEPRECATED = {
     "ste": ("jaxprune._src.algorithms.ste", "ste_pruner", "jaxprune.ste_pruner"),
     "acdc": ("jaxprune._src.algorithms.acdc", "acdc_pruner", "jaxprune.acdc_pruner"),
     "woodfisher": ("jaxprune._src.algorithms.obs", "woodfisher_pruner", "jaxprune.woodfisher_pruner"),
-    "pack_mask": ("jaxprune._src.sparse_format", "pack_mask", "jaxprune.pack_masks (whole pytrees)"),
-    "unpack_mask": ("jaxprune._src.sparse_format", "unpack_mask", "jaxprune.unpack_masks (whole pytrees)"),
-    "crc32": ("jaxprune._src.sparse_format", "crc32", "zlib.crc32"),
+    "pack_mask": ("jaxprune._src.checkpoint.sparse_format", "pack_mask", "jaxprune.pack_masks (whole pytrees)"),
+    "unpack_mask": ("jaxprune._src.checkpoint.sparse_format", "unpack_mask", "jaxprune.unpack_masks (whole pytrees)"),
+    "crc32": ("jaxprune._src.checkpoint.sparse_format", "crc32", "zlib.crc32"),
     "fix_nnx_attributes": ("jaxprune._src.structured.nnx_surgery", "fix_nnx_attributes", "jaxprune.shrink_nnx"),
     **{name: ("jaxprune.vote", name, f"jaxprune.vote.{name}") for name in (
         "MaskLibrary", "TaskRecord", "add_record", "keep_vectors", "record_from_plan", "save_library", "load_library",

@@ -182,14 +182,14 @@ def _str(c):
 
 # name -> build(ctx) -> (pruner, start params or None). Every algorithm of the package is here.
 ALGOS = {
-    "gmp": lambda c: (alg.gmp(S, begin=0, end=8, every=2), None),
-    "gmp_global_erk": lambda c: (alg.gmp(S, begin=2, end=8, every=3, scope="global"), None),
-    "gmp_erk": lambda c: (alg.gmp(S, begin=2, end=8, every=3, distribution="erk"), None),
-    "rigl": lambda c: (alg.rigl(S, every=3, end=10), None),
+    "gmp": lambda c: (alg.gmp_pruner(S, begin=0, end=8, every=2), None),
+    "gmp_global_erk": lambda c: (alg.gmp_pruner(S, begin=2, end=8, every=3, scope="global"), None),
+    "gmp_erk": lambda c: (alg.gmp_pruner(S, begin=2, end=8, every=3, distribution="erk"), None),
+    "rigl": lambda c: (alg.rigl_pruner(S, every=3, end=10), None),
     "set": lambda c: (alg.set_pruner(S, every=3, end=10, distribution="uniform"), None),
-    "ste": lambda c: (alg.ste(jp.polynomial(S, begin=0, end=8, every=2)), None),
-    "acdc": lambda c: (alg.acdc(S, warmup=2, compressed_steps=2, dense_steps=2, final_begin=8), None),
-    "woodfisher": lambda c: (alg.woodfisher(S, begin=2, end=8, every=3, block_size=16, damp=1e-3), None),
+    "ste": lambda c: (alg.ste_pruner(jp.polynomial(S, begin=0, end=8, every=2)), None),
+    "acdc": lambda c: (alg.acdc_pruner(S, warmup=2, compressed_steps=2, dense_steps=2, final_begin=8), None),
+    "woodfisher": lambda c: (alg.woodfisher_pruner(S, begin=2, end=8, every=3, block_size=16, damp=1e-3), None),
     "woodfisher_oneshot": _wf_oneshot,
     "lth_rewind": _lth,
     "str": _str,
@@ -280,24 +280,24 @@ def test_contract_randomized_pruners_depend_on_key(name):
 
 
 BAD_CONFIGS = [
-    (lambda: alg.gmp(1.5, begin=0, end=10, every=1), ValueError, "sparsity"),
-    (lambda: alg.gmp(0.5, begin=5, end=5, every=1), ValueError, "end"),
-    (lambda: alg.gmp(0.5, begin=0, end=5, every=1, spec="global"), TypeError, "MaskSpec"),
-    (lambda: alg.rigl(0.9, every=0, end=10), ValueError, "every"),
-    (lambda: alg.rigl(0.9, every=10, end=5), ValueError, "end"),
-    (lambda: alg.rigl(0.9, every=2, end=10, drop_fraction=1.5), ValueError, "drop_fraction"),
-    (lambda: alg.rigl(0.9, every=2, end=10, spec=jp.MaskSpec(scope="global")), ValueError, "scope"),
+    (lambda: alg.gmp_pruner(1.5, begin=0, end=10, every=1), ValueError, "sparsity"),
+    (lambda: alg.gmp_pruner(0.5, begin=5, end=5, every=1), ValueError, "end"),
+    (lambda: alg.gmp_pruner(0.5, begin=0, end=5, every=1, spec="global"), TypeError, "MaskSpec"),
+    (lambda: alg.rigl_pruner(0.9, every=0, end=10), ValueError, "every"),
+    (lambda: alg.rigl_pruner(0.9, every=10, end=5), ValueError, "end"),
+    (lambda: alg.rigl_pruner(0.9, every=2, end=10, drop_fraction=1.5), ValueError, "drop_fraction"),
+    (lambda: alg.rigl_pruner(0.9, every=2, end=10, spec=jp.MaskSpec(scope="global")), ValueError, "scope"),
     (lambda: alg.drop_grow_pruner(0.9, grow="magnitude", every=2, end=10), ValueError, "grow"),
     (lambda: alg.set_pruner(-0.1, every=2, end=10), ValueError, "sparsity"),
-    (lambda: alg.ste(0.5), TypeError, "Schedule"),
-    (lambda: alg.acdc(0.9, warmup=5, compressed_steps=0, dense_steps=1, final_begin=9), ValueError,
+    (lambda: alg.ste_pruner(0.5), TypeError, "Schedule"),
+    (lambda: alg.acdc_pruner(0.9, warmup=5, compressed_steps=0, dense_steps=1, final_begin=9), ValueError,
      "compressed_steps"),
-    (lambda: alg.acdc(0.9, warmup=5, compressed_steps=1, dense_steps=1, final_begin=2), ValueError,
+    (lambda: alg.acdc_pruner(0.9, warmup=5, compressed_steps=1, dense_steps=1, final_begin=2), ValueError,
      "final_begin"),
-    (lambda: alg.acdc(0.9, warmup=1, compressed_steps=1, dense_steps=1, final_begin=2,
+    (lambda: alg.acdc_pruner(0.9, warmup=1, compressed_steps=1, dense_steps=1, final_begin=2,
                       spec=jp.MaskSpec(structure="nm")), ValueError, "structure"),
-    (lambda: alg.woodfisher(0.9, begin=0, end=4, every=1, damp=0.0), ValueError, "damp"),
-    (lambda: alg.woodfisher(0.9, begin=0, end=4, every=1, block_size=0), ValueError, "block_size"),
+    (lambda: alg.woodfisher_pruner(0.9, begin=0, end=4, every=1, damp=0.0), ValueError, "damp"),
+    (lambda: alg.woodfisher_pruner(0.9, begin=0, end=4, every=1, block_size=0), ValueError, "block_size"),
     (lambda: alg.woodfisher_prune({"w": jnp.ones((2, 2))}, {"w": jnp.ones((2, 2))}, 0.5), ValueError,
      "leading sample axis"),
     (lambda: alg.lottery_ticket(lambda *a: a[0], {"w": jnp.ones((2, 2))}, sparsity=0.5, rounds=1,
@@ -350,7 +350,7 @@ def test_drop_grow_keeps_nnz_per_layer_constant_and_grows_from_zero(name):
 
 def test_rigl_resets_optimizer_moments_of_regrown_weights():
     params = {"d": {"kernel": jax.random.normal(jax.random.key(1), (8, 8)), "bias": jnp.ones(8)}}
-    pruner = alg.rigl(0.5, every=1, end=10, drop_fraction=0.5, distribution="uniform")
+    pruner = alg.rigl_pruner(0.5, every=1, end=10, drop_fraction=0.5, distribution="uniform")
     opt = jp.sparse_optimizer(optax.adam(0.1), pruner, key=3)
     state = opt.init(params)
     params = jp.apply_masks(params, state.masks)
@@ -381,8 +381,8 @@ def test_rigl_config_1x_5x_and_cosine_drop_fraction():
 def test_ste_trains_pruned_weights_unlike_normal_mode():
     c = ctx("nested")
     sched = jp.one_shot(0.5)
-    normal = train(c, alg.gmp(0.5, begin=0, end=1, every=1, power=1.0), steps=6)
-    st = train(c, alg.ste(sched), steps=6)
+    normal = train(c, alg.gmp_pruner(0.5, begin=0, end=1, every=1, power=1.0), steps=6)
+    st = train(c, alg.ste_pruner(sched), steps=6)
     for mode, out in (("normal", normal), ("ste", st)):
         pruned_vals = [p[~m] for m, p in zip(jax.tree.leaves(out["masks"]), jax.tree.leaves(
             jax.tree.map(lambda m, p: None if m is None else p, out["masks"], out["params"], is_leaf=jp.is_none)))]
@@ -492,7 +492,7 @@ def test_woodfisher_gradual_applies_obs_update_to_kept_weights():
     """Inside sparse_optimizer (lr 0, so only the pruner moves weights), the update step equals
     one-shot OBS with the Fisher of the gradients observed since the previous update."""
     params = {"d": {"kernel": jax.random.normal(jax.random.key(0), (4, 3)), "bias": jnp.ones(3)}}
-    pruner = alg.woodfisher(0.5, begin=1, end=2, every=1, block_size=4, damp=0.1)
+    pruner = alg.woodfisher_pruner(0.5, begin=1, end=2, every=1, block_size=4, damp=0.1)
     opt = jp.sparse_optimizer(optax.sgd(0.0), pruner)
     state = opt.init(params)
     update = jax.jit(opt.update)

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxprune import magnitude_pruner, models as M, polynomial, prune, sparse_optimizer
-from jaxprune._src.checkpoint import (Checkpoint, CheckpointError, SparseCheckpointer,
+from jaxprune._src.checkpoint.api import (Checkpoint, CheckpointError, SparseCheckpointer,
                                       checkpoint_steps, restore_checkpoint, restore_shrunk_model, save_checkpoint)
-from jaxprune._src.sparse_format import (compact_sparse, dense_from_compact, pack_mask, pack_masks, unpack_mask,
+from jaxprune._src.checkpoint.sparse_format import (compact_sparse, dense_from_compact, pack_mask, pack_masks, unpack_mask,
                                          unpack_masks)
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
@@ -417,7 +417,7 @@ def test_shrunk_model_restores_in_a_fresh_process(tmp_path):
     np.save(tmp_path / "x.npy", np.asarray(x))
     code = textwrap.dedent("""
         import sys, numpy as np, jax, jaxprune
-        from jaxprune._src.checkpoint import restore_shrunk_model
+        from jaxprune._src.checkpoint.api import restore_shrunk_model
         model, variables, plan = restore_shrunk_model(sys.argv[1])
         y = jax.jit(model.apply)(variables, np.load(sys.argv[2]))
         np.save(sys.argv[3], np.asarray(y))
@@ -434,7 +434,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     import os, sys, json
     import jax, jax.numpy as jnp, numpy as np, optax
     import jaxprune
-    from jaxprune._src.checkpoint import Checkpoint, SparseCheckpointer
+    from jaxprune._src.checkpoint.api import Checkpoint, SparseCheckpointer
 
     mode, ckpt_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
     STEPS, SEED = 20, 0

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from jaxprune._src.checkpoint import Checkpoint, restore_checkpoint, save_checkpoint
+    from jaxprune._src.checkpoint.api import Checkpoint, restore_checkpoint, save_checkpoint
 
     assert jax.device_count() == 8, jax.devices()
     directory = sys.argv[1]

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(r'''
     from jaxprune._src.schedules import one_shot
     from jaxprune._src.sparse_optax import sparse_optimizer
     from jaxprune._src.structured import trace_groups, make_plan, shrink
-    from jaxprune._src.checkpoint import Checkpoint, save_checkpoint, restore_checkpoint
+    from jaxprune._src.checkpoint.api import Checkpoint, save_checkpoint, restore_checkpoint
 
     assert jax.device_count() == 8
     results = {}

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxprune._src import sparse_upstream as su
+from jaxprune._src.transfer import sparse_upstream as su
 from jaxprune._src import tree as tree_lib
 
 

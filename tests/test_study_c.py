@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxprune import models
-from jaxprune._src import mask_library as ml
+import jaxprune.vote as ml
 from jaxprune._src.structured import (make_plan, param_bytes_budget, plan_to_masks, shrink,
                                       trace_groups)
-from jaxprune._src.structured.plan import plan_cost
+from jaxprune._src.structured.plan import DEFAULT_KINDS, eligible_groups, plan_cost
 from jaxprune._src.tree import leaves_with_paths
 
 
@@ -38,7 +38,7 @@ def vit():
 
 
 def _random_record(name, graph, kinds, rng, dim=4):
-    keep = {g.name: rng.random(g.size) < 0.6 for g in ml._eligible_groups(graph, kinds, None)}
+    keep = {g.name: rng.random(g.size) < 0.6 for g in eligible_groups(graph, kinds or DEFAULT_KINDS, None)}
     return ml.TaskRecord(name, rng.normal(size=dim), keep, {"budget": 0.5, "num_examples": 10})
 
 

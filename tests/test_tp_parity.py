@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jaxprune as jp
-from jaxprune._src.structured.importance import NORMALIZERS, REDUCTIONS, _normalize, group_scores
+from jaxprune._src.structured.importance import NORMALIZERS, REDUCTIONS, normalize_scores, group_scores
 
 
 # ------------------------------------------------------------------------------------ tiny pytree
@@ -128,18 +128,18 @@ def test_multi_index_member_sums_its_indices():
 def test_normalizers_hand_computed():
     x = np.array([1., 2., 3., 6.])
     close = np.testing.assert_allclose
-    close(_normalize(x, "mean"), x / 3)
-    close(_normalize(x, "max"), x / 6)
-    close(_normalize(x, "sum"), x / 12)
-    close(_normalize(x, "standardize"), (x - 3) / np.sqrt(3.5), rtol=1e-9)  # population std sqrt(14/4)
-    close(_normalize(x, "gaussian"), (x - 3) / (np.sqrt(14 / 3) + 1e-8))  # TP: unbiased std
-    close(_normalize(x, "minmax"), [0, .2, .4, 1.], atol=1e-8)
-    close(_normalize(x, "standarization"), _normalize(x, "minmax"))  # TP's name for min-max
-    close(_normalize(x, "lamp"), [1 / 12, 2 / 11, 3 / 9, 6 / 6])
-    close(_normalize(x[::-1].copy(), "lamp"), [1., 3 / 9, 2 / 11, 1 / 12])
-    close(_normalize(x, "sentinel_0.5"), x / (3 + 1e-8))  # k = int(0.5 * 4) = 2: the 3rd smallest
-    close(_normalize(x, "sentinel_0"), x / (1 + 1e-8))
-    assert _normalize(x, None) is x and _normalize(x, "none") is x
+    close(normalize_scores(x, "mean"), x / 3)
+    close(normalize_scores(x, "max"), x / 6)
+    close(normalize_scores(x, "sum"), x / 12)
+    close(normalize_scores(x, "standardize"), (x - 3) / np.sqrt(3.5), rtol=1e-9)  # population std sqrt(14/4)
+    close(normalize_scores(x, "gaussian"), (x - 3) / (np.sqrt(14 / 3) + 1e-8))  # TP: unbiased std
+    close(normalize_scores(x, "minmax"), [0, .2, .4, 1.], atol=1e-8)
+    close(normalize_scores(x, "standarization"), normalize_scores(x, "minmax"))  # TP's name for min-max
+    close(normalize_scores(x, "lamp"), [1 / 12, 2 / 11, 3 / 9, 6 / 6])
+    close(normalize_scores(x[::-1].copy(), "lamp"), [1., 3 / 9, 2 / 11, 1 / 12])
+    close(normalize_scores(x, "sentinel_0.5"), x / (3 + 1e-8))  # k = int(0.5 * 4) = 2: the 3rd smallest
+    close(normalize_scores(x, "sentinel_0"), x / (1 + 1e-8))
+    assert normalize_scores(x, None) is x and normalize_scores(x, "none") is x
 
 
 def test_bad_options_raise():
@@ -180,8 +180,8 @@ def test_normalizers_and_reductions_match_torch_pruning_functions():
     x = rng.uniform(0.1, 5.0, size=37)
     imp = tp.importance.GroupMagnitudeImportance()
     for name in ("mean", "max", "sum", "gaussian", "standarization", "lamp", "sentinel_0.25", None):
-        want = imp._normalize(torch.tensor(x, dtype=torch.float32), name).numpy()  # TP scores are float32
-        np.testing.assert_allclose(_normalize(x, name), want, rtol=2e-5, atol=1e-6, err_msg=str(name))
+        want = imp.normalize_scores(torch.tensor(x, dtype=torch.float32), name).numpy()  # TP scores are float32
+        np.testing.assert_allclose(normalize_scores(x, name), want, rtol=2e-5, atol=1e-6, err_msg=str(name))
     # reductions over members mapping one index per unit (TP's root_idxs = arange)
     vecs = [rng.uniform(0.1, 2.0, size=8) for _ in range(4)]
     for red in ("mean", "sum", "max", "prod", "first"):

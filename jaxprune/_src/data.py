@@ -98,7 +98,7 @@ def task_stream(n: int, seed: int = 0) -> list[str]:
   return [tasks[i] for i in order]
 
 
-def _is_offline(name: str) -> bool:
+def is_offline(name: str) -> bool:
   return name.split('/')[0].split(':')[0] in _builders.OFFLINE_BUILDERS
 
 
@@ -115,9 +115,9 @@ def _quiet_tfds():
     logger.setLevel(level)
 
 
-def _get_builder(name: str, data_dir: str | None):
+def get_builder(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds
-  if _is_offline(name):
+  if is_offline(name):
     config = name.split('/', 1)[1].split(':')[0] if '/' in name else None
     if config is not None and config not in _builders.SHAPES_TASKS and config not in _builders.UPSTREAM_TASKS:
       raise ValueError(f'unknown offline task {name!r}; available: {list_offline_tasks()} '
@@ -293,7 +293,7 @@ def load_dataset(name: str, split: str = 'train', *, image_size: int | Sequence[
     >>> ds.images.shape, ds.num_classes  # ((360, 16, 16, 3), 10)  # doctest: +SKIP
   """
   data_dir = None if data_dir is None else os.fspath(data_dir)
-  builder = _get_builder(name, data_dir)
+  builder = get_builder(name, data_dir)
   parts = split_parts(split, list(builder.info.splits), name)
   feats = builder.info.features
   if image_key not in feats or label_key not in feats:

@@ -22,7 +22,7 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
 
 
-def _cost(compiled) -> dict:
+def cost_analysis(compiled) -> dict:
     ca = compiled.cost_analysis()
     if isinstance(ca, (list, tuple)):
         ca = ca[0] if ca else {}
@@ -59,7 +59,7 @@ def counted_flops(fn: Callable[..., Any], *args: Any) -> float:
     if jax.default_backend() != "cpu":
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=cpu), args)
-    return float(_cost(jax.jit(fn).lower(*args).compile()).get("flops", 0.0))
+    return float(cost_analysis(jax.jit(fn).lower(*args).compile()).get("flops", 0.0))
 
 
 def _array_leaves(tree: Any):

@@ -40,7 +40,7 @@ from jax import lax
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.distributions import check_sparsity
-from jaxprune._src.topk import _host_prune_lowest, _on_host_cpu, _prune_lowest, _select_lowest, _unsharded
+from jaxprune._src.topk import host_prune_lowest, on_host_cpu, prune_lowest, select_lowest, unsharded
 
 PyTree = Any
 
@@ -87,7 +87,7 @@ def check_scores(scores: PyTree, what: str = "scores") -> None:
         if not jnp.issubdtype(jnp.asarray(s).dtype, jnp.floating):
             continue
         # CPU-resident: check on the host (no per-shape compile); elsewhere one reduction on device
-        has_nan = np.isnan(np.asarray(s)).any() if _on_host_cpu([s], 0) else bool(jnp.isnan(s).any())
+        has_nan = np.isnan(np.asarray(s)).any() if on_host_cpu([s], 0) else bool(jnp.isnan(s).any())
         if has_nan:
             raise ValueError(f"{what} leaf {path!r} contains NaN; cannot rank it")
 
@@ -101,7 +101,7 @@ def topk_mask(scores: jax.Array, sparsity: float | jax.Array) -> jax.Array:
     if isinstance(sparsity, (str, bytes)):
         raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     scores = jnp.asarray(scores)
-    (mask,) = _prune_lowest([scores], _n_prune(sparsity, scores.size))
+    (mask,) = prune_lowest([scores], _n_prune(sparsity, scores.size))
     return mask
 
 
@@ -161,13 +161,13 @@ def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) ->
     if chosen:  # one jitted call ranks every leaf (each leaf its own group)
         n_prune = jnp.stack([_n_prune(flat_sp[i], int(x.size)) for i, x in chosen])
         arrays = tuple(x for _, x in chosen)
-        if _on_host_cpu(arrays, n_prune):  # concrete CPU arrays: NumPy introselect per leaf, no compiles
-            masks = [_host_prune_lowest([x], int(n))[0] for x, n in zip(arrays, np.asarray(n_prune))]
-        elif _unsharded(arrays):  # one call per leaf: dispatched asynchronously, they overlap on CPU
-            masks = [_select_lowest((x,), n_prune[j:j + 1], groups=(0,), n_groups=1, flat=True)[0]
+        if on_host_cpu(arrays, n_prune):  # concrete CPU arrays: NumPy introselect per leaf, no compiles
+            masks = [host_prune_lowest([x], int(n))[0] for x, n in zip(arrays, np.asarray(n_prune))]
+        elif unsharded(arrays):  # one call per leaf: dispatched asynchronously, they overlap on CPU
+            masks = [select_lowest((x,), n_prune[j:j + 1], groups=(0,), n_groups=1, flat=True)[0]
                      for j, x in enumerate(arrays)]
         else:  # sharded or traced: one program, every leaf's counts all-reduced together
-            masks = _select_lowest(arrays, n_prune, groups=tuple(range(len(chosen))), n_groups=len(chosen))
+            masks = select_lowest(arrays, n_prune, groups=tuple(range(len(chosen))), n_groups=len(chosen))
         for (i, _), m in zip(chosen, masks):
             out[i] = m
     return jax.tree.unflatten(treedef, out)
@@ -198,7 +198,7 @@ def global_masks(scores: PyTree, sparsity: float | jax.Array, *, prunable: Any =
     flat_ok = treedef.flatten_up_to(prunable)
     chosen = [jnp.asarray(s) for s, ok in zip(flat_scores, flat_ok) if ok]  # no flatten/concat: shardable
     total = sum(int(c.size) for c in chosen)
-    kept = iter(_prune_lowest(chosen, _n_prune(sparsity, total)) if chosen else [])
+    kept = iter(prune_lowest(chosen, _n_prune(sparsity, total)) if chosen else [])
     out = [next(kept) if ok else None for s, ok in zip(flat_scores, flat_ok)]
     return jax.tree.unflatten(treedef, out)
 

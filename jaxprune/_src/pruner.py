@@ -35,7 +35,7 @@ from jaxprune._src import masks as masks_lib
 from jaxprune._src import scores as scores_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.distributions import check_sparsity, layer_sparsities
-from jaxprune._src.schedules import Schedule, one_shot
+from jaxprune._src.schedules import Schedule
 
 PyTree = Any
 
@@ -124,7 +124,7 @@ def masks_from_scores(scores: PyTree, sparsity: float | jax.Array, spec: MaskSpe
     For ``structure='nm'``, ``sparsity`` is ignored (N:M fixes it).
 
     >>> params = {'a': {'kernel': jnp.arange(8.).reshape(2, 4)}}
-    >>> m = masks_from_scores(scores_lib.magnitude(params), 0.5)
+    >>> m = masks_from_scores(scores_lib.magnitude_scores(params), 0.5)
     >>> m['a']['kernel'].tolist()
     [[False, False, False, False], [True, True, True, True]]
     """

@@ -109,15 +109,3 @@ def get_score_fn(method: str | ScoreFn) -> ScoreFn:
     if method not in SCORE_FNS:
         raise ValueError(f"unknown score method {method!r}; known: {sorted(SCORE_FNS)}")
     return SCORE_FNS[method]
-
-
-magnitude = magnitude_scores  # the pre-v1 name (jaxprune.magnitude is a deprecated alias)
-
-
-random = random_scores  # the pre-v1 name (jaxprune.random is a deprecated alias)
-
-
-saliency = saliency_scores  # the pre-v1 name (jaxprune.saliency is a deprecated alias)
-
-
-taylor = taylor_scores  # the pre-v1 name (jaxprune.taylor is a deprecated alias)

@@ -12,10 +12,10 @@ scores are rejected before they get here, see ``masks.check_scores``).
 
 Two paths give identical masks:
 
-* **Host** (:func:`_host_prune_lowest`): concrete, unsharded arrays in CPU memory
+* **Host** (:func:`host_prune_lowest`): concrete, unsharded arrays in CPU memory
   and a concrete count. The keys are built in NumPy and one ``np.partition``
   (introselect, O(n)) finds the threshold key; the tie cut is an index slice.
-* **Device** (:func:`_select_lowest`): device-resident, sharded or traced inputs
+* **Device** (:func:`select_lowest`): device-resident, sharded or traced inputs
   (or a traced count). A jitted 32-step bisection over the uint32 image finds
   the ``n``-th smallest key by counting (O(32 n), no sort); ties at the threshold
   are cut in index order by walking the few tied entries one min at a time, or by
@@ -24,7 +24,7 @@ Two paths give identical masks:
   so each mask keeps the sharding of its scores. Several independent groups
   (one per layer, for layerwise masks) are ranked in one program.
 
-:func:`_prune_lowest` picks the path; on one device several leaves are first
+:func:`prune_lowest` picks the path; on one device several leaves are first
 concatenated (:func:`_select_concat`), which counts fastest.
 """
 
@@ -81,7 +81,7 @@ def _count(pred: jax.Array) -> jax.Array:
     return jnp.sum((rows @ jnp.ones((cols,), jnp.float32)).astype(jnp.int32))
 
 
-def _unsharded(arrays: Sequence[Any]) -> bool:
+def unsharded(arrays: Sequence[Any]) -> bool:
     """True when every array is concrete and on (at most) one device: safe to flatten."""
     for x in arrays:
         if isinstance(x, jax.core.Tracer):
@@ -93,7 +93,7 @@ def _unsharded(arrays: Sequence[Any]) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("groups", "n_groups", "flat"))
-def _select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tuple[int, ...],
+def select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tuple[int, ...],
                    n_groups: int, flat: bool = False) -> list[jax.Array]:
     """Keep-masks pruning exactly ``n_prune[g]`` lowest entries jointly over the leaves of group ``g``.
 
@@ -178,9 +178,9 @@ def _select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tupl
     return masks
 
 
-def _on_host_cpu(arrays: Sequence[Any], n_prune: Any) -> bool:
+def on_host_cpu(arrays: Sequence[Any], n_prune: Any) -> bool:
     """Concrete, unsharded arrays in host memory (numpy or CPU jax arrays) and a concrete count."""
-    if isinstance(n_prune, jax.core.Tracer) or not _unsharded(arrays):
+    if isinstance(n_prune, jax.core.Tracer) or not unsharded(arrays):
         return False
     for x in arrays:
         devices = getattr(getattr(x, "sharding", None), "device_set", ())
@@ -189,8 +189,8 @@ def _on_host_cpu(arrays: Sequence[Any], n_prune: Any) -> bool:
     return True
 
 
-def _host_prune_lowest(scores: Sequence[Any], n_prune: int) -> list[jax.Array]:
-    """Host (NumPy) joint top-k, same result as :func:`_select_lowest`: one ``np.partition``
+def host_prune_lowest(scores: Sequence[Any], n_prune: int) -> list[jax.Array]:
+    """Host (NumPy) joint top-k, same result as :func:`select_lowest`: one ``np.partition``
     (introselect, O(n)) finds the ``n_prune``-th smallest uint32 key instead of 32+ counting
     passes; ties at the threshold are pruned in leaf order, row-major, like the device path.
     """
@@ -217,26 +217,26 @@ def _host_prune_lowest(scores: Sequence[Any], n_prune: int) -> list[jax.Array]:
     return out
 
 
-def _prune_lowest(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
+def prune_lowest(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
     """Keep-masks over several arrays (any shapes) pruning exactly ``n_prune`` lowest entries jointly.
 
     Host-resident concrete inputs (CPU backend) take the NumPy selection path (5x faster on a
     ResNet-50's 25.5M kernel weights here); device, sharded or traced inputs the jitted bisection.
     """
-    if _on_host_cpu(scores, n_prune) and np.size(n_prune) == 1:
-        return _host_prune_lowest(scores, int(np.asarray(n_prune).reshape(-1)[0]))
+    if on_host_cpu(scores, n_prune) and np.size(n_prune) == 1:
+        return host_prune_lowest(scores, int(np.asarray(n_prune).reshape(-1)[0]))
     n_prune = jnp.asarray(n_prune, jnp.int32).reshape(1)
-    if len(scores) > 1 and _unsharded(scores):  # one device: one flat array counts fastest
+    if len(scores) > 1 and unsharded(scores):  # one device: one flat array counts fastest
         return _select_concat(tuple(scores), n_prune)
-    return _select_lowest(tuple(scores), n_prune, groups=(0,) * len(scores), n_groups=1,
-                          flat=_unsharded(scores))
+    return select_lowest(tuple(scores), n_prune, groups=(0,) * len(scores), n_groups=1,
+                          flat=unsharded(scores))
 
 
 @jax.jit
 def _select_concat(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
     """Single-device fast path of a joint top-k: leaves concatenated (same order = same ties)."""
     flat = jnp.concatenate([jnp.reshape(s, (-1,)).astype(jnp.float32) for s in scores])
-    (mask,) = _select_lowest((flat,), n_prune, groups=(0,), n_groups=1, flat=True)
+    (mask,) = select_lowest((flat,), n_prune, groups=(0,), n_groups=1, flat=True)
     out, start = [], 0
     for s in scores:
         size = int(np.prod(np.shape(s)))

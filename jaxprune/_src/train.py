@@ -31,7 +31,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxprune._src import masks as masks_lib
-from jaxprune._src.algorithms._common import fixed_mask_pruner
+from jaxprune._src.algorithms.common import fixed_mask_pruner
 from jaxprune._src.pruner import Pruner
 from jaxprune._src.sparse_optax import get_masks, sparse_optimizer
 
@@ -176,7 +176,7 @@ def _forward_params(params: PyTree, opt_state: Any, straight_through: bool) -> P
     return straight_through_masks(params, get_masks(opt_state))
 
 
-def _make_step(model, tx, label_smoothing, straight_through: bool = False):
+def make_train_step(model, tx, label_smoothing, straight_through: bool = False):
     """One jit-able train step. ``straight_through``: the pruner keeps dense weights (STE) and the
     forward pass uses the masked ones, with dense gradients."""
     def step(state: TrainState, batch):
@@ -272,10 +272,10 @@ def xla_flops(fn: Callable, *args: Any, compiled=None) -> float:
     >>> xla_flops(lambda a, b: a @ b, jnp.ones((4, 8)), jnp.ones((8, 2)))
     128.0
     """
-    from jaxprune._src.flops import _cost, counted_flops
+    from jaxprune._src.flops import cost_analysis, counted_flops
 
     if jax.default_backend() == "cpu" and compiled is not None:
-        return float(_cost(compiled).get("flops", 0.0))
+        return float(cost_analysis(compiled).get("flops", 0.0))
     return counted_flops(fn, *args)
 
 
@@ -319,7 +319,7 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
     t0 = time.perf_counter()
 
     def compile_step():
-        step_fn = _make_step(model, tx, cfg.label_smoothing, straight_through)
+        step_fn = make_train_step(model, tx, cfg.label_smoothing, straight_through)
         c = jax.jit(step_fn).lower(state, first).compile()
         return c, xla_flops(step_fn, state, first, compiled=c)
 

@@ -17,7 +17,7 @@ Example:
   True
 """
 
-from jaxprune.models._core import (
+from jaxprune.models.core import (
     check_widths,
     from_config,
     get_config,

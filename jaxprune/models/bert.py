@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxprune.models._core import Widths, register_model, sub_widths, width
+from jaxprune.models.core import Widths, register_model, sub_widths, width
 from jaxprune.models.layers import Mlp, MultiHeadAttention, check_same_width
 
 __all__ = ["BertEncoder", "BertLayer", "bert_tiny_test", "minilm_l6_config", "bert_base_config"]

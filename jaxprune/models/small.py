@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxprune.models._core import Widths, register_model, sub_widths, width
+from jaxprune.models.core import Widths, register_model, sub_widths, width
 from jaxprune.models.layers import batch_norm, check_same_width, conv
 
 __all__ = ["MLP", "SmallCNN", "InvertedResidual", "MobileNetBlockNet", "ConcatNet"]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxprune.models._core import Widths, register_model, sub_widths, width
+from jaxprune.models.core import Widths, register_model, sub_widths, width
 from jaxprune.models.layers import Mlp, MultiHeadAttention, check_same_width
 
 __all__ = ["ViT", "ViTEncoderBlock", "vit_tiny_test", "vit_ti16", "vit_s16", "vit_b16"]

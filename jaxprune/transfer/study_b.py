@@ -22,16 +22,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxprune._src.sparse_upstream import DEFAULT_METHODS as DEFAULT_UPSTREAM_METHODS
-from jaxprune._src.sparse_upstream import METHODS as UPSTREAM_METHODS
-from jaxprune._src.sparse_upstream import SparseUpstream as Upstream
-from jaxprune._src.sparse_upstream import SparseUpstreamConfig as UpstreamConfig
-from jaxprune._src.sparse_upstream import full_upstream_config, load_upstream_splits, prunable_sparsity
-from jaxprune._src.sparse_upstream import load_sparse_upstream as load_upstream
-from jaxprune._src.sparse_upstream import run_sparse_upstream as run_upstreams
-from jaxprune._src.sparse_upstream import save_sparse_upstream as save_upstream
-from jaxprune._src.sparse_upstream import train_sparse_upstream as train_upstream
-from jaxprune._src.sparse_upstream import write_upstream_report
+from jaxprune._src.transfer.sparse_upstream import DEFAULT_METHODS as DEFAULT_UPSTREAM_METHODS
+from jaxprune._src.transfer.sparse_upstream import METHODS as UPSTREAM_METHODS
+from jaxprune._src.transfer.sparse_upstream import SparseUpstream as Upstream
+from jaxprune._src.transfer.sparse_upstream import SparseUpstreamConfig as UpstreamConfig
+from jaxprune._src.transfer.sparse_upstream import full_upstream_config, load_upstream_splits, prunable_sparsity
+from jaxprune._src.transfer.sparse_upstream import load_sparse_upstream as load_upstream
+from jaxprune._src.transfer.sparse_upstream import run_sparse_upstream as run_upstreams
+from jaxprune._src.transfer.sparse_upstream import save_sparse_upstream as save_upstream
+from jaxprune._src.transfer.sparse_upstream import train_sparse_upstream as train_upstream
+from jaxprune._src.transfer.sparse_upstream import write_upstream_report
 from jaxprune._src.transfer.sparse_transfer import (MODES, PAPER_DATASETS, SMALL_DATASETS, TransferData,
                                                     TransferResult, extract_features, feature_fn, find_head,
                                                     full_finetune, linear_finetune, load_transfer_data,

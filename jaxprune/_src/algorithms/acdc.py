@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxprune._src.algorithms._common import check_int, check_spec
+from jaxprune._src.algorithms.common import check_int, check_spec
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
 from jaxprune._src.schedules import Schedule
@@ -74,6 +74,3 @@ def acdc_pruner(sparsity: float, *, warmup: int, compressed_steps: int, dense_st
                              dense_steps=dense_steps, final_begin=final_begin)
     # Entering a dense phase the sparsity is 0, so the top-k masks are all True.
     return scored_pruner("magnitude", schedule, spec)
-
-
-acdc = acdc_pruner  # the pre-v1 name (jaxprune.acdc is a deprecated alias)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxprune._src import scores as scores_lib
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.algorithms._common import check_fraction, check_int, check_spec, keep_top, masked_scores
+from jaxprune._src.algorithms.common import check_fraction, check_int, check_spec, keep_top, masked_scores
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.pruner import MaskSpec, Pruner, masks_from_scores
 from jaxprune._src.schedules import Schedule, periodic
@@ -173,6 +173,3 @@ def rigl_config(base_steps: int, multiplier: int = 1, *, every: int = 100, end_f
     total = base_steps * multiplier
     end = max(int(math.floor(end_fraction * total)), min(every + 1, total))
     return {"total_steps": total, "every": every, "end": end, "drop_fraction": float(drop_fraction)}
-
-
-rigl = rigl_pruner  # the pre-v1 name (jaxprune.rigl is a deprecated alias)

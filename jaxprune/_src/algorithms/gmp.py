@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxprune._src.algorithms._common import check_spec
+from jaxprune._src.algorithms.common import check_spec
 from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
 from jaxprune._src.schedules import polynomial
 
@@ -48,6 +48,3 @@ def gmp_pruner(sparsity: float, *, begin: int, end: int, every: int, initial_spa
     schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity,
                           power=power)
     return scored_pruner(score, schedule, spec)
-
-
-gmp = gmp_pruner  # the pre-v1 name (jaxprune.gmp is a deprecated alias)

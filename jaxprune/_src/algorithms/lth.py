@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune._src import masks as masks_lib
-from jaxprune._src.algorithms._common import check_int, check_spec, masked_scores, sparsity_of_masks
+from jaxprune._src.algorithms.common import check_int, check_spec, masked_scores, sparsity_of_masks
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.pruner import MaskSpec, dense_masks, masks_from_scores
 
@@ -114,4 +114,3 @@ def lottery_ticket(train_fn: TrainFn, params: PyTree, *, sparsity: float, rounds
         achieved.append(sparsity_of_masks(masks))
         params = train_fn(rewind(rewind_params, masks), masks, rewind_step, round_steps - rewind_step)
     return LotteryResult(params, masks, rewind_params, achieved)
-

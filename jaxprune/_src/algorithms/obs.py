@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.algorithms._common import check_fraction, check_int, check_spec, masked_scores
+from jaxprune._src.algorithms.common import check_fraction, check_int, check_spec, masked_scores
 from jaxprune._src.pruner import MaskSpec, Pruner, dense_masks, masks_from_scores
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.schedules import polynomial
@@ -327,6 +327,3 @@ def woodfisher_pruner(sparsity: float, *, begin: int, end: int, every: int, bloc
         return new_masks, zeros_aux(params, masks), delta
 
     return Pruner(init=init, update=update, schedule=schedule, observe=observe, param_update=True)
-
-
-woodfisher = woodfisher_pruner  # the pre-v1 name (jaxprune.woodfisher is a deprecated alias)

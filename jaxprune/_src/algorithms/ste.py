@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxprune._src.algorithms._common import check_spec
+from jaxprune._src.algorithms.common import check_spec
 from jaxprune._src.masks import apply_masks
 from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
 from jaxprune._src.schedules import Schedule
@@ -54,6 +54,3 @@ def ste_pruner(schedule: Schedule, spec: MaskSpec = MaskSpec(), *, score: Any = 
                         f"got {type(schedule).__name__}")
     check_spec(spec, "ste", structures=("unstructured", "nm", "block", "channel"))
     return scored_pruner(score, schedule, spec, straight_through=True)
-
-
-ste = ste_pruner  # the pre-v1 name (jaxprune.ste is a deprecated alias)

@@ -34,7 +34,7 @@ from flax import linen as nn
 
 from jaxprune._src import scores as scores_lib
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.algorithms._common import check_int, check_spec, masked_scores
+from jaxprune._src.algorithms.common import check_int, check_spec, masked_scores
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.masks import apply_masks, combine_masks, topk_mask
 from jaxprune._src.pruner import MaskSpec, dense_masks, masks_from_scores

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    from jaxprune._src.checkpoint import CheckpointError
+    from jaxprune._src.checkpoint.api import CheckpointError
     try:
         return int(args.run(args) or 0)
     except (CliError, CheckpointError) as e:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.checkpoint import (CheckpointError, check_model_config, checkpoint_steps, restore_checkpoint,
+from jaxprune._src.checkpoint.api import (CheckpointError, check_model_config, checkpoint_steps, restore_checkpoint,
                                       restore_shrunk_model)
 
 PyTree = Any
@@ -245,7 +245,7 @@ def init_model(name: str, num_classes: int, image_size: int | None, seed: int = 
 def save_model(directory: str, step: int, loaded: LoadedModel, data_state: dict | None = None,
                overwrite: bool = False) -> None:
     """Writes ``loaded`` as one checkpoint step (params+masks, or shrunk params+plan) with its model config."""
-    from jaxprune._src.checkpoint import SparseCheckpointer
+    from jaxprune._src.checkpoint.api import SparseCheckpointer
     with SparseCheckpointer(directory, max_to_keep=1, async_=False) as ckpt:
         if loaded.kind == "shrunk":
             ckpt.save(step, shrunk_params=loaded.variables, plan=loaded.plan, model_config=loaded.model,
@@ -268,9 +268,9 @@ def load_data(name: str, split: str, image_size: int, *, data_dir: str | None = 
 
 def check_dataset_name(name: str, data_dir: str | None = None) -> None:
     """Fails fast (before any work) on a dataset name that is neither offline nor in tensorflow-datasets."""
-    from jaxprune._src.data import _get_builder
+    from jaxprune._src.data import get_builder
     try:
-        _get_builder(name, data_dir)
+        get_builder(name, data_dir)
     except (ValueError, RuntimeError) as e:
         raise CliError(str(e)) from None
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.checkpoint import CheckpointError, SparseCheckpointer, checkpoint_steps, restore_checkpoint
+from jaxprune._src.checkpoint.api import CheckpointError, SparseCheckpointer, checkpoint_steps, restore_checkpoint
 from jaxprune._src.cli import common
 from jaxprune._src.cli.common import CHECKPOINT, TRAIN_STATE, CliError, LoadedModel
 from jaxprune._src.cli.recipe import apply_overrides
@@ -166,11 +166,11 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
     """Trains ``loaded`` (masks fixed if sparse), checkpointing into ``out``; returns the summary dict."""
     from tqdm.auto import tqdm
 
-    from jaxprune._src.algorithms._common import fixed_mask_pruner
+    from jaxprune._src.algorithms.common import fixed_mask_pruner
     from jaxprune._src.data import batches
     from jaxprune._src.masks import apply_masks
     from jaxprune._src.sparse_optax import sparse_optimizer
-    from jaxprune._src.train import TrainState, _make_step, evaluate, sgdw, xla_flops
+    from jaxprune._src.train import TrainState, make_train_step, evaluate, sgdw, xla_flops
 
     model, variables = loaded.model, loaded.variables
     params = variables["params"]
@@ -199,7 +199,7 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
                  crop_padding=4 if cfg.augment else 0, flip=cfg.augment)
     it = itertools.islice(it, start, None)
     batch = next(it)
-    step_fn = _make_step(model, tx, cfg.label_smoothing)
+    step_fn = make_train_step(model, tx, cfg.label_smoothing)
     compiled = jax.jit(step_fn).lower(state, batch).compile()
     step_flops = xla_flops(step_fn, state, batch, compiled=compiled)
 

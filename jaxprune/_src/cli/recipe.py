@@ -273,7 +273,7 @@ def _sparse(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
 def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     from jaxprune import models
     from jaxprune._src.structured import flops_budget, make_plan, param_bytes_budget, shrink, trace_groups
-    from jaxprune._src.structured.plan import DEFAULT_KINDS, EMPTY_HINT, _eligible
+    from jaxprune._src.structured.plan import DEFAULT_KINDS, EMPTY_HINT, eligible_groups
     if loaded.masks is not None:
         raise CliError("structured pruning of a sparse (masked) checkpoint is not supported: start from the "
                        "dense or a shrunk checkpoint")
@@ -283,7 +283,7 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     except Exception as e:  # noqa: BLE001 - tracing failures name the primitive
         raise CliError(f"cannot trace {type(model).__name__} for structured pruning: {e}") from None
     kinds = recipe.kinds if recipe.kinds is not None else DEFAULT_KINDS
-    eligible = _eligible(graph, kinds, recipe.ignore)
+    eligible = eligible_groups(graph, kinds, recipe.ignore)
     if not eligible:
         raise CliError(f"the recipe matches no layer: no prunable group of kinds {list(kinds)} is left "
                        f"(ignore={list(recipe.ignore or ())})")

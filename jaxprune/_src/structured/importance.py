@@ -87,12 +87,12 @@ def _lamp(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _normalize(v: np.ndarray, how: str | None) -> np.ndarray:
+def normalize_scores(v: np.ndarray, how: str | None) -> np.ndarray:
     """Rescales one group's score vector (see the module docstring).
 
     >>> import numpy as np
     >>> v = np.array([1., 2., 3., 6.])
-    >>> [_normalize(v, how).round(4).tolist() for how in ('mean', 'minmax', 'lamp', 'sentinel_0.5')]
+    >>> [normalize_scores(v, how).round(4).tolist() for how in ('mean', 'minmax', 'lamp', 'sentinel_0.5')]
     [[0.3333, 0.6667, 1.0, 2.0], [0.0, 0.2, 0.4, 1.0], [0.0833, 0.1818, 0.3333, 1.0], [0.3333, 0.6667, 1.0, 2.0]]
     """
     _check_normalize(how)
@@ -162,7 +162,7 @@ def group_scores(params: Any, graph: DependencyGraph, method: str = "l1", *, gra
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jaxprune._src.structured import trace_groups
+      >>> from jaxprune import trace_groups
       >>> p = {'a': jnp.arange(6.).reshape(2, 3), 'b': jnp.ones((3, 1))}
       >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
       >>> group_scores(p, g, 'l1', normalize=None)[g.prunable[0].id].tolist()
@@ -248,9 +248,9 @@ def group_scores(params: Any, graph: DependencyGraph, method: str = "l1", *, gra
             continue
         if method == "random":
             v = np.asarray(jax.random.uniform(jax.random.fold_in(key, g.id), (g.size,)), dtype=np.float64)
-            out[g.id] = _normalize(v, normalize)
+            out[g.id] = normalize_scores(v, normalize)
             continue
-        out[g.id] = _normalize(_group_vector(g, axis_vector, leaves, method, reduce, bias), normalize)
+        out[g.id] = normalize_scores(_group_vector(g, axis_vector, leaves, method, reduce, bias), normalize)
     return out
 
 

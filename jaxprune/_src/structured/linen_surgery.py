@@ -51,7 +51,7 @@ import flax.errors
 import flax.linen as nn
 import numpy as np
 
-from jaxprune._src.structured.plan import PrunePlan
+from jaxprune._src.structured.prune_plan import PrunePlan
 
 __all__ = ["register_linen_fix", "shrunk_linen_apply"]
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxprune._src.masks import apply_masks
-from jaxprune._src.structured.plan import PrunePlan
+from jaxprune._src.structured.prune_plan import PrunePlan
 from jaxprune._src.structured.shrink import plan_to_masks, shrink
 
 __all__ = ["shrink_nnx", "fix_nnx_attributes"]

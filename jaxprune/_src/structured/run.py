@@ -34,8 +34,8 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
-from jaxprune._src.structured import _rules
-from jaxprune._src.structured.plan import PrunePlan
+from jaxprune._src.structured import axis_rules
+from jaxprune._src.structured.prune_plan import PrunePlan
 from jaxprune._src.structured.shrink import check_plan
 from jaxprune._src.structured.trace import DependencyGraph, trace_groups
 from jaxprune._src.tree import leaves_with_paths, map_with_path
@@ -104,7 +104,7 @@ class _Evaluator:
         top_env = self._top_env
         for v, x in zip(jaxpr.invars[self.n_params:], dyn_args):
             base = top_env[v]
-            for ax, (s, t) in enumerate(zip(_rules._shape(v), np.shape(x))):
+            for ax, (s, t) in enumerate(zip(axis_rules._shape(v), np.shape(x))):
                 if s != t:
                     override[uf.find(base + ax)] = int(t)
         return self.eval(jaxpr, self.closed.consts, list(flat_params) + list(dyn_args), (), cache, override)
@@ -123,11 +123,11 @@ class _Evaluator:
             key = ctx + (i,)
             invals = [read(v) for v in eqn.invars]
             outs_b = self.w.eqn_outs[key]
-            new_shapes = [self.shape(b, len(_rules._shape(v)), cache, override) for b, v in zip(outs_b, eqn.outvars)]
+            new_shapes = [self.shape(b, len(axis_rules._shape(v)), cache, override) for b, v in zip(outs_b, eqn.outvars)]
             name = eqn.primitive.name
             p = eqn.params
-            if name in _rules.CALLS and _rules.CALLS[name]:
-                sub = p[_rules.CALLS[name]]
+            if name in axis_rules.CALLS and axis_rules.CALLS[name]:
+                sub = p[axis_rules.CALLS[name]]
                 closed = sub if isinstance(sub, jcore.ClosedJaxpr) else None
                 inner = closed.jaxpr if closed is not None else sub
                 outs = self.eval(inner, closed.consts if closed is not None else (), invals, key, cache, override)
@@ -185,8 +185,8 @@ class _Evaluator:
     def _rewrite(self, eqn, key, new_shapes, invals, cache, override) -> dict:
         name = eqn.primitive.name
         p = dict(eqn.params)
-        old_out = [_rules._shape(v) for v in eqn.outvars]
-        if new_shapes == old_out and all(np.shape(x) == _rules._shape(v) for x, v in zip(invals, eqn.invars)):
+        old_out = [axis_rules._shape(v) for v in eqn.outvars]
+        if new_shapes == old_out and all(np.shape(x) == axis_rules._shape(v) for x, v in zip(invals, eqn.invars)):
             return p
         extra = self.w.eqn_extra.get(key, {})
         size = lambda n: self.new_size(n, cache, override)  # noqa: E731
@@ -201,7 +201,7 @@ class _Evaluator:
                     lo, _ = extra["pieces"][ax]
                     start[ax] = size(lo)
                     limit[ax] = start[ax] + new_shapes[0][ax]
-                elif start[ax] == 0 and limit[ax] == _rules._shape(eqn.invars[0])[ax]:
+                elif start[ax] == 0 and limit[ax] == axis_rules._shape(eqn.invars[0])[ax]:
                     limit[ax] = n
             p["start_indices"], p["limit_indices"] = tuple(start), tuple(limit)
         elif name == "pad":
@@ -214,7 +214,7 @@ class _Evaluator:
         elif name in ("dynamic_slice",):
             p["slice_sizes"] = new_shapes[0]
         elif name == "gather":
-            old_in = _rules._shape(eqn.invars[0])
+            old_in = axis_rules._shape(eqn.invars[0])
             p["slice_sizes"] = tuple(
                 np.shape(invals[0])[ax] if s == old_in[ax] and s != 1 else s for ax, s in enumerate(p["slice_sizes"]))
         if "shape" in p and p["shape"] is not None and tuple(p["shape"]) == old_out[0]:

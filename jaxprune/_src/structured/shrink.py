@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.structured.plan import PrunePlan
+from jaxprune._src.structured.prune_plan import PrunePlan
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
 __all__ = ["shrink", "plan_to_masks", "check_plan"]
@@ -76,7 +76,7 @@ def shrink(params: Any, plan: PrunePlan) -> Any:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jaxprune._src.structured import trace_groups, make_plan
+      >>> from jaxprune import trace_groups, make_plan
       >>> p = {'a': jnp.ones((2, 4)), 'b': jnp.ones((4, 1))}
       >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
       >>> jax.tree.map(jnp.shape, shrink(p, make_plan(p, g, 0.5)))

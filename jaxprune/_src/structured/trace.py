@@ -28,8 +28,8 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from jaxprune._src.structured import _rules
-from jaxprune._src.structured._uf import UnionFind
+from jaxprune._src.structured import axis_rules
+from jaxprune._src.structured.union_find import UnionFind
 from jaxprune._src.structured.groups import DependencyGraph, Group, Member, TraceState
 from jaxprune._src.tree import leaves_with_paths
 
@@ -77,7 +77,7 @@ class _Walker:
     def mark_all(self, eqn, ins, outs, reason: str) -> None:
         for b, v in list(zip(ins, eqn.invars)) + list(zip(outs, eqn.outvars)):
             if b is not None:
-                self.mark_var(b, _rules._shape(v), reason)
+                self.mark_var(b, axis_rules._shape(v), reason)
 
     def flag(self, node: int, name: str) -> None:
         self.uf.flag(node, name)
@@ -101,27 +101,27 @@ class _Walker:
         for i, eqn in enumerate(jaxpr.eqns):
             key = ctx + (i,)
             ins = [self.read(env, v) for v in eqn.invars]
-            outs = [self.new_var(_rules._shape(v)) for v in eqn.outvars]
+            outs = [self.new_var(axis_rules._shape(v)) for v in eqn.outvars]
             self.eqn_outs[key] = outs
             for v, b in zip(eqn.outvars, outs):
                 env[v] = b
             name = eqn.primitive.name
-            rule = _rules.RULES.get(name)
+            rule = axis_rules.RULES.get(name)
             if rule is not None:
                 rule(self, eqn, ins, outs, key)
                 if self.sums:
-                    _rules.track_normalizer(self, eqn, ins, outs, key)
+                    axis_rules.track_normalizer(self, eqn, ins, outs, key)
                 if name in ("convert_element_type", "copy", "copy_p", "transpose") and ins[0] in self.param_base:
                     self.param_base[outs[0]] = self.param_base[ins[0]]
-            elif name in _rules.CALLS and _rules.CALLS[name] and name in _CALL_OK:
-                self.call(eqn.params[_rules.CALLS[name]], eqn, ins, outs, key)
+            elif name in axis_rules.CALLS and axis_rules.CALLS[name] and name in _CALL_OK:
+                self.call(eqn.params[axis_rules.CALLS[name]], eqn, ins, outs, key)
             elif name == "scan":
                 self.scan(eqn, ins, outs, key)
             elif name == "cond":
                 for bi, br in enumerate(eqn.params["branches"]):
                     self.call(br, eqn, ins[1:], outs, key + ("b", bi), invars=eqn.invars[1:])
                 if ins[0] is not None:
-                    self.mark_var(ins[0], _rules._shape(eqn.invars[0]), "cond predicate")
+                    self.mark_var(ins[0], axis_rules._shape(eqn.invars[0]), "cond predicate")
             else:
                 self.mark_all(eqn, ins, outs, f"unsupported op `{name}`")
 
@@ -135,7 +135,7 @@ class _Walker:
             self.mark_var(env[v], np.shape(c), "constant captured inside the function")
         for inner, b, outer in zip(jaxpr.invars, ins, invars):
             if b is None:
-                b = self.new_var(_rules._shape(inner))
+                b = self.new_var(axis_rules._shape(inner))
             env[inner] = b
         self.walk(jaxpr, env, key)
         self._bind_outs(jaxpr, env, outs)
@@ -145,7 +145,7 @@ class _Walker:
             b = self.read(env, v)
             if b is None:
                 continue
-            for ax in range(len(_rules._shape(v))):
+            for ax in range(len(axis_rules._shape(v))):
                 self.union(b + ax, o + ax)
 
     def scan(self, eqn, ins, outs, key) -> None:
@@ -158,7 +158,7 @@ class _Walker:
             env[v] = self.new_var(np.shape(c))
             self.mark_var(env[v], np.shape(c), "constant captured inside the function")
         for k, (inner, b) in enumerate(zip(jaxpr.invars, ins)):
-            shape = _rules._shape(inner)
+            shape = axis_rules._shape(inner)
             if k < nc + ncarry:
                 env[inner] = b if b is not None else self.new_var(shape)
             else:  # xs: the scanned axis is stripped
@@ -173,7 +173,7 @@ class _Walker:
             b = self.read(env, v)
             if b is None:
                 continue
-            shape = _rules._shape(v)
+            shape = axis_rules._shape(v)
             for ax in range(len(shape)):
                 if k < ncarry:
                     self.union(b + ax, outs[k] + ax)
@@ -186,7 +186,7 @@ class _Walker:
             self.mark(outs[k], "scanned axis of lax.scan")
 
 
-_CALL_OK = {k for k, v in _rules.CALLS.items() if v}
+_CALL_OK = {k for k, v in axis_rules.CALLS.items() if v}
 
 
 # ------------------------------------------------------------------------------------ resolution
@@ -409,7 +409,7 @@ def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGrap
         env[v] = w.new_var(np.shape(c))
         w.mark_var(env[v], np.shape(c), "constant captured by the function")
     for i, v in enumerate(jaxpr.invars):
-        shape = _rules._shape(v)
+        shape = axis_rules._shape(v)
         env[v] = w.new_var(shape)
         if i < n_params:
             w.param_base[env[v]] = i
@@ -420,11 +420,11 @@ def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGrap
     used.update(v for v in jaxpr.outvars if not isinstance(v, jcore.Literal))
     for v in jaxpr.invars[:n_params]:
         if v not in used:
-            w.mark_var(env[v], _rules._shape(v), "leaf not used by the traced function")
+            w.mark_var(env[v], axis_rules._shape(v), "leaf not used by the traced function")
     for v in jaxpr.outvars:
         b = w.read(env, v)
         if b is not None:
-            w.mark_var(b, _rules._shape(v), "axis of a model output")
+            w.mark_var(b, axis_rules._shape(v), "axis of a model output")
     res = _Resolved(w)
     res.propagate_marks()
     uf = w.uf

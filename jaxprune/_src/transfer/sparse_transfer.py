@@ -405,7 +405,7 @@ def transfer(model, variables: PyTree, masks: PyTree, data: TransferData | str, 
 def resolve_datasets(names, *, data_dir: str | None = None, log=print) -> list[str]:
     """Maps paper names (``PAPER_DATASETS`` keys) to tfds names; drops, with a message, those that are
     not in tfds or not prepared in ``data_dir``. Offline tasks always resolve."""
-    from jaxprune._src.data import _get_builder, _is_offline
+    from jaxprune._src.data import get_builder, is_offline
 
     out = []
     for name in names:
@@ -413,9 +413,9 @@ def resolve_datasets(names, *, data_dir: str | None = None, log=print) -> list[s
         if tfds_name is None:
             log(f"skipping {name!r}: not available in tensorflow-datasets")
             continue
-        if not _is_offline(tfds_name):
+        if not is_offline(tfds_name):
             try:
-                _get_builder(tfds_name, data_dir)
+                get_builder(tfds_name, data_dir)
             except (ValueError, RuntimeError) as e:
                 log(f"skipping {name!r} ({tfds_name}): {str(e).splitlines()[0]}")
                 continue

@@ -14,7 +14,7 @@ filters pruned; ``'vit'``: small ViT, whole heads and MLP hidden units):
    (``|w * grad|`` group importance, global ranking) to a geometrically
    shrinking parameter-bytes budget and then finetuning ``source_steps``
    masked steps -- and the final plan's keep-masks go into a
-   :class:`~jaxprune._src.mask_library.MaskLibrary` with the task's embedding
+   :class:`~jaxprune._src.transfer.mask_library.MaskLibrary` with the task's embedding
    (mean pretrained penultimate feature), saved with orbax.
 4. **Targets** (held out, never in the library): prune the pretrained model
    *once* to each budget with ``vote`` (kNN of the target's embedding in the
@@ -49,9 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import models as models_lib
-from jaxprune._src import mask_library as ml
-from jaxprune._src.transfer.study_c_probe import _apply, _full_masks, _with_head, penultimate_features, ridge_head
-from jaxprune._src.transfer.study_c_report import METHODS, _table, summarize, write_outputs
+from jaxprune._src.transfer import mask_library as ml
+from jaxprune._src.transfer import task_vote as tv
+from jaxprune._src.transfer.study_c_probe import apply_model, full_masks, with_head, penultimate_features, ridge_head
+from jaxprune._src.transfer.study_c_report import METHODS, results_table, summarize, write_outputs
 from jaxprune._src.transfer.upstream import (CACHE_FOLDER, Upstream, UpstreamConfig, is_saved_upstream, load_upstream,
                                              load_upstream_data, save_upstream)
 
@@ -235,17 +236,17 @@ def _source_record(cfg, arch, up, name, train, emb, fraction, graphs):
     """Iterative Taylor pruning + masked finetuning on a source task -> a TaskRecord."""
     from jaxprune._src.structured import make_plan
 
-    model, v, _ = _with_head(up.model, up.variables, train, cfg.ridge)
+    model, v, _ = with_head(up.model, up.variables, train, cfg.ridge)
     graph = _graph(graphs, model, v)
     masks, plan = None, None
     for r in range(1, cfg.source_rounds + 1):
         frac = fraction ** (r / cfg.source_rounds)
-        cur = v if masks is None else _apply(v, masks)
+        cur = v if masks is None else apply_model(v, masks)
         grads = _taylor_grads(model, cur, train, cfg.taylor_batches, cfg.batch_size, seed=r)
         plan = make_plan(cur, graph, method="taylor", grads=grads, scope="global", kinds=_KINDS[arch],
                          budget=_budget(cfg, frac))
-        masks = _full_masks(v, plan)
-        model, v, _ = _with_head(model, v, train, cfg.ridge, masks)
+        masks = full_masks(v, plan)
+        model, v, _ = with_head(model, v, train, cfg.ridge, masks)
         if cfg.source_steps:
             from jaxprune._src.train import TrainConfig, fit
             tc = TrainConfig(steps=cfg.source_steps, batch_size=min(cfg.batch_size, len(train)),
@@ -265,11 +266,11 @@ def _target_plan(cfg, arch, method, model, v, graph, train, library, emb, fracti
     info: dict = {}
     if method == "vote":
         lib = library.select(budget=float(fraction))
-        idx, sims = ml.nearest_tasks(lib, emb, min(cfg.k, len(lib)), center=True, exclude=(name,))
-        w = ml.neighbor_weights(sims, cfg.weights, temperature=cfg.temperature)
-        scores = ml.vote_scores([lib.records[i].keep for i in idx], w)
+        idx, sims = tv.nearest_tasks(lib, emb, min(cfg.k, len(lib)), center=True, exclude=(name,))
+        w = tv.neighbor_weights(sims, cfg.weights, temperature=cfg.temperature)
+        scores = tv.vote_scores([lib.records[i].keep for i in idx], w)
         info = {"neighbors": [lib.records[i].name for i in idx], "similarities": sims.tolist(), "weights": w.tolist()}
-        return ml.vote_plan(v, graph, scores, budget=b, kinds=kinds), info
+        return tv.vote_plan(v, graph, scores, budget=b, kinds=kinds), info
     if method == "magnitude":
         return make_plan(v, graph, method="l1", scope="global", kinds=kinds, budget=b), info
     if method == "random":
@@ -307,7 +308,7 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
         log(f"[{arch}] upstream {type(up.model).__name__}: test acc "
             f"{up.metrics.get('test_accuracy', float('nan')):.3f}")
         # pretrained penultimate features do not depend on the head: reuse the task model's (one compile less)
-        embs = {n: ml.task_embedding(_with_head(up.model, up.variables, tr, cfg.ridge)[2], tr.labels,
+        embs = {n: tv.task_embedding(with_head(up.model, up.variables, tr, cfg.ridge)[2], tr.labels,
                                      method=cfg.embedding) for n, (tr, _) in data.items()}
         graphs: dict = {}
         library = ml.MaskLibrary(meta={"arch": arch, "embedding": cfg.embedding})
@@ -323,7 +324,7 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
         log(f"[{arch}] library: {len(library)} records ({time.perf_counter() - ta:.0f} s so far)")
         for name in cfg.targets:
             train, test = data[name]
-            model, v, _ = _with_head(up.model, up.variables, train, cfg.ridge)
+            model, v, _ = with_head(up.model, up.variables, train, cfg.ridge)
             graph = _graph(graphs, model, v)
             for seed in cfg.seeds:
                 for steps in cfg.steps:
@@ -335,8 +336,8 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
                     for method in cfg.methods:
                         plan, info = _target_plan(cfg, arch, method, model, v, graph, train, library, embs[name],
                                                   fr, seed, name)
-                        masks = _full_masks(v, plan)
-                        _, vm, _ = _with_head(model, v, train, cfg.ridge, masks)
+                        masks = full_masks(v, plan)
+                        _, vm, _ = with_head(model, v, train, cfg.ridge, masks)
                         cf = plan.meta.get("cost", 0.0) / max(plan.meta.get("dense_cost", 1.0), 1e-12)
                         for steps in cfg.steps:
                             acc = _finetune(cfg, model, vm, masks, train, test, steps, seed)
@@ -348,7 +349,7 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
             log(f"[{arch}] {name}: " + "  ".join(
                 f"{m}:{np.mean([r['accuracy'] for r in last if r['method'] == m]):.3f}"
                 for m in ("dense",) + tuple(cfg.methods)) + f"  ({time.perf_counter() - t0:.0f} s)")
-    results["table"] = _table(results["runs"])
+    results["table"] = results_table(results["runs"])
     results["summary"] = summarize(results)
     results["seconds"] = time.perf_counter() - t0
     if out_dir:

@@ -4,8 +4,8 @@ Study C (:mod:`~jaxprune._src.transfer.study_c`) evaluates every pruned model
 with the best linear head for its features: :func:`penultimate_features`
 collects the inputs of the classifier (the model's last ``nn.Dense`` call),
 :func:`ridge_head` fits a ridge regression onto one-hot labels, and
-``_with_head`` swaps a task's ridge head into a (masked) model. ``_apply``
-zeroes pruned entries and ``_full_masks`` turns a plan into masks with an
+``with_head`` swaps a task's ridge head into a (masked) model. ``apply_model``
+zeroes pruned entries and ``full_masks`` turns a plan into masks with an
 array at every leaf (one pytree structure: one compiled training step).
 
 Example:
@@ -91,7 +91,7 @@ def ridge_head(features: np.ndarray, labels: np.ndarray, num_classes: int, ridge
     return {"kernel": w.astype(np.float32), "bias": (ym - mu @ w).astype(np.float32)}
 
 
-def _with_head(model, variables, ds, ridge: float, masks=None):
+def with_head(model, variables, ds, ridge: float, masks=None):
     """(task model, variables with a ridge head for ``ds``, features); ``masks`` zero pruned units first."""
     params = variables["params"]
     head = _head_name(params)
@@ -100,20 +100,20 @@ def _with_head(model, variables, ds, ridge: float, masks=None):
     v = dict(variables, params=dict(params, **{head: {"kernel": np.zeros((d, ds.num_classes), np.float32),
                                                       "bias": np.zeros((ds.num_classes,), np.float32)}}))
     if masks is not None:
-        v = _apply(v, masks)
+        v = apply_model(v, masks)
     feats = penultimate_features(tm, v, ds.images)
     h = ridge_head(feats, ds.labels, ds.num_classes, ridge)
     v = dict(v, params=dict(v["params"], **{head: h}))
     return tm, v, feats
 
 
-def _apply(variables, masks):
+def apply_model(variables, masks):
     """Zeroes masked entries on the host (numpy: no per-shape eager compilation)."""
     return jax.tree.map(lambda x, m: x if m is None else np.where(np.asarray(m), np.asarray(x), 0).astype(x.dtype),
                         variables, masks, is_leaf=lambda x: x is None)
 
 
-def _full_masks(variables, plan):
+def full_masks(variables, plan):
     """Params masks with an array at *every* leaf (one pytree structure for every plan: one compiled step)."""
     from jaxprune._src.structured import plan_to_masks
 

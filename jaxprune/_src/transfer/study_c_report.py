@@ -11,7 +11,7 @@ JSON-able results dict, so a saved ``results.json`` can be re-reported.
 Example:
   >>> runs = [dict(arch='cnn', task='t', seed=0, method=m, budget=0.5, steps=0, accuracy=a, cost_fraction=0.5)
   ...         for m, a in [('vote', 0.6), ('magnitude', 0.5)]]
-  >>> res = {'table': _table(runs), 'runs': runs}
+  >>> res = {'table': results_table(runs), 'runs': runs}
   >>> summarize(res)['cnn']['vote_wins']
   1
 """
@@ -29,7 +29,7 @@ __all__ = ["METHODS", "summarize", "write_outputs"]
 METHODS = ("vote", "magnitude", "random", "taylor")
 
 
-def _table(runs: list[dict]) -> list[dict]:
+def results_table(runs: list[dict]) -> list[dict]:
     keys = sorted({(r["arch"], r["method"], r["budget"], r["steps"]) for r in runs},
                   key=lambda k: (k[0], k[2] != 1.0, -k[2], METHODS.index(k[1]) if k[1] in METHODS else -1, k[3]))
     out = []

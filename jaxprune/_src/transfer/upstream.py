@@ -152,7 +152,7 @@ def save_upstream(path: str, up: Upstream) -> str:
     The same atomic checkpoint format as every other jaxprune model (:func:`jaxprune.save_checkpoint`),
     so :func:`load_upstream` needs no model code and an interrupted write leaves the previous entry.
     """
-    from jaxprune._src.checkpoint import save_checkpoint
+    from jaxprune._src.checkpoint.api import save_checkpoint
 
     meta = {"config": up.config.to_dict(), "metrics": up.metrics}
     save_checkpoint(path, 0, params=jax.tree.map(np.asarray, up.variables), model_config=up.model,
@@ -162,14 +162,14 @@ def save_upstream(path: str, up: Upstream) -> str:
 
 def is_saved_upstream(path: str) -> bool:
     """Whether ``path`` holds a committed upstream checkpoint."""
-    from jaxprune._src.checkpointer import checkpoint_steps
+    from jaxprune._src.checkpoint.checkpointer import checkpoint_steps
 
     return os.path.isdir(path) and bool(checkpoint_steps(path))
 
 
 def load_upstream(path: str) -> Upstream:
     """Restores an :class:`Upstream` written by :func:`save_upstream` (no dense model code needed)."""
-    from jaxprune._src.checkpoint import restore_checkpoint
+    from jaxprune._src.checkpoint.api import restore_checkpoint
 
     if not is_saved_upstream(path):
         raise FileNotFoundError(f"no upstream checkpoint at {path!r} (write one with pretrain_upstream or "

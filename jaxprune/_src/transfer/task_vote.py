@@ -1,7 +1,7 @@
 """Task similarity and mask voting: one-shot structured pruning from similar tasks (Zhao & Long 2023).
 
-Given a :class:`~jaxprune._src.mask_library.MaskLibrary` of earlier pruning
-runs (one :class:`~jaxprune._src.mask_library.TaskRecord` per task), a new
+Given a :class:`~jaxprune._src.transfer.mask_library.MaskLibrary` of earlier pruning
+runs (one :class:`~jaxprune._src.transfer.mask_library.TaskRecord` per task), a new
 task is pruned once, without training on it:
 
 1. :func:`task_embedding` describes it from features of the *pretrained*
@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # runtime import would be circular: mask_library re-exports this module
-    from jaxprune._src.mask_library import MaskLibrary
+if TYPE_CHECKING:  # only for annotations
+    from jaxprune._src.transfer.mask_library import MaskLibrary
 
 __all__ = ["task_embedding", "cosine_similarity", "task_similarity", "nearest_tasks", "neighbor_weights",
            "vote_scores", "vote_plan", "WEIGHT_SCHEMES"]

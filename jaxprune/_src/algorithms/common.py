@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import MaskSpec, Pruner
 from jaxprune._src.schedules import no_update
-from jaxprune._src.topk import _prune_lowest
+from jaxprune._src.topk import prune_lowest
 
 PyTree = Any
 
@@ -69,7 +69,7 @@ def keep_top(scores: jax.Array, n_keep: jax.Array | int) -> jax.Array:
     """
     flat = jnp.asarray(scores).reshape(-1)
     n_prune = jnp.asarray(flat.size, jnp.int32) - jnp.asarray(n_keep, jnp.int32)
-    (mask,) = _prune_lowest([flat], n_prune)  # exact bisection top-k of the core
+    (mask,) = prune_lowest([flat], n_prune)  # exact bisection top-k of the core
     return mask.reshape(jnp.shape(scores))
 
 
@@ -117,4 +117,3 @@ def sparsity_of_masks(masks: PyTree) -> float:
     leaves = jax.tree.leaves(masks)
     total = sum(int(m.size) for m in leaves)
     return sum(int((~m).sum()) for m in leaves) / total if total else 0.0
-

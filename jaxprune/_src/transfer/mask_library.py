@@ -2,7 +2,7 @@
 
 A :class:`MaskLibrary` holds one :class:`TaskRecord` per earlier pruning run:
 the task's name, its *embedding* (a vector describing the task, see
-:func:`~jaxprune._src.task_vote.task_embedding`), and the structured
+:func:`~jaxprune._src.transfer.task_vote.task_embedding`), and the structured
 keep-masks of the pruned model -- one boolean vector per coupled group of the
 traced model (conv filters, attention heads, MLP hidden units), ``True`` =
 unit kept -- plus metadata (number of examples, pruning method, budget, ...).
@@ -15,7 +15,7 @@ stable across heads of different class counts), and checked against the
 traced graph (names and sizes) before use.
 
 Using a library for a new task (task embedding, kNN, vote, :func:`vote_plan`)
-is :mod:`jaxprune._src.task_vote`; its names are re-exported here.
+is :mod:`jaxprune._src.transfer.task_vote`; its names are re-exported here.
 
 Example:
   >>> import numpy as np
@@ -38,8 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["TaskRecord", "MaskLibrary", "keep_vectors", "record_from_plan", "add_record", "save_library",
-           "load_library", "validate_library", "task_embedding", "cosine_similarity", "task_similarity",
-           "nearest_tasks", "neighbor_weights", "vote_scores", "vote_plan", "WEIGHT_SCHEMES"]
+           "load_library", "validate_library"]
 
 _FORMAT = "jaxprune.mask_library"
 _VERSION = 1
@@ -119,9 +118,9 @@ class MaskLibrary:
 
 # ----------------------------------------------------------------------------------- records
 def _eligible_groups(graph, kinds: Sequence[str] | None, ignore: Sequence[str] | None):
-    from jaxprune._src.structured.plan import DEFAULT_KINDS, _eligible
+    from jaxprune._src.structured.plan import DEFAULT_KINDS, eligible_groups
 
-    return _eligible(graph, DEFAULT_KINDS if kinds is None else kinds, ignore)
+    return eligible_groups(graph, DEFAULT_KINDS if kinds is None else kinds, ignore)
 
 
 def keep_vectors(plan, graph, *, kinds: Sequence[str] | None = None,
@@ -154,7 +153,7 @@ def record_from_plan(name: str, plan, graph, embedding: Any, *, kinds: Sequence[
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jaxprune._src.structured import trace_groups, make_plan
+      >>> from jaxprune import trace_groups, make_plan
       >>> p = {'a': jnp.arange(8.).reshape(2, 4), 'b': jnp.ones((4, 1))}
       >>> g = trace_groups(lambda p, x: (x @ p['a']) @ p['b'], p, jnp.ones((1, 2)))
       >>> r = record_from_plan('t', make_plan(p, g, 0.5), g, [1.0, 2.0], method='l1')
@@ -393,8 +392,3 @@ def load_library(path: str | os.PathLike, graph=None) -> MaskLibrary:
     lib = MaskLibrary(tuple(records), meta.get("meta", {}))
     validate_library(lib, graph)
     return lib
-
-
-# similarity / voting live in their own module; re-exported so ``mask_library`` keeps its whole API
-from jaxprune._src.task_vote import (WEIGHT_SCHEMES, cosine_similarity, nearest_tasks,  # noqa: E402
-                                     neighbor_weights, task_embedding, task_similarity, vote_plan, vote_scores)

@@ -3,7 +3,7 @@
 Saves validate everything before writing, overwrite a step only on request and
 can run asynchronously; restores check the manifest (and its SHA-256), decode
 every leaf and verify CRC-32s (see :mod:`jaxprune._src.checkpoint` for the
-directory layout and :mod:`jaxprune._src.checkpoint_codec` for the leaf encodings).
+directory layout and :mod:`jaxprune._src.checkpoint.codec` for the leaf encodings).
 
 Crash safety (what survives ``kill -9`` at any point of a save):
 
@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.checkpoint_codec import (
+from jaxprune._src.checkpoint.codec import (
     ARRAY_ITEMS,
     COMMIT_MARKER,
     FORMAT,
@@ -48,17 +48,17 @@ from jaxprune._src.checkpoint_codec import (
     VERSION,
     Checkpoint,
     CheckpointError,
-    _abstract_for,
-    _abstract_from_metadata,
-    _canon,
-    _decode_leaf,
-    _encode,
-    _entry_shapes,
-    _json_dict,
-    _masks_like,
-    _model_config_dict,
-    _shapes,
-    _template_fields,
+    abstract_for,
+    abstract_from_metadata,
+    canonical_tree,
+    decode_leaf,
+    encode_tree,
+    entry_shapes,
+    json_dict,
+    masks_like,
+    model_config_dict,
+    shapes_of,
+    template_fields,
     check_model_config,
     check_plan_shapes,
     json_digest,
@@ -208,14 +208,14 @@ class _DirLock:
                 self.fd = None
 
 
-def _try_lock(directory: str) -> _DirLock | None:
+def try_lock(directory: str) -> _DirLock | None:
     try:
         return _DirLock(directory)
     except OSError:
         return None
 
 
-def _item_handlers() -> dict[str, Any]:
+def item_handlers() -> dict[str, Any]:
     handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
     handlers.update({name: ocp.JsonCheckpointHandler() for name in JSON_ITEMS + (MANIFEST,)})
     return handlers
@@ -353,7 +353,7 @@ class SparseCheckpointer:
                 logging.getLogger(__name__).warning("%s: %s", self.directory, msg)
             options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_,
                                                    create=True)
-            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
+            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=item_handlers())
         except BaseException:
             self._dir_lock.release()
             raise
@@ -377,7 +377,7 @@ class SparseCheckpointer:
         level = absl_logger.level
         absl_logger.setLevel(logging.ERROR)  # orbax warns "Given directory is read only" on every read-only manager
         try:
-            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
+            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=item_handlers())
         finally:
             absl_logger.setLevel(level)
         return self
@@ -531,20 +531,20 @@ class SparseCheckpointer:
         if all(v is None for v in given.values()) and plan is None and model_config is None and data_state is None:
             raise ValueError("save: nothing to save (give params, masks, opt_state, shrunk_params, plan, "
                              "model_config or data_state)")
-        plan_d = _json_dict(plan, "plan")
-        config_d = _model_config_dict(model_config)
+        plan_d = json_dict(plan, "plan")
+        config_d = model_config_dict(model_config)
         if data_state is not None and not isinstance(data_state, Mapping):
             raise TypeError(f"data_state must be a dict (epoch, step, seed, ...), got {type(data_state).__name__}")
-        data_d = _json_dict(data_state, "data_state")
+        data_d = json_dict(data_state, "data_state")
 
         if validate:
             if plan_d is not None and (params is not None or shrunk_params is not None):
-                check_plan_shapes(plan_d, None if params is None else _shapes(params),
-                                  None if shrunk_params is None else _shapes(shrunk_params))
+                check_plan_shapes(plan_d, None if params is None else shapes_of(params),
+                                  None if shrunk_params is None else shapes_of(shrunk_params))
             if config_d is not None:
                 target = shrunk_params if shrunk_params is not None else params
                 if target is not None:
-                    check_model_config(config_d, _shapes(target),
+                    check_model_config(config_d, shapes_of(target),
                                        "shrunk_params" if shrunk_params is not None else "params")
 
         manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": step, "items": {},
@@ -555,7 +555,7 @@ class SparseCheckpointer:
             tree = given[name]
             if tree is None:
                 continue
-            stored, entries = _encode(tree, name, masks=masks if (name == "params" and compact) else None,
+            stored, entries = encode_tree(tree, name, masks=masks if (name == "params" and compact) else None,
                                       checksums=self.checksums)
             manifest["items"][name] = entries
             args[name] = ocp.args.StandardSave(stored)
@@ -595,7 +595,7 @@ class SparseCheckpointer:
             shutil.rmtree(staging, ignore_errors=True)
             options = ocp.CheckpointManagerOptions(enable_async_checkpointing=self.async_, create=True)
             pending = {"step": step, "kind": "overwrite",
-                       "staging_mngr": ocp.CheckpointManager(staging, options=options, item_handlers=_item_handlers())}
+                       "staging_mngr": ocp.CheckpointManager(staging, options=options, item_handlers=item_handlers())}
             mngr = pending["staging_mngr"]
         else:
             pending = {"step": step, "kind": "new"}
@@ -641,7 +641,7 @@ class SparseCheckpointer:
                                       + hint)
             raise CheckpointError(f"no checkpoint step {step} in {self.directory}; complete steps: {self.all_steps()}"
                                   + hint)
-        templates = _template_fields(template)
+        templates = template_fields(template)
         manifest = self._restore_json(step, MANIFEST, "manifest")
         if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
             raise CheckpointError(f"step {step}: {MANIFEST} is not a jaxprune manifest (checkpoint corrupted, "
@@ -676,9 +676,9 @@ class SparseCheckpointer:
                 "params" in wanted and any(e["enc"] == "compact" for e in manifest["items"]["params"].values()))):
             masks_template = templates.get("masks")
             if masks_template is None and templates.get("params") is not None:
-                masks_template = _masks_like(templates["params"], manifest["items"]["masks"])
+                masks_template = masks_like(templates["params"], manifest["items"]["masks"])
             masks = self._restore_array(step, "masks", manifest["items"]["masks"], masks_template, {}, verify)
-            mask_at = {_canon(p, manifest["items"]["masks"]): m for p, m in tree_lib.leaves_with_paths(masks)}
+            mask_at = {canonical_tree(p, manifest["items"]["masks"]): m for p, m in tree_lib.leaves_with_paths(masks)}
             if "masks" in wanted:
                 out.masks = masks
         for name in ("params", "opt_state", "shrunk_params"):
@@ -694,15 +694,15 @@ class SparseCheckpointer:
                     edited.append(name)
                 setattr(out, name, value)
         if verify and out.plan is not None:
-            check_plan_shapes(out.plan, _entry_shapes(manifest["items"]["params"]) if "params" in manifest["items"]
+            check_plan_shapes(out.plan, entry_shapes(manifest["items"]["params"]) if "params" in manifest["items"]
                               else None,
-                              _entry_shapes(manifest["items"]["shrunk_params"]) if "shrunk_params" in
+                              entry_shapes(manifest["items"]["shrunk_params"]) if "shrunk_params" in
                               manifest["items"] else None)
         if edited:  # after the plan and model-config checks, whose messages are more specific
             if "model_config" in edited and isinstance(out.model_config, Mapping):
                 which = "shrunk_params" if "shrunk_params" in manifest["items"] else "params"
                 if which in manifest["items"]:
-                    check_model_config(out.model_config, _entry_shapes(manifest["items"][which]), which)
+                    check_model_config(out.model_config, entry_shapes(manifest["items"][which]), which)
             name = edited[0]
             raise CheckpointError(f"{os.path.join(step_path, name, 'metadata')}: item {name!r} fails its SHA-256 "
                                   "check (edited or corrupted); refusing to restore it")
@@ -727,9 +727,9 @@ class SparseCheckpointer:
             return getattr(meta, "tree", meta)
 
         if template is not None:
-            target = _abstract_for(name, template, entries)
+            target = abstract_for(name, template, entries)
         else:
-            target = _abstract_from_metadata(metadata())
+            target = abstract_from_metadata(metadata())
         try:
             res = self._mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(target)}))
         except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many types; name the item
@@ -739,7 +739,7 @@ class SparseCheckpointer:
                                       f"checkpoint's: {diff}") from None
             raise _wrap(e, f"step {step}: cannot read item {name!r} ({item_dir})") from e
         stored = res[name]
-        canon = lambda p: _canon(p, entries)  # noqa: E731
+        canon = lambda p: canonical_tree(p, entries)  # noqa: E731
         found = {canon(p) for p, _ in tree_lib.leaves_with_paths(stored)}
         if found != set(entries):
             raise CheckpointError(f"step {step} item {name!r}: stored leaves differ from the manifest: missing "
@@ -747,7 +747,7 @@ class SparseCheckpointer:
                                   " (checkpoint corrupted)")
         targets = dict(tree_lib.leaves_with_paths(template)) if template is not None else {}
         return tree_lib.map_with_path(
-            lambda p, x: _decode_leaf(name, canon(p), x, entries[canon(p)], mask_at, verify, targets.get(p)), stored)
+            lambda p, x: decode_leaf(name, canon(p), x, entries[canon(p)], mask_at, verify, targets.get(p)), stored)
 
 
 def _masks_of_opt_state(opt_state: PyTree) -> PyTree:

@@ -393,7 +393,7 @@ def save_sparse_upstream(directory: str, up: SparseUpstream, *, overwrite: bool 
     stored compactly), ``masks`` (packed bits), ``model_config`` and ``data_state`` =
     ``{'method', 'sparsity', 'stats', 'config'}``. Returns ``directory``.
     """
-    from jaxprune._src.checkpoint import save_checkpoint
+    from jaxprune._src.checkpoint.api import save_checkpoint
 
     var_masks = {k: (up.masks if k == "params" else jax.tree.map(lambda _: None, v))
                  for k, v in up.variables.items()}
@@ -407,7 +407,7 @@ def save_sparse_upstream(directory: str, up: SparseUpstream, *, overwrite: bool 
 def load_sparse_upstream(directory: str) -> SparseUpstream:
     """Restores a :class:`SparseUpstream` written by :func:`save_sparse_upstream` (latest step)."""
     from jaxprune import models
-    from jaxprune._src.checkpoint import restore_checkpoint
+    from jaxprune._src.checkpoint.api import restore_checkpoint
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no sparse upstream checkpoint directory {directory!r}")

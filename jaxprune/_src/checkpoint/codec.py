@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src import sparse_format as sf
+from jaxprune._src.checkpoint import sparse_format as sf
 from jaxprune._src import tree as tree_lib
 
 PyTree = Any
@@ -92,7 +92,7 @@ def _crc(x: Any) -> int | None:
     return sf.crc32(x)
 
 
-def _encode(tree: PyTree, item: str, masks: PyTree = None, checksums: bool = True) -> tuple[PyTree, dict]:
+def encode_tree(tree: PyTree, item: str, masks: PyTree = None, checksums: bool = True) -> tuple[PyTree, dict]:
     """Storable tree + manifest entries ``{path: {...}}`` (see the module docstring)."""
     mask_at = {p: m for p, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none)} if masks is not None \
         else {}
@@ -130,7 +130,7 @@ def _encode(tree: PyTree, item: str, masks: PyTree = None, checksums: bool = Tru
     return tree_lib.map_with_path(enc, tree), entries
 
 
-def _decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mapping[str, Any], verify: bool,
+def decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mapping[str, Any], verify: bool,
                  target: Any = None) -> Any:
     where = f"item {item!r} leaf {path!r}"
     if entry.get("empty"):
@@ -202,7 +202,7 @@ def _check_template(item: str, template: PyTree, entries: Mapping[str, dict]) ->
     return leaves
 
 
-def _abstract_for(item: str, template: PyTree, entries: Mapping[str, dict]) -> PyTree:
+def abstract_for(item: str, template: PyTree, entries: Mapping[str, dict]) -> PyTree:
     """Restore target of the *stored* arrays, in the template's structure."""
     _check_template(item, template, entries)
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -217,7 +217,7 @@ def _abstract_for(item: str, template: PyTree, entries: Mapping[str, dict]) -> P
     return tree_lib.map_with_path(target, template)
 
 
-def _abstract_from_metadata(meta_tree: PyTree) -> PyTree:
+def abstract_from_metadata(meta_tree: PyTree) -> PyTree:
     """Restore target from orbax's stored metadata: every array on this process's first device."""
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
@@ -226,7 +226,7 @@ def _abstract_from_metadata(meta_tree: PyTree) -> PyTree:
 
 
 # --------------------------------------------------------------------------------- JSON metadata
-def _json_dict(value: Any, name: str) -> dict:
+def json_dict(value: Any, name: str) -> dict:
     if value is None:
         return None
     if hasattr(value, "to_dict") and callable(value.to_dict) and not isinstance(value, Mapping):
@@ -247,24 +247,24 @@ def _json_dict(value: Any, name: str) -> dict:
         raise TypeError(f"{name} is not JSON-serializable: {e}") from None
 
 
-def _model_config_dict(model_config: Any) -> dict | None:
+def model_config_dict(model_config: Any) -> dict | None:
     if model_config is None:
         return None
     try:
         from flax import linen as nn
         if isinstance(model_config, nn.Module):
             from jaxprune import models
-            return _json_dict(models.get_config(model_config), "model_config")
+            return json_dict(models.get_config(model_config), "model_config")
     except ImportError:  # pragma: no cover
         pass
-    return _json_dict(model_config, "model_config")
+    return json_dict(model_config, "model_config")
 
 
-def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+def shapes_of(tree: PyTree) -> dict[str, tuple[int, ...]]:
     return {p: tuple(int(d) for d in np.shape(x)) for p, x in tree_lib.leaves_with_paths(tree)}
 
 
-def _entry_shapes(entries: Mapping[str, dict]) -> dict[str, tuple[int, ...]]:
+def entry_shapes(entries: Mapping[str, dict]) -> dict[str, tuple[int, ...]]:
     return {p: tuple(e["shape"]) for p, e in entries.items()}
 
 
@@ -311,9 +311,9 @@ def check_model_config(config: Mapping[str, Any], shapes: Mapping[str, tuple], w
     except Exception as e:  # noqa: BLE001 - any failure to build the model is a bad config
         raise CheckpointError(f"wrong model config: {config.get('class')} cannot be initialized: "
                               f"{type(e).__name__}: {e}") from None
-    candidates = [_shapes(variables)]
+    candidates = [shapes_of(variables)]
     if isinstance(variables, Mapping) and "params" in variables:
-        candidates.append(_shapes(variables["params"]))
+        candidates.append(shapes_of(variables["params"]))
     for want in candidates:
         if set(want) == set(shapes):
             for path in want:
@@ -329,20 +329,20 @@ def check_model_config(config: Mapping[str, Any], shapes: Mapping[str, tuple], w
 
 
 # --------------------------------------------------------------------------------- restore templates
-def _canon(path: str, entries: Mapping[str, Any]) -> str:
+def canonical_tree(path: str, entries: Mapping[str, Any]) -> str:
     """Without a template, orbax gives back an nnx Variable as ``{'value': array}``: same leaf, path + '/value'."""
     if path not in entries and path.endswith("/value") and path[: -len("/value")] in entries:
         return path[: -len("/value")]
     return path
 
 
-def _masks_like(params_template: PyTree, entries: Mapping[str, dict]) -> PyTree:
+def masks_like(params_template: PyTree, entries: Mapping[str, dict]) -> PyTree:
     return tree_lib.map_with_path(
         lambda p, x: jax.ShapeDtypeStruct(np.shape(x), np.bool_, sharding=getattr(x, "sharding", None))
         if p in entries else None, params_template)
 
 
-def _template_fields(template: Checkpoint | Mapping[str, Any] | None) -> dict[str, Any]:
+def template_fields(template: Checkpoint | Mapping[str, Any] | None) -> dict[str, Any]:
     if template is None:
         return {}
     if isinstance(template, Checkpoint):

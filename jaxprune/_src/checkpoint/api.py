@@ -57,7 +57,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from jaxprune._src.checkpoint_codec import (  # noqa: F401
+from jaxprune._src.checkpoint.codec import (  # noqa: F401
     ARRAY_ITEMS,
     COMMIT_MARKER,
     FORMAT,
@@ -66,14 +66,14 @@ from jaxprune._src.checkpoint_codec import (  # noqa: F401
     VERSION,
     Checkpoint,
     CheckpointError,
-    _entry_shapes,
+    entry_shapes,
     check_model_config,
     check_plan_shapes,
 )
-from jaxprune._src.checkpointer import (  # noqa: F401
+from jaxprune._src.checkpoint.checkpointer import (  # noqa: F401
     SparseCheckpointer,
-    _item_handlers,
-    _try_lock,
+    item_handlers,
+    try_lock,
     checkpoint_size_bytes,
     checkpoint_steps,
     recover_directory,
@@ -165,7 +165,7 @@ def restore_checkpoint(directory: str | os.PathLike, step: int | None = None, *,
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint directory {directory}")
-    lock = _try_lock(directory)  # no other writer: finish or roll back an interrupted overwrite first
+    lock = try_lock(directory)  # no other writer: finish or roll back an interrupted overwrite first
     if lock is not None:
         try:
             recover_directory(directory, tmp=False)
@@ -214,7 +214,7 @@ def restore_shrunk_model(directory: str | os.PathLike, step: int | None = None) 
                               f"{missing} (it holds {have})")
     wanted = ["shrunk_params", "model_config"] + (["plan"] if "plan" in have else [])
     ckpt = restore_checkpoint(directory, head.step, items=wanted)
-    model = check_model_config(ckpt.model_config, _entry_shapes(ckpt.manifest["items"]["shrunk_params"]),
+    model = check_model_config(ckpt.model_config, entry_shapes(ckpt.manifest["items"]["shrunk_params"]),
                                "shrunk_params")
     plan = ckpt.plan
     if plan is not None:
