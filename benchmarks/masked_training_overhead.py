@@ -50,8 +50,10 @@ TARGET_OFF = 1.10
 
 
 def _pruners(sparsity, every):
-    return {"magnitude": jp.magnitude_pruner(jp.periodic(sparsity, every=every)),
-            "rigl": jp.rigl_pruner(sparsity, every=every, end=100 * every, distribution="uniform")}
+    return {
+        "magnitude": jp.magnitude_pruner(jp.periodic(sparsity, every=every)),
+        "rigl": jp.rigl_pruner(sparsity, every=every, end=100 * every, distribution="uniform"),
+    }
 
 
 def bench_model(name, batch, reps, sparsity, every):
@@ -83,41 +85,96 @@ def bench_model(name, batch, reps, sparsity, every):
     print(f"[{name}] timing {len(calls)} variants x {reps} rounds ...", flush=True)
     times = B.interleaved_times(calls, reps)
     dense_ms = 1e3 * times["dense"]
-    row = dict(model=name, batch=batch, params=jp.param_count(variables["params"]), sparsity=sparsity,
-               every=every, dense_ms=dense_ms, dense_compile_s=dense_compile,
-               dense_opt_state_bytes=jp.param_bytes(dense_state), pruners={})
+    row = dict(
+        model=name,
+        batch=batch,
+        params=jp.param_count(variables["params"]),
+        sparsity=sparsity,
+        every=every,
+        dense_ms=dense_ms,
+        dense_compile_s=dense_compile,
+        dense_opt_state_bytes=jp.param_bytes(dense_state),
+        pruners={},
+    )
     for pname in info:
         off, on = 1e3 * times[f"{pname}/off"], 1e3 * times[f"{pname}/on"]
         row["pruners"][pname] = dict(
-            off_ms=off, on_ms=on, off_ratio=off / dense_ms, on_ratio=on / dense_ms,
-            update_cost_ms=on - off, amortized_ratio=((every - 1) * off + on) / every / dense_ms,
-            off_target=TARGET_OFF, off_target_met=off / dense_ms <= TARGET_OFF, **info[pname])
-        print(f"[{name}] {pname}: dense {dense_ms:.2f} ms, off-step x{off / dense_ms:.3f}, on-step "
-              f"x{on / dense_ms:.3f}", flush=True)
+            off_ms=off,
+            on_ms=on,
+            off_ratio=off / dense_ms,
+            on_ratio=on / dense_ms,
+            update_cost_ms=on - off,
+            amortized_ratio=((every - 1) * off + on) / every / dense_ms,
+            off_target=TARGET_OFF,
+            off_target_met=off / dense_ms <= TARGET_OFF,
+            **info[pname],
+        )
+        print(
+            f"[{name}] {pname}: dense {dense_ms:.2f} ms, off-step x{off / dense_ms:.3f}, on-step x{on / dense_ms:.3f}",
+            flush=True,
+        )
     return row
 
 
 def to_markdown(result) -> str:
-    out = ["# Masked training overhead", "", B.env_line(result["env"]), "",
-           f"Sparsity {result['sparsity']:.0%}, mask update every {result['every']} steps; median of "
-           f"{result['reps']} interleaved rounds after 2 warm-up calls. ratio = sparse step / dense step (target off-steps <= "
-           f"{TARGET_OFF}); amortized = ((every - 1) x off + on) / every / dense.", ""]
+    out = [
+        "# Masked training overhead",
+        "",
+        B.env_line(result["env"]),
+        "",
+        f"Sparsity {result['sparsity']:.0%}, mask update every {result['every']} steps; median of "
+        f"{result['reps']} interleaved rounds after 2 warm-up calls. ratio = sparse step / dense step "
+        f"(target off-steps <= {TARGET_OFF}); amortized = ((every - 1) x off + on) / every / dense.",
+        "",
+    ]
     rows = []
     for r in result["rows"]:
         for pname, p in r["pruners"].items():
-            rows.append([r["model"], r["batch"], f"{r['params'] / 1e6:.2f}M", pname, r["dense_ms"], p["off_ms"],
-                         p["off_ratio"], p["on_ms"], p["on_ratio"], p["update_cost_ms"], p["amortized_ratio"],
-                         r["dense_compile_s"], p["compile_s"]])
-    out.append(B.table(["model", "batch", "params", "pruner", "dense ms", "off ms", "off ratio", "on ms",
-                        "on ratio", "update cost ms", "amortized ratio", "dense compile s", "sparse compile s"],
-                       rows))
+            rows.append(
+                [
+                    r["model"],
+                    r["batch"],
+                    f"{r['params'] / 1e6:.2f}M",
+                    pname,
+                    r["dense_ms"],
+                    p["off_ms"],
+                    p["off_ratio"],
+                    p["on_ms"],
+                    p["on_ratio"],
+                    p["update_cost_ms"],
+                    p["amortized_ratio"],
+                    r["dense_compile_s"],
+                    p["compile_s"],
+                ]
+            )
+    out.append(
+        B.table(
+            [
+                "model",
+                "batch",
+                "params",
+                "pruner",
+                "dense ms",
+                "off ms",
+                "off ratio",
+                "on ms",
+                "on ratio",
+                "update cost ms",
+                "amortized ratio",
+                "dense compile s",
+                "sparse compile s",
+            ],
+            rows,
+        )
+    )
     return "\n".join(out)
 
 
 def main(argv=None):
     p = B.parser(__doc__, "runs/bench_masked")
-    p.add_argument("--models", nargs="+", default=["small_cnn", "cifar_resnet20", "resnet18_64px"],
-                   choices=sorted(MODELS))
+    p.add_argument(
+        "--models", nargs="+", default=["small_cnn", "cifar_resnet20", "resnet18_64px"], choices=sorted(MODELS)
+    )
     p.add_argument("--batch", type=int, default=0, help="batch size (0: the model's default)")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--sparsity", type=float, default=0.9)
@@ -126,8 +183,15 @@ def main(argv=None):
     if args.quick:
         args.models, args.reps = QUICK_MODELS, 3
     rows = [bench_model(n, args.batch, args.reps, args.sparsity, args.every) for n in args.models]
-    result = dict(benchmark="masked_training_overhead", env=B.environment(), quick=args.quick,
-                  sparsity=args.sparsity, every=args.every, reps=args.reps, rows=rows)
+    result = dict(
+        benchmark="masked_training_overhead",
+        env=B.environment(),
+        quick=args.quick,
+        sparsity=args.sparsity,
+        every=args.every,
+        reps=args.reps,
+        rows=rows,
+    )
     md = to_markdown(result)
     print(md)
     B.write(args.out, result, md)

@@ -49,8 +49,9 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="directory for results.json and results.md")
     p.add_argument("--quick", action="store_true", help="small parameter set (CI smoke test)")
     p.add_argument("--mesh", default="2x4", help="mesh shape 'DxM' over ('data', 'model') (default 2x4)")
@@ -63,12 +64,15 @@ def score_shapes(quick: bool):
     import jax
     import jax.numpy as jnp
 
-    from jaxprune import models
-    from jaxprune import leaves_with_paths, prunable_tree
+    from jaxprune import leaves_with_paths, models, prunable_tree
 
     if quick:
-        return {"conv1/kernel": (3, 3, 64, 128), "conv2/kernel": (3, 3, 128, 256),
-                "dense/kernel": (1024, 1024), "head/kernel": (1024, 8)}
+        return {
+            "conv1/kernel": (3, 3, 64, 128),
+            "conv2/kernel": (3, 3, 128, 256),
+            "dense/kernel": (1024, 1024),
+            "head/kernel": (1024, 8),
+        }
     model = models.resnet50(num_classes=1000)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
     ok = dict(leaves_with_paths(prunable_tree(shapes)))
@@ -96,29 +100,35 @@ def collectives(compiled) -> list[str]:
 def run(args) -> dict:
     import jax
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import jaxprune as masks_lib  # layerwise_masks / global_masks
 
     d, m = (int(v) for v in args.mesh.lower().split("x"))
     if jax.device_count() < d * m:
         raise SystemExit(f"need {d * m} devices, have {jax.device_count()}")
-    mesh = Mesh(np.array(jax.devices()[:d * m]).reshape(d, m), ("data", "model"))
+    mesh = Mesh(np.array(jax.devices()[: d * m]).reshape(d, m), ("data", "model"))
     shapes = score_shapes(args.quick)
     rng = np.random.default_rng(0)
     shardings = {p: NamedSharding(mesh, spec_for(s, mesh)) for p, s in shapes.items()}
-    scores = {p: jax.device_put(np.abs(rng.standard_normal(s, dtype=np.float32)), shardings[p])
-              for p, s in shapes.items()}
+    scores = {
+        p: jax.device_put(np.abs(rng.standard_normal(s, dtype=np.float32)), shardings[p]) for p, s in shapes.items()
+    }
     replicated = NamedSharding(mesh, P())
     n_params = int(sum(np.prod(s) for s in shapes.values()))
-    fns = {"layerwise": lambda s: masks_lib.layerwise_masks(s, args.sparsity, prunable=[(".*", True)]),
-           "global": lambda s: masks_lib.global_masks(s, args.sparsity, prunable=[(".*", True)])}
+    fns = {
+        "layerwise": lambda s: masks_lib.layerwise_masks(s, args.sparsity, prunable=[(".*", True)]),
+        "global": lambda s: masks_lib.global_masks(s, args.sparsity, prunable=[(".*", True)]),
+    }
     rows = []
     for scope, fn in fns.items():
         variants = {
             "sharded": jax.jit(fn, out_shardings=shardings),
-            "gather": jax.jit(lambda s, fn=fn: fn(jax.lax.with_sharding_constraint(
-                s, {p: replicated for p in s})), out_shardings=shardings),
+            "gather": jax.jit(
+                lambda s, fn=fn: fn(jax.lax.with_sharding_constraint(s, {p: replicated for p in s})),
+                out_shardings=shardings,
+            ),
         }
         outs = {}
         for name, jf in variants.items():
@@ -133,43 +143,69 @@ def run(args) -> dict:
                 out = jax.block_until_ready(jf(scores))
                 times.append(time.perf_counter() - t0)
             outs[name] = out
-            arg_b, out_b, tmp_b = (int(getattr(mem, f, 0) or 0) for f in
-                                   ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"))
-            rows.append(dict(
-                scope=scope, variant=name, n_params=n_params, mesh=args.mesh,
-                warm_s=statistics.median(times), min_s=min(times), compile_s=compile_s,
-                collectives=collectives(compiled),
-                mem_argument_bytes=arg_b, mem_output_bytes=out_b, mem_temp_bytes=tmp_b,
-                mem_per_device_proxy_bytes=arg_b + out_b + tmp_b,
-                largest_arg_shard_bytes=max(int(np.prod(x.sharding.shard_shape(x.shape))) * 4
-                                            for x in scores.values()),
-                out_sharded_like_params=all(outs[name][p].sharding.is_equivalent_to(shardings[p], len(s))
-                                            for p, s in shapes.items()),
-            ))
+            arg_b, out_b, tmp_b = (
+                int(getattr(mem, f, 0) or 0)
+                for f in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+            )
+            rows.append(
+                dict(
+                    scope=scope,
+                    variant=name,
+                    n_params=n_params,
+                    mesh=args.mesh,
+                    warm_s=statistics.median(times),
+                    min_s=min(times),
+                    compile_s=compile_s,
+                    collectives=collectives(compiled),
+                    mem_argument_bytes=arg_b,
+                    mem_output_bytes=out_b,
+                    mem_temp_bytes=tmp_b,
+                    mem_per_device_proxy_bytes=arg_b + out_b + tmp_b,
+                    largest_arg_shard_bytes=max(
+                        int(np.prod(x.sharding.shard_shape(x.shape))) * 4 for x in scores.values()
+                    ),
+                    out_sharded_like_params=all(
+                        outs[name][p].sharding.is_equivalent_to(shardings[p], len(s)) for p, s in shapes.items()
+                    ),
+                )
+            )
         same = all(np.array_equal(np.asarray(outs["sharded"][p]), np.asarray(outs["gather"][p])) for p in shapes)
         for r in rows[-2:]:
             r["masks_equal_across_variants"] = bool(same)
     return dict(
-        benchmark="sharded_masks", quick=args.quick, sparsity=args.sparsity, repeats=args.repeats,
-        backend=jax.default_backend(), devices=jax.device_count(), cpu_count=os.cpu_count(),
-        jax=jax.__version__, python=platform.python_version(),
+        benchmark="sharded_masks",
+        quick=args.quick,
+        sparsity=args.sparsity,
+        repeats=args.repeats,
+        backend=jax.default_backend(),
+        devices=jax.device_count(),
+        cpu_count=os.cpu_count(),
+        jax=jax.__version__,
+        python=platform.python_version(),
         memory_proxy="XLA compiled.memory_analysis() of the per-device SPMD program: argument + output + temp bytes",
-        rows=rows)
+        rows=rows,
+    )
 
 
 def to_markdown(res: dict) -> str:
-    lines = [f"# Sharded masks ({res['backend']}, {res['devices']} devices, {res['cpu_count']} CPUs, "
-             f"jax {res['jax']}, sparsity {res['sparsity']})", "",
-             f"Per-device memory proxy: {res['memory_proxy']}.", "",
-             "| scope | variant | params | mesh | warm s (median) | compile s | per-device MiB (arg+out+temp) | "
-             "temp MiB | collectives | masks equal | out sharded |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Sharded masks ({res['backend']}, {res['devices']} devices, {res['cpu_count']} CPUs, "
+        f"jax {res['jax']}, sparsity {res['sparsity']})",
+        "",
+        f"Per-device memory proxy: {res['memory_proxy']}.",
+        "",
+        "| scope | variant | params | mesh | warm s (median) | compile s | per-device MiB (arg+out+temp) | "
+        "temp MiB | collectives | masks equal | out sharded |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         lines.append(
             f"| {r['scope']} | {r['variant']} | {r['n_params'] / 1e6:.1f}M | {r['mesh']} | {r['warm_s']:.3f} | "
-            f"{r['compile_s']:.1f} | {r['mem_per_device_proxy_bytes'] / 2**20:.1f} | {r['mem_temp_bytes'] / 2**20:.1f} | "
+            f"{r['compile_s']:.1f} | {r['mem_per_device_proxy_bytes'] / 2**20:.1f} | "
+            f"{r['mem_temp_bytes'] / 2**20:.1f} | "
             f"{', '.join(r['collectives']) or '-'} | {r['masks_equal_across_variants']} | "
-            f"{r['out_sharded_like_params']} |")
+            f"{r['out_sharded_like_params']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

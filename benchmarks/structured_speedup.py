@@ -1,7 +1,8 @@
 """Does structured pruning make models faster? Dense vs shrunk vs built-narrow: latency, FLOPs, compile, memory.
 
 For ResNet-50 (224x224, channel ratios) and ViT-B/16 (heads + MLP units; ``vit_b16_width``
-also the embedding width through every LayerNorm) at each ratio: trace -> plan (layerwise L1) -> shrink -> rebuild the Linen model,
+also the embedding width through every LayerNorm) at each ratio: trace -> plan (layerwise L1) ->
+shrink -> rebuild the Linen model,
 then measure for the dense model, the shrunk model and the same architecture
 *built narrow from scratch* (fresh variables with the shrunk widths: no pruning
 code involved):
@@ -65,17 +66,25 @@ def _prepare(model, variables, x, y, train):
     """Compiled forward (and train step) of one model, with FLOPs, compile seconds and memory plans."""
     fwd = lambda v, inp: model.apply(v, inp, train=False)  # noqa: E731
     c_fwd, fwd_compile = B.compile_timed(fwd, variables, x)
-    stats = dict(fwd_flops=jp.flops(fwd, variables, x), fwd_compile_s=fwd_compile,
-                 fwd_memory=B.compiled_memory(c_fwd), param_bytes=jp.param_bytes(variables["params"]),
-                 variable_bytes=jp.param_bytes(variables), params=jp.param_count(variables["params"]))
+    stats = dict(
+        fwd_flops=jp.flops(fwd, variables, x),
+        fwd_compile_s=fwd_compile,
+        fwd_memory=B.compiled_memory(c_fwd),
+        param_bytes=jp.param_bytes(variables["params"]),
+        variable_bytes=jp.param_bytes(variables),
+        params=jp.param_count(variables["params"]),
+    )
     calls = {"fwd": (c_fwd, (variables, x))}
     if train:
         tx = optax.sgd(0.01, momentum=0.9)
         opt_state = tx.init(variables["params"])
         step = B.train_step(model, tx)
         c_step, step_compile = B.compile_timed(step, variables, opt_state, x, y)
-        stats.update(train_flops=xla_flops(step, variables, opt_state, x, y, compiled=c_step),  # CPU-counted
-                     train_compile_s=step_compile, train_memory=B.compiled_memory(c_step))
+        stats.update(
+            train_flops=xla_flops(step, variables, opt_state, x, y, compiled=c_step),  # CPU-counted
+            train_compile_s=step_compile,
+            train_memory=B.compiled_memory(c_step),
+        )
         calls["train"] = (c_step, (variables, opt_state, x, y))
     return stats, calls
 
@@ -120,12 +129,16 @@ def bench_model(name, ratios, batch, reps, train):
         t3 = time.perf_counter()
         masks = jp.plan_to_masks(variables, plan)
         masked_bytes = jp.param_bytes(variables["params"]) + sum(
-            m.size for m in jax.tree.leaves(masks["params"]))  # bool masks: 1 byte each
+            m.size for m in jax.tree.leaves(masks["params"])
+        )  # bool masks: 1 byte each
         small_model = models.rebuild(model, small)
         print(f"[{name}] ratio {r}: compiling shrunk and built-narrow ...", flush=True)
         narrow_vars = B.random_variables(small_model, seed=2)  # same widths, no pruning code involved
-        prepared = {"dense": (dense_stats, dense_calls), "shrunk": _prepare(small_model, small, x, y, train),
-                    "narrow": _prepare(small_model, narrow_vars, x, y, train)}
+        prepared = {
+            "dense": (dense_stats, dense_calls),
+            "shrunk": _prepare(small_model, small, x, y, train),
+            "narrow": _prepare(small_model, narrow_vars, x, y, train),
+        }
         print(f"[{name}] ratio {r}: timing dense / shrunk / narrow ...", flush=True)
         times = _time(prepared, reps)
         for k, v in times["dense"].items():
@@ -133,64 +146,186 @@ def bench_model(name, ratios, batch, reps, train):
         dense = dict(dense_stats, **times["dense"])
         shrunk = dict(prepared["shrunk"][0], **times["shrunk"])
         narrow = dict(prepared["narrow"][0], **times["narrow"])
-        row = dict(model=name, ratio=r, kind="shrunk", **shrunk, device_peak_bytes=B.device_peak_bytes(),
-                   masked_param_bytes=int(masked_bytes), trace_s=t1 - t0, plan_s=t2 - t1, shrink_s=t3 - t2,
-                   dense_fwd_ms=dense["fwd_ms"], dense_train_ms=dense.get("train_ms"),
-                   narrow={k: v for k, v in narrow.items() if not k.endswith("_memory")})
+        row = dict(
+            model=name,
+            ratio=r,
+            kind="shrunk",
+            **shrunk,
+            device_peak_bytes=B.device_peak_bytes(),
+            masked_param_bytes=int(masked_bytes),
+            trace_s=t1 - t0,
+            plan_s=t2 - t1,
+            shrink_s=t3 - t2,
+            dense_fwd_ms=dense["fwd_ms"],
+            dense_train_ms=dense.get("train_ms"),
+            narrow={k: v for k, v in narrow.items() if not k.endswith("_memory")},
+        )
         for phase, fr_key, ms_key in (("fwd", "fwd_flops", "fwd_ms"), ("train", "train_flops", "train_ms")):
             sp, fr, eff = _ratios(dense, shrunk, fr_key, ms_key)
             nsp, _, neff = _ratios(dense, narrow, fr_key, ms_key)
-            row.update({f"{phase}_speedup": sp, f"{phase}_flops_ratio": fr, f"{phase}_efficiency": eff,
-                        f"{phase}_narrow_speedup": nsp, f"{phase}_narrow_efficiency": neff,
-                        f"{phase}_shrunk_vs_narrow": None if eff is None or not neff else eff / neff})
+            row.update(
+                {
+                    f"{phase}_speedup": sp,
+                    f"{phase}_flops_ratio": fr,
+                    f"{phase}_efficiency": eff,
+                    f"{phase}_narrow_speedup": nsp,
+                    f"{phase}_narrow_efficiency": neff,
+                    f"{phase}_shrunk_vs_narrow": None if eff is None or not neff else eff / neff,
+                }
+            )
         rows.append(row)
-        print(f"[{name}] ratio {r}: fwd FLOPs x{row['fwd_flops_ratio']:.2f} speedup x{row['fwd_speedup']:.2f} "
-              f"eff {row['fwd_efficiency']:.2f} (narrow {row['fwd_narrow_efficiency']:.2f})"
-              + (f"; train FLOPs x{row['train_flops_ratio']:.2f} speedup x{row['train_speedup']:.2f} "
-                 f"eff {row['train_efficiency']:.2f} (narrow {row['train_narrow_efficiency']:.2f})"
-                 if train and row["train_speedup"] is not None else ""), flush=True)
+        print(
+            f"[{name}] ratio {r}: fwd FLOPs x{row['fwd_flops_ratio']:.2f} speedup x{row['fwd_speedup']:.2f} "
+            f"eff {row['fwd_efficiency']:.2f} (narrow {row['fwd_narrow_efficiency']:.2f})"
+            + (
+                f"; train FLOPs x{row['train_flops_ratio']:.2f} speedup x{row['train_speedup']:.2f} "
+                f"eff {row['train_efficiency']:.2f} (narrow {row['train_narrow_efficiency']:.2f})"
+                if train and row["train_speedup"] is not None
+                else ""
+            ),
+            flush=True,
+        )
         del prepared, times
-    dense_row = dict(model=name, ratio=0.0, kind="dense", **dense_stats, device_peak_bytes=B.device_peak_bytes(),
-                     **{k: float(np.median(v)) for k, v in dense_times.items() if v})
+    dense_row = dict(
+        model=name,
+        ratio=0.0,
+        kind="dense",
+        **dense_stats,
+        device_peak_bytes=B.device_peak_bytes(),
+        **{k: float(np.median(v)) for k, v in dense_times.items() if v},
+    )
     return [dense_row] + rows
 
 
 def to_markdown(result) -> str:
     env = result["env"]
-    out = ["# Structured speedup: dense vs shrunk vs built narrow", "",
-           f"{B.env_line(env)}; batch {result['batch']}, median of {result['reps']} interleaved rounds "
-           "(dense, shrunk, narrow) after 2 warm-up calls; speedups use the dense time of the same rounds.", "",
-           "efficiency = speedup / FLOPs ratio; shrunk/narrow = shrunk efficiency / built-narrow efficiency "
-           "(1.0: pruning adds no overhead).", "", "## Forward", ""]
-    fwd = [[r["model"], r["ratio"], r["fwd_flops"] / 1e9, r.get("fwd_flops_ratio", 1.0),
-            r.get("dense_fwd_ms", r["fwd_ms"]), r["fwd_ms"],
-            r.get("fwd_speedup", 1.0), r.get("fwd_efficiency", 1.0),
-            r["narrow"]["fwd_ms"] if "narrow" in r else None, r.get("fwd_narrow_efficiency", 1.0),
-            r.get("fwd_shrunk_vs_narrow", 1.0)] for r in result["rows"]]
-    out.append(B.table(["model", "ratio", "GFLOPs", "FLOPs ratio", "dense ms", "ms", "speedup", "efficiency",
-                        "narrow ms", "narrow eff.", "shrunk/narrow"], fwd))
+    out = [
+        "# Structured speedup: dense vs shrunk vs built narrow",
+        "",
+        f"{B.env_line(env)}; batch {result['batch']}, median of {result['reps']} interleaved rounds "
+        "(dense, shrunk, narrow) after 2 warm-up calls; speedups use the dense time of the same rounds.",
+        "",
+        "efficiency = speedup / FLOPs ratio; shrunk/narrow = shrunk efficiency / built-narrow efficiency "
+        "(1.0: pruning adds no overhead).",
+        "",
+        "## Forward",
+        "",
+    ]
+    fwd = [
+        [
+            r["model"],
+            r["ratio"],
+            r["fwd_flops"] / 1e9,
+            r.get("fwd_flops_ratio", 1.0),
+            r.get("dense_fwd_ms", r["fwd_ms"]),
+            r["fwd_ms"],
+            r.get("fwd_speedup", 1.0),
+            r.get("fwd_efficiency", 1.0),
+            r["narrow"]["fwd_ms"] if "narrow" in r else None,
+            r.get("fwd_narrow_efficiency", 1.0),
+            r.get("fwd_shrunk_vs_narrow", 1.0),
+        ]
+        for r in result["rows"]
+    ]
+    out.append(
+        B.table(
+            [
+                "model",
+                "ratio",
+                "GFLOPs",
+                "FLOPs ratio",
+                "dense ms",
+                "ms",
+                "speedup",
+                "efficiency",
+                "narrow ms",
+                "narrow eff.",
+                "shrunk/narrow",
+            ],
+            fwd,
+        )
+    )
     if any("train_ms" in r for r in result["rows"]):
         out += ["", "## Train step (SGD momentum, cross-entropy, BatchNorm statistics)", ""]
-        tr = [[r["model"], r["ratio"], (r["train_flops"] or 0) / 1e9, r.get("train_flops_ratio", 1.0),
-               r.get("dense_train_ms", r["train_ms"]), r["train_ms"], r.get("train_speedup", 1.0), r.get("train_efficiency", 1.0),
-               r["narrow"]["train_ms"] if "narrow" in r else None, r.get("train_narrow_efficiency", 1.0),
-               r.get("train_shrunk_vs_narrow", 1.0)] for r in result["rows"] if "train_ms" in r]
-        out.append(B.table(["model", "ratio", "GFLOPs", "FLOPs ratio", "dense ms", "ms", "speedup",
-                            "efficiency", "narrow ms", "narrow eff.", "shrunk/narrow"], tr))
+        tr = [
+            [
+                r["model"],
+                r["ratio"],
+                (r["train_flops"] or 0) / 1e9,
+                r.get("train_flops_ratio", 1.0),
+                r.get("dense_train_ms", r["train_ms"]),
+                r["train_ms"],
+                r.get("train_speedup", 1.0),
+                r.get("train_efficiency", 1.0),
+                r["narrow"]["train_ms"] if "narrow" in r else None,
+                r.get("train_narrow_efficiency", 1.0),
+                r.get("train_shrunk_vs_narrow", 1.0),
+            ]
+            for r in result["rows"]
+            if "train_ms" in r
+        ]
+        out.append(
+            B.table(
+                [
+                    "model",
+                    "ratio",
+                    "GFLOPs",
+                    "FLOPs ratio",
+                    "dense ms",
+                    "ms",
+                    "speedup",
+                    "efficiency",
+                    "narrow ms",
+                    "narrow eff.",
+                    "shrunk/narrow",
+                ],
+                tr,
+            )
+        )
     out += ["", "## Compile time, memory, planning cost", ""]
     mem = []
     for r in result["rows"]:
         tm = (r.get("train_memory") or {}).get("peak_estimate")
-        mem.append([r["model"], r["ratio"], r["fwd_compile_s"], r.get("train_compile_s"), r["param_bytes"] / 1e6,
-                    r.get("masked_param_bytes", r["param_bytes"]) / 1e6, None if tm is None else tm / 1e6,
-                    None if r["device_peak_bytes"] is None else r["device_peak_bytes"] / 1e6,
-                    r.get("trace_s"), r.get("plan_s"), r.get("shrink_s")])
-    out.append(B.table(["model", "ratio", "fwd compile s", "train compile s", "param MB", "masked param MB",
-                        "train step XLA memory MB", "device peak MB", "trace s", "plan s", "shrink s"], mem))
-    out += ["", "masked param MB = dense params + one byte per mask entry (the masked-dense alternative); "
-            "XLA memory = arguments + outputs + temporaries of the compiled step (memory_analysis); device peak "
-            "= device.memory_stats()['peak_bytes_in_use'] (process-wide running maximum; n/a on CPU, which "
-            "reports no memory stats)."]
+        mem.append(
+            [
+                r["model"],
+                r["ratio"],
+                r["fwd_compile_s"],
+                r.get("train_compile_s"),
+                r["param_bytes"] / 1e6,
+                r.get("masked_param_bytes", r["param_bytes"]) / 1e6,
+                None if tm is None else tm / 1e6,
+                None if r["device_peak_bytes"] is None else r["device_peak_bytes"] / 1e6,
+                r.get("trace_s"),
+                r.get("plan_s"),
+                r.get("shrink_s"),
+            ]
+        )
+    out.append(
+        B.table(
+            [
+                "model",
+                "ratio",
+                "fwd compile s",
+                "train compile s",
+                "param MB",
+                "masked param MB",
+                "train step XLA memory MB",
+                "device peak MB",
+                "trace s",
+                "plan s",
+                "shrink s",
+            ],
+            mem,
+        )
+    )
+    out += [
+        "",
+        "masked param MB = dense params + one byte per mask entry (the masked-dense alternative); "
+        "XLA memory = arguments + outputs + temporaries of the compiled step (memory_analysis); device peak "
+        "= device.memory_stats()['peak_bytes_in_use'] (process-wide running maximum; n/a on CPU, which "
+        "reports no memory stats).",
+    ]
     return "\n".join(out)
 
 
@@ -210,8 +345,17 @@ def main(argv=None):
     rows = []
     for name in args.models:
         rows += bench_model(name, args.ratios, args.batch, args.reps, args.train)
-    result = dict(benchmark="structured_speedup", env=B.environment(), quick=args.quick, batch=args.batch,
-                  reps=args.reps, ratios=args.ratios, models=args.models, train=args.train, rows=rows)
+    result = dict(
+        benchmark="structured_speedup",
+        env=B.environment(),
+        quick=args.quick,
+        batch=args.batch,
+        reps=args.reps,
+        ratios=args.ratios,
+        models=args.models,
+        train=args.train,
+        rows=rows,
+    )
     md = to_markdown(result)
     print(md)
     B.write(args.out, result, md)

@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: location yet: the badges point here once it exists. The install cell never guesses a URL.
 REPO_URL = "https://github.com/jaxprune/jaxprune"
 
-SETUP = '''\
+SETUP = """\
 # Setup: install jaxprune if it is missing (Colab), check JAX against the runtime, pick a config.
 import os, sys, json, time, warnings
 
@@ -64,7 +64,7 @@ T_START = time.perf_counter()
 print(f"jaxprune {jaxprune.__version__} | jax {jax.__version__} / jaxlib {jaxlib.__version__} | backend {BACKEND} "
       f"({jax.devices()[0].device_kind}, {jax.device_count()} device(s)) | "
       f"{'SMALL (CPU) config' if SMALL else 'FULL (accelerator) config'}")
-'''
+"""
 
 
 def _src(text: str) -> str:
@@ -81,8 +81,10 @@ def code(text: str):
 
 def colab_badge(name: str) -> str:
     path = REPO_URL.replace("https://github.com/", "")
-    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{path}/blob/main/colab/{name}.ipynb)")
+    return (
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"(https://colab.research.google.com/github/{path}/blob/main/colab/{name}.ipynb)"
+    )
 
 
 def notebook(name: str, title: str, intro: str, cells: list) -> nbformat.NotebookNode:
@@ -97,8 +99,8 @@ def notebook(name: str, title: str, intro: str, cells: list) -> nbformat.Noteboo
     setup_md = md("""
         **Setup.** Installs jaxprune when it is not importable yet (in Colab: set `JAXPRUNE_INSTALL` in
         the cell to an uploaded wheel or a git URL), checks that JAX sees the runtime's accelerator (and
-        says which `jax[cuda12]` / `jax[tpu]` to install if not), then picks the configuration: **SMALL** on CPU (a minute or
-        so), **FULL** on a TPU/GPU runtime (*Runtime -> Change runtime type*). `JAXPRUNE_NB_SMALL=1`
+        says which `jax[cuda12]` / `jax[tpu]` to install if not), then picks the configuration: **SMALL** on
+        CPU (a minute or so), **FULL** on a TPU/GPU runtime (*Runtime -> Change runtime type*). `JAXPRUNE_NB_SMALL=1`
         forces the small one (CI sets it).
         """)
     nb.cells = [head, setup_md, v4.new_code_cell(SETUP)] + cells

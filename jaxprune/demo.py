@@ -55,27 +55,44 @@ def main(argv=None) -> dict:
     train = data.load_dataset(args.dataset, "train", **kw)
     dev = data.load_dataset(args.dataset, "validation", **kw)
     test = data.load_dataset(args.dataset, "test", **kw)
-    print(f"data: {args.dataset} train={len(train)} dev={len(dev)} test={len(test)} "
-          f"image={train.images.shape[1:]} classes={train.num_classes}  backend={jax.default_backend()}")
+    print(
+        f"data: {args.dataset} train={len(train)} dev={len(dev)} test={len(test)} "
+        f"image={train.images.shape[1:]} classes={train.num_classes}  backend={jax.default_backend()}"
+    )
 
     model = models.SmallCNN(channels=(32, 64, 128), num_classes=train.num_classes, image_size=args.image_size)
     variables = model.init(jax.random.key(args.seed), model.example_input(1))
     progress = not args.no_progress
-    cfg = TrainConfig(steps=steps, batch_size=64, learning_rate=0.05, weight_decay=5e-4,
-                      eval_every=max(steps // 5, 1), seed=args.seed)
+    cfg = TrainConfig(
+        steps=steps, batch_size=64, learning_rate=0.05, weight_decay=5e-4, eval_every=max(steps // 5, 1), seed=args.seed
+    )
     t0 = time.perf_counter()
     dense = fit(model, variables, train, cfg, eval_ds=dev, progress=progress, desc="dense")
     dense_acc = evaluate(model, dense.variables, test)["accuracy"]
-    rows = [dict(model="dense", sparsity=0.0, acc_pruned=dense_acc, acc_finetuned=dense_acc,
-                 step_ms=1e3 * dense.step_seconds, step_gflops=dense.step_flops / 1e9)]
+    rows = [
+        dict(
+            model="dense",
+            sparsity=0.0,
+            acc_pruned=dense_acc,
+            acc_finetuned=dense_acc,
+            step_ms=1e3 * dense.step_seconds,
+            step_gflops=dense.step_flops / 1e9,
+        )
+    ]
     curves = {"dense": dense.history}
     variants = {
         f"global magnitude {args.sparsity:.0%}": dict(sparsity=args.sparsity, scope="global"),
         "2:4 (N:M)": dict(structure="nm", n=2, m=4, prunable=[("conv_0", False)]),  # 3 input channels
     }
     summaries = {}
-    ft_cfg = TrainConfig(steps=ft_steps, batch_size=64, learning_rate=0.01, weight_decay=5e-4,
-                         eval_every=max(ft_steps // 5, 1), seed=args.seed + 1)
+    ft_cfg = TrainConfig(
+        steps=ft_steps,
+        batch_size=64,
+        learning_rate=0.01,
+        weight_decay=5e-4,
+        eval_every=max(ft_steps // 5, 1),
+        seed=args.seed + 1,
+    )
     for name, kwargs in variants.items():
         pruned_params, masks = jp.prune(dense.variables["params"], **kwargs)
         pruned = {**dense.variables, "params": pruned_params}
@@ -84,8 +101,16 @@ def main(argv=None) -> dict:
         acc_ft = evaluate(model, ft.variables, test)["accuracy"]
         summary = jp.sparsity_summary(ft.variables["params"], only=masks)
         summaries[name] = summary
-        rows.append(dict(model=name, sparsity=summary.total_sparsity, acc_pruned=acc_pruned, acc_finetuned=acc_ft,
-                         step_ms=1e3 * ft.step_seconds, step_gflops=ft.step_flops / 1e9))
+        rows.append(
+            dict(
+                model=name,
+                sparsity=summary.total_sparsity,
+                acc_pruned=acc_pruned,
+                acc_finetuned=acc_ft,
+                step_ms=1e3 * ft.step_seconds,
+                step_gflops=ft.step_flops / 1e9,
+            )
+        )
         curves[name] = ft.history
     # structured: shrink every conv to (1 - ratio) of its filters, then finetune the smaller model itself
     apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
@@ -96,29 +121,51 @@ def main(argv=None) -> dict:
     name = f"structured {args.structured_ratio:.0%} (shrunk)"
     acc_pruned = evaluate(small_model, small_vars, test)["accuracy"]
     ft = fit(small_model, small_vars, train, ft_cfg, eval_ds=dev, progress=progress, desc=name)
-    rows.append(dict(model=name, sparsity=0.0, acc_pruned=acc_pruned,
-                     acc_finetuned=evaluate(small_model, ft.variables, test)["accuracy"],
-                     step_ms=1e3 * ft.step_seconds, step_gflops=ft.step_flops / 1e9,
-                     params=jp.param_count(ft.variables["params"])))
+    rows.append(
+        dict(
+            model=name,
+            sparsity=0.0,
+            acc_pruned=acc_pruned,
+            acc_finetuned=evaluate(small_model, ft.variables, test)["accuracy"],
+            step_ms=1e3 * ft.step_seconds,
+            step_gflops=ft.step_flops / 1e9,
+            params=jp.param_count(ft.variables["params"]),
+        )
+    )
     curves[name] = ft.history
     rows[0]["params"] = jp.param_count(dense.variables["params"])
     seconds = time.perf_counter() - t0
 
-    table = ["| model | sparsity (prunable) | test acc after pruning | test acc after finetune | "
-             "step ms | step GFLOPs (XLA) |", "|---|---|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['sparsity']:.1%} | {r['acc_pruned']:.3f} | {r['acc_finetuned']:.3f} | "
-              f"{r['step_ms']:.1f} | {r['step_gflops']:.3f} |" for r in rows]
+    table = [
+        "| model | sparsity (prunable) | test acc after pruning | test acc after finetune | "
+        "step ms | step GFLOPs (XLA) |",
+        "|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['model']} | {r['sparsity']:.1%} | {r['acc_pruned']:.3f} | {r['acc_finetuned']:.3f} | "
+        f"{r['step_ms']:.1f} | {r['step_gflops']:.3f} |"
+        for r in rows
+    ]
     md = "\n".join(table)
     print("\n" + md)
     for name, s in summaries.items():
         print(f"\nper-layer sparsity, {name}:\n{s}")
-    print("\nNote: masked weights are zeros inside dense tensors, so step time and XLA FLOPs do not drop;"
-          " structured pruning (jaxprune.shrink) is what makes a model smaller and faster. At this tiny size"
-          " (a few MFLOPs per step) step times are dominated by dispatch overhead: compare the XLA FLOPs.")
+    print(
+        "\nNote: masked weights are zeros inside dense tensors, so step time and XLA FLOPs do not drop;"
+        " structured pruning (jaxprune.shrink) is what makes a model smaller and faster. At this tiny size"
+        " (a few MFLOPs per step) step times are dominated by dispatch overhead: compare the XLA FLOPs."
+    )
 
     _plot(curves, rows, os.path.join(args.out, "demo.png"))
-    result = dict(dataset=args.dataset, backend=jax.default_backend(), steps=steps, finetune_steps=ft_steps,
-                  rows=rows, layer_sparsity={k: v.to_json() for k, v in summaries.items()}, seconds=seconds)
+    result = dict(
+        dataset=args.dataset,
+        backend=jax.default_backend(),
+        steps=steps,
+        finetune_steps=ft_steps,
+        rows=rows,
+        layer_sparsity={k: v.to_json() for k, v in summaries.items()},
+        seconds=seconds,
+    )
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -129,6 +176,7 @@ def main(argv=None) -> dict:
 
 def _plot(curves, rows, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -11,8 +11,30 @@ Example:
   0.1
 """
 
-from jaxprune._src.train import (FitResult, TrainConfig, TrainState, cross_entropy, evaluate, fit, fixed_mask_pruner,
-                                 scale_by_warmup_cosine, sgdw, warmup_cosine, xla_flops)
+from jaxprune._src.train import (
+    FitResult,
+    TrainConfig,
+    TrainState,
+    cross_entropy,
+    evaluate,
+    fit,
+    fixed_mask_pruner,
+    scale_by_warmup_cosine,
+    sgdw,
+    warmup_cosine,
+    xla_flops,
+)
 
-__all__ = ["TrainConfig", "TrainState", "FitResult", "fit", "evaluate", "sgdw", "scale_by_warmup_cosine",
-           "warmup_cosine", "cross_entropy", "fixed_mask_pruner", "xla_flops"]
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "FitResult",
+    "fit",
+    "evaluate",
+    "sgdw",
+    "scale_by_warmup_cosine",
+    "warmup_cosine",
+    "cross_entropy",
+    "fixed_mask_pruner",
+    "xla_flops",
+]

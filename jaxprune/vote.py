@@ -14,11 +14,42 @@ Example:
   [0.7071, 0.0]
 """
 
-from jaxprune._src.transfer.mask_library import (MaskLibrary, TaskRecord, add_record, keep_vectors, load_library,
-                                        record_from_plan, save_library, validate_library)
-from jaxprune._src.transfer.task_vote import (WEIGHT_SCHEMES, cosine_similarity, nearest_tasks, neighbor_weights,
-                                     task_embedding, task_similarity, vote_plan, vote_scores)
+from jaxprune._src.transfer.mask_library import (
+    MaskLibrary,
+    TaskRecord,
+    add_record,
+    keep_vectors,
+    load_library,
+    record_from_plan,
+    save_library,
+    validate_library,
+)
+from jaxprune._src.transfer.task_vote import (
+    WEIGHT_SCHEMES,
+    cosine_similarity,
+    nearest_tasks,
+    neighbor_weights,
+    task_embedding,
+    task_similarity,
+    vote_plan,
+    vote_scores,
+)
 
-__all__ = ["MaskLibrary", "TaskRecord", "add_record", "keep_vectors", "record_from_plan", "save_library",
-           "load_library", "validate_library", "task_embedding", "cosine_similarity", "task_similarity",
-           "nearest_tasks", "neighbor_weights", "vote_scores", "vote_plan", "WEIGHT_SCHEMES"]
+__all__ = [
+    "MaskLibrary",
+    "TaskRecord",
+    "add_record",
+    "keep_vectors",
+    "record_from_plan",
+    "save_library",
+    "load_library",
+    "validate_library",
+    "task_embedding",
+    "cosine_similarity",
+    "task_similarity",
+    "nearest_tasks",
+    "neighbor_weights",
+    "vote_scores",
+    "vote_plan",
+    "WEIGHT_SCHEMES",
+]

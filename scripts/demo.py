@@ -1,7 +1,7 @@
 """jaxprune end to end on built-in offline data (a thin wrapper of ``python -m jaxprune.demo``).
 
-  python scripts/demo.py                 # default run (--out runs/demo)
-  python scripts/demo.py --quick         # smoke test (under a minute)
+python scripts/demo.py                 # default run (--out runs/demo)
+python scripts/demo.py --quick         # smoke test (under a minute)
 """
 
 import os

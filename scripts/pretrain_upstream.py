@@ -43,8 +43,7 @@ def main(argv=None) -> transfer.Upstream:
     args = parse_args(argv)
     cfg = (study_a.quick_config() if args.quick else study_a.small_config()).upstream
     over = {}
-    for name, val in (("arch", args.arch), ("image_size", args.image_size), ("steps", args.steps),
-                      ("seed", args.seed)):
+    for name, val in (("arch", args.arch), ("image_size", args.image_size), ("steps", args.steps), ("seed", args.seed)):
         if val is not None:
             over[name] = val
     if args.widths:

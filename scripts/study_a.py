@@ -41,8 +41,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/study_a", help="directory for results.json, results.md and PNGs")
     p.add_argument("--quick", action="store_true", help="tiny run for CI smoke tests (~2 min on 2 CPU cores)")
-    p.add_argument("--full", choices=["tiny", "short"], default=None,
-                   help="full-scale Nevis-like stream of real tfds datasets (64x64, ResNet-18/34)")
+    p.add_argument(
+        "--full",
+        choices=["tiny", "short"],
+        default=None,
+        help="full-scale Nevis-like stream of real tfds datasets (64x64, ResNet-18/34)",
+    )
     p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18", help="full scale: the network")
     p.add_argument("--upstream-dataset", default="imagenet2012", help="full scale: upstream tfds dataset")
     p.add_argument("--tasks", default=None, help="comma-separated dataset names (default: the config's stream)")
@@ -51,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=_floats, default=None, help="e.g. 0.25,0.5,0.75")
     p.add_argument("--budgets", type=_ints, default=None, help="finetuning step budgets, e.g. 25,50,100,200,400")
     p.add_argument("--data-dir", default=None, help="tfds data_dir for real datasets")
-    p.add_argument("--cache-dir", default=None, help="upstream cache (default $JAXPRUNE_CACHE_DIR or ~/.cache/jaxprune)")
+    p.add_argument(
+        "--cache-dir", default=None, help="upstream cache (default $JAXPRUNE_CACHE_DIR or ~/.cache/jaxprune)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -89,8 +95,10 @@ def main(argv=None) -> dict:
     results = study_a.run(cfg, out_dir=args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
     print()
     print(open(os.path.join(args.out, "results.md")).read())
-    print(f"wrote {args.out}/results.json, results.md, accuracy_vs_compute.png and per-task plots "
-          f"({results['seconds']:.0f} s)")
+    print(
+        f"wrote {args.out}/results.json, results.md, accuracy_vs_compute.png and per-task plots "
+        f"({results['seconds']:.0f} s)"
+    )
     return results
 
 

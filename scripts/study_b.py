@@ -46,8 +46,9 @@ def parse_args(argv=None):
 
 
 def load_upstreams(directory: str) -> list:
-    root = os.path.join(directory, "checkpoints") if os.path.isdir(os.path.join(directory, "checkpoints")) \
-        else directory
+    root = (
+        os.path.join(directory, "checkpoints") if os.path.isdir(os.path.join(directory, "checkpoints")) else directory
+    )
     names = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)))
     if not names:
         raise FileNotFoundError(f"no upstream checkpoints under {root!r}; run scripts/sparse_upstream.py first")
@@ -58,8 +59,16 @@ def load_upstreams(directory: str) -> list:
 def main(argv=None):
     args = parse_args(argv)
     if args.config == "full":
-        cfg = sb.Config(image_size=224, linear_epochs=150, linear_lr=0.01, full_lr=0.001,
-                                full_steps=20_000, full_batch_size=64, augment=True, seed=args.seed)
+        cfg = sb.Config(
+            image_size=224,
+            linear_epochs=150,
+            linear_lr=0.01,
+            full_lr=0.001,
+            full_steps=20_000,
+            full_batch_size=64,
+            augment=True,
+            seed=args.seed,
+        )
         names = list(sb.PAPER_DATASETS)
     elif args.quick:
         cfg = sb.Config(linear_epochs=10, full_steps=20, max_train_examples=300, seed=args.seed)
@@ -79,8 +88,9 @@ def main(argv=None):
     if args.upstream_dir:
         ups = load_upstreams(args.upstream_dir)
     elif args.quick:
-        ucfg = sb.UpstreamConfig(steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10,
-                                       lth_rounds=1, seed=args.seed)
+        ucfg = sb.UpstreamConfig(
+            steps=40, train_examples=500, stage_widths=(8, 16, 32), prune_every=10, lth_rounds=1, seed=args.seed
+        )
         data = sb.load_upstream_splits(ucfg)
         ups = [sb.train_upstream(m, s, ucfg, data=data) for m, s in (("dense", 0.0), ("gmp", 0.9))]
     else:

@@ -58,16 +58,30 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature")
     p.add_argument("--embedding", choices=["mean", "prototypes"], default=None, help="task embedding")
     p.add_argument("--data-dir", default=None, help="tfds data_dir")
-    p.add_argument("--cache-dir", default=None,
-                   help="upstream cache (default $JAXPRUNE_CACHE_DIR or ~/.cache/jaxprune)")
+    p.add_argument(
+        "--cache-dir", default=None, help="upstream cache (default $JAXPRUNE_CACHE_DIR or ~/.cache/jaxprune)"
+    )
     return p.parse_args(argv)
 
 
 def config_from_args(args) -> study_c.Config:
     cfg = study_c.quick_config() if args.quick else study_c.full_config() if args.full else study_c.default_config()
     over = {}
-    for field in ("archs", "sources", "targets", "methods", "budgets", "budget_kind", "steps", "seeds", "k",
-                  "weights", "temperature", "embedding", "data_dir"):
+    for field in (
+        "archs",
+        "sources",
+        "targets",
+        "methods",
+        "budgets",
+        "budget_kind",
+        "steps",
+        "seeds",
+        "k",
+        "weights",
+        "temperature",
+        "embedding",
+        "data_dir",
+    ):
         val = getattr(args, field)
         if val is not None:
             over[field] = val

@@ -98,8 +98,7 @@ class NNXBlock(nnx.Module):
 class NNXDecoder(nnx.Module):
     def __init__(self, vocab=50, dim=32, heads=4, kv_heads=2, head_dim=8, hidden=48, layers=2, *, rngs):
         self.embed = nnx.Embed(vocab, dim, rngs=rngs)
-        self.blocks = nnx.List([NNXBlock(dim, heads, kv_heads, head_dim, hidden, rngs=rngs)
-                                for _ in range(layers)])
+        self.blocks = nnx.List([NNXBlock(dim, heads, kv_heads, head_dim, hidden, rngs=rngs) for _ in range(layers)])
         self.final_norm = nnx.RMSNorm(dim, rngs=rngs)
 
     def __call__(self, tokens):

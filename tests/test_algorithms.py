@@ -19,8 +19,8 @@ import jaxprune as jp
 from jaxprune._src import algorithms as alg
 from jaxprune.models import SmallCNN
 
-S = 0.75      # target sparsity of the contract runs
-T = 12        # training steps of the contract runs
+S = 0.75  # target sparsity of the contract runs
+T = 12  # training steps of the contract runs
 LR = 0.05
 
 
@@ -43,8 +43,10 @@ class Ctx:
             self.x = jax.random.normal(k1, (16, 6))
             ka, kb = jax.random.split(k2)
             self.params = {
-                "layers": [{"kernel": jax.random.normal(ka, (6, 16)) * 0.4, "bias": jnp.zeros(16)},
-                           {"kernel": jax.random.normal(kb, (16, 3)) * 0.3, "bias": jnp.zeros(3)}],
+                "layers": [
+                    {"kernel": jax.random.normal(ka, (6, 16)) * 0.4, "bias": jnp.zeros(16)},
+                    {"kernel": jax.random.normal(kb, (16, 3)) * 0.3, "bias": jnp.zeros(3)},
+                ],
                 "norm": {"scale": jnp.ones(16), "bias": jnp.zeros(16)},
             }
             self.state = None
@@ -54,8 +56,9 @@ class Ctx:
     def logits(self, params, state, x, train=True):
         if self.model is not None:
             if train:
-                out, upd = self.model.apply({"params": params, "batch_stats": state}, x, train=True,
-                                            mutable=["batch_stats"])
+                out, upd = self.model.apply(
+                    {"params": params, "batch_stats": state}, x, train=True, mutable=["batch_stats"]
+                )
                 return out, upd["batch_stats"]
             return self.model.apply({"params": params, "batch_stats": state}, x, train=False), state
         h = x @ params["layers"][0]["kernel"] + params["layers"][0]["bias"]
@@ -104,9 +107,9 @@ def make_step(c, opt, straight_through=False):
             fwd = alg.straight_through_masks(p, masks) if straight_through else p
             return c.loss(fwd, state, c.x, c.y)
 
-        (l, new_state), g = jax.value_and_grad(loss, has_aux=True)(params)
+        (lval, new_state), g = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), new_state, opt_state, l
+        return optax.apply_updates(params, updates), new_state, opt_state, lval
 
     return step, traces
 
@@ -121,8 +124,7 @@ def train(c, pruner, *, params=None, steps=T, key=0, record=False, step_key=None
     re-runs of one algorithm with another key): masks and keys are data in the optimizer state, so
     sharing must not retrace -- ``traces`` counts compilations over all those runs.
     """
-    opt = optax.chain(optax.clip_by_global_norm(1.0),
-                      jp.sparse_optimizer(optax.sgd(LR, momentum=0.9), pruner, key=key))
+    opt = optax.chain(optax.clip_by_global_norm(1.0), jp.sparse_optimizer(optax.sgd(LR, momentum=0.9), pruner, key=key))
     cache = (c.name, id(pruner) if step_key is None else step_key)
     if cache not in _STEPS:
         _STEPS[cache] = make_step(c, opt, pruner.straight_through)
@@ -136,8 +138,13 @@ def train(c, pruner, *, params=None, steps=T, key=0, record=False, step_key=None
         params, state, opt_state, _ = step(params, state, opt_state)
         if record:
             history.append((params, jp.get_masks(opt_state)))
-    return {"params": params, "masks": jp.get_masks(opt_state), "traces": traces[0], "history": history,
-            "opt_state": opt_state}
+    return {
+        "params": params,
+        "masks": jp.get_masks(opt_state),
+        "traces": traces[0],
+        "history": history,
+        "opt_state": opt_state,
+    }
 
 
 def fixed(masks):
@@ -147,6 +154,7 @@ def fixed(masks):
 def _lth(c):
     def train_fn(params, masks, start, n):
         return train(c, fixed(masks), params=params, steps=n, step_key="fixed")["params"]
+
     res = alg.lottery_ticket(train_fn, c.params, sparsity=S, rounds=2, round_steps=4, rewind_step=1)
     return fixed(res.masks), res.params
 
@@ -154,6 +162,7 @@ def _lth(c):
 def _per_sample_grads(c):
     def one(p, x, y):
         return c.loss(p, c.state, x[None], y[None])[0]
+
     return jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))(c.params, c.x, c.y)
 
 
@@ -161,6 +170,7 @@ def _oneshot(scores_fn, spec=jp.MaskSpec()):
     def build(c):
         _, masks = jp.prune(c.params, S, method=alg.fixed_scores(scores_fn(c)), scope=spec.scope)
         return fixed(masks), None
+
     return build
 
 
@@ -207,8 +217,7 @@ LEARNED_SPARSITY = {"str"}  # the sparsity is learned and reported, not set
 def run(name, model, key=0):
     c = ctx(model)
     pruner, start = ALGOS[name](c)
-    out = train(c, pruner, params=start, key=key, record=True,
-                step_key="fixed" if name not in IN_TRAINING else name)
+    out = train(c, pruner, params=start, key=key, record=True, step_key="fixed" if name not in IN_TRAINING else name)
     out["pruner"] = pruner
     return out
 
@@ -256,8 +265,10 @@ def test_contract_pruned_weights_are_zero(name, model):
     params = out["params"]
     if out["pruner"].straight_through:  # STE: dense weights, the sparse model is the masked one
         params = jp.apply_masks(params, out["masks"])
-    for m, p in zip(jax.tree.leaves(out["masks"]), jax.tree.leaves(
-            jax.tree.map(lambda m, p: None if m is None else p, out["masks"], params, is_leaf=jp.is_none))):
+    for m, p in zip(
+        jax.tree.leaves(out["masks"]),
+        jax.tree.leaves(jax.tree.map(lambda m, p: None if m is None else p, out["masks"], params, is_leaf=jp.is_none)),
+    ):
         assert not bool(jnp.any(jnp.where(m, 0.0, p) != 0))
     # and the model still trained: finite params
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params))
@@ -290,25 +301,46 @@ BAD_CONFIGS = [
     (lambda: alg.drop_grow_pruner(0.9, grow="magnitude", every=2, end=10), ValueError, "grow"),
     (lambda: alg.set_pruner(-0.1, every=2, end=10), ValueError, "sparsity"),
     (lambda: alg.ste_pruner(0.5), TypeError, "Schedule"),
-    (lambda: alg.acdc_pruner(0.9, warmup=5, compressed_steps=0, dense_steps=1, final_begin=9), ValueError,
-     "compressed_steps"),
-    (lambda: alg.acdc_pruner(0.9, warmup=5, compressed_steps=1, dense_steps=1, final_begin=2), ValueError,
-     "final_begin"),
-    (lambda: alg.acdc_pruner(0.9, warmup=1, compressed_steps=1, dense_steps=1, final_begin=2,
-                      spec=jp.MaskSpec(structure="nm")), ValueError, "structure"),
+    (
+        lambda: alg.acdc_pruner(0.9, warmup=5, compressed_steps=0, dense_steps=1, final_begin=9),
+        ValueError,
+        "compressed_steps",
+    ),
+    (
+        lambda: alg.acdc_pruner(0.9, warmup=5, compressed_steps=1, dense_steps=1, final_begin=2),
+        ValueError,
+        "final_begin",
+    ),
+    (
+        lambda: alg.acdc_pruner(
+            0.9, warmup=1, compressed_steps=1, dense_steps=1, final_begin=2, spec=jp.MaskSpec(structure="nm")
+        ),
+        ValueError,
+        "structure",
+    ),
     (lambda: alg.woodfisher_pruner(0.9, begin=0, end=4, every=1, damp=0.0), ValueError, "damp"),
     (lambda: alg.woodfisher_pruner(0.9, begin=0, end=4, every=1, block_size=0), ValueError, "block_size"),
-    (lambda: alg.woodfisher_prune({"w": jnp.ones((2, 2))}, {"w": jnp.ones((2, 2))}, 0.5), ValueError,
-     "leading sample axis"),
-    (lambda: alg.lottery_ticket(lambda *a: a[0], {"w": jnp.ones((2, 2))}, sparsity=0.5, rounds=1,
-                                round_steps=3, rewind_step=3), ValueError, "rewind_step"),
-    (lambda: alg.lottery_ticket(None, {"w": jnp.ones((2, 2))}, sparsity=0.5, rounds=1, round_steps=3,
-                                rewind_step=1), TypeError, "train_fn"),
+    (
+        lambda: alg.woodfisher_prune({"w": jnp.ones((2, 2))}, {"w": jnp.ones((2, 2))}, 0.5),
+        ValueError,
+        "leading sample axis",
+    ),
+    (
+        lambda: alg.lottery_ticket(
+            lambda *a: a[0], {"w": jnp.ones((2, 2))}, sparsity=0.5, rounds=1, round_steps=3, rewind_step=3
+        ),
+        ValueError,
+        "rewind_step",
+    ),
+    (
+        lambda: alg.lottery_ticket(None, {"w": jnp.ones((2, 2))}, sparsity=0.5, rounds=1, round_steps=3, rewind_step=1),
+        TypeError,
+        "train_fn",
+    ),
     (lambda: alg.lth_sparsities(0.9, 0), ValueError, "rounds"),
     (lambda: alg.str_init({"b": jnp.ones(3)}), ValueError, "no prunable leaf"),
     (lambda: alg.str_sparsity({"w": jnp.ones((2, 2))}), TypeError, "str_init"),
-    (lambda: alg.synflow_prune(lambda p, x: x, {"w": jnp.ones((2, 2))}, 0.5, (1, 2), rounds=0), ValueError,
-     "rounds"),
+    (lambda: alg.synflow_prune(lambda p, x: x, {"w": jnp.ones((2, 2))}, 0.5, (1, 2), rounds=0), ValueError, "rounds"),
     (lambda: alg.snip_scores("loss", {"w": jnp.ones((2, 2))}, None), TypeError, "loss_fn"),
     (lambda: jp.prune({"w": jnp.ones((2, 2))}, 0.5, method="snip"), ValueError, "grads"),
     (lambda: alg.fixed_mask_pruner({"w": jnp.ones((2, 2))}), TypeError, "bool"),
@@ -339,8 +371,13 @@ def test_drop_grow_keeps_nnz_per_layer_constant_and_grows_from_zero(name):
     changed = 0
     for params, masks in out["history"]:
         assert _nnz(masks) == _nnz(init_masks)  # every layer, every step
-        for m0, m1, p0 in zip(jax.tree.leaves(prev_masks), jax.tree.leaves(masks), jax.tree.leaves(
-                jax.tree.map(lambda m, p: None if m is None else p, prev_masks, prev_params, is_leaf=jp.is_none))):
+        for m0, m1, p0 in zip(
+            jax.tree.leaves(prev_masks),
+            jax.tree.leaves(masks),
+            jax.tree.leaves(
+                jax.tree.map(lambda m, p: None if m is None else p, prev_masks, prev_params, is_leaf=jp.is_none)
+            ),
+        ):
             grown = m1 & ~m0
             changed += int(grown.sum())
             assert not bool(jnp.any(jnp.where(grown, p0, 0.0) != 0))  # grown weights were exactly 0
@@ -355,8 +392,9 @@ def test_rigl_resets_optimizer_moments_of_regrown_weights():
     state = opt.init(params)
     params = jp.apply_masks(params, state.masks)
     # pretend every coordinate has history: first moments all 1
-    inner = optax.tree_utils.tree_map_params(optax.adam(0.1), jnp.ones_like, state.inner_state,
-                                             transform_non_params=lambda x: x)
+    inner = optax.tree_utils.tree_map_params(
+        optax.adam(0.1), jnp.ones_like, state.inner_state, transform_non_params=lambda x: x
+    )
     state = state._replace(inner_state=inner, count=jnp.int32(1))
     grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
     old = state.masks["d"]["kernel"]
@@ -365,7 +403,7 @@ def test_rigl_resets_optimizer_moments_of_regrown_weights():
     mu = new_state.inner_state[0].mu["d"]["kernel"]
     regrown, kept = new & ~old, new & old
     assert int(regrown.sum()) > 0 and int(new.sum()) == int(old.sum())
-    np.testing.assert_allclose(mu[regrown], 0.1 * 2.0, rtol=1e-6)          # (1 - b1) g: history reset
+    np.testing.assert_allclose(mu[regrown], 0.1 * 2.0, rtol=1e-6)  # (1 - b1) g: history reset
     np.testing.assert_allclose(mu[kept], 0.9 * 1.0 + 0.1 * 2.0, rtol=1e-6)  # history kept
 
 
@@ -384,8 +422,15 @@ def test_ste_trains_pruned_weights_unlike_normal_mode():
     normal = train(c, alg.gmp_pruner(0.5, begin=0, end=1, every=1, power=1.0), steps=6)
     st = train(c, alg.ste_pruner(sched), steps=6)
     for mode, out in (("normal", normal), ("ste", st)):
-        pruned_vals = [p[~m] for m, p in zip(jax.tree.leaves(out["masks"]), jax.tree.leaves(
-            jax.tree.map(lambda m, p: None if m is None else p, out["masks"], out["params"], is_leaf=jp.is_none)))]
+        pruned_vals = [
+            p[~m]
+            for m, p in zip(
+                jax.tree.leaves(out["masks"]),
+                jax.tree.leaves(
+                    jax.tree.map(lambda m, p: None if m is None else p, out["masks"], out["params"], is_leaf=jp.is_none)
+                ),
+            )
+        ]
         moved = any(bool(jnp.any(v != 0)) for v in pruned_vals)
         assert moved == (mode == "ste")  # STE: dense weights keep learning under the mask
     # but the forward of both uses masked weights: the masked STE model has exact zeros
@@ -404,8 +449,15 @@ def test_acdc_dense_phases_are_really_dense():
             assert all(bool(m.all()) for m in leaves), t
             if t >= 4:  # a dense phase after a compressed one: previously pruned weights train again
                 saw_dense_after_sparse = True
-                kern = [p for p, _ in zip(jax.tree.leaves(jax.tree.map(
-                    lambda m, p: None if m is None else p, masks, params, is_leaf=jp.is_none)), leaves)]
+                kern = [
+                    p
+                    for p, _ in zip(
+                        jax.tree.leaves(
+                            jax.tree.map(lambda m, p: None if m is None else p, masks, params, is_leaf=jp.is_none)
+                        ),
+                        leaves,
+                    )
+                ]
                 assert all(float(jnp.mean(k == 0)) < 0.05 for k in kern)
         else:
             assert _prunable_sparsity(masks, params) == pytest.approx(S, abs=0.01), t
@@ -418,8 +470,12 @@ def test_lth_rewinds_to_the_saved_step():
     def train_fn(params, masks, start, n):
         calls.append((params, masks, start, n))
         # deterministic fake training: kept weights move by (start + n)
-        return jax.tree.map(lambda p, m: p + (start + n) if m is None else jnp.where(m, p + start + n, 0.0),
-                            params, masks, is_leaf=jp.is_none)
+        return jax.tree.map(
+            lambda p, m: p + (start + n) if m is None else jnp.where(m, p + start + n, 0.0),
+            params,
+            masks,
+            is_leaf=jp.is_none,
+        )
 
     p0 = ctx("nested").params
     res = alg.lottery_ticket(train_fn, p0, sparsity=0.875, rounds=3, round_steps=5, rewind_step=2)
@@ -467,7 +523,7 @@ def test_obs_matches_closed_form_on_quadratic(n_prune):
     # the update is the exact constrained optimum for the removed set
     np.testing.assert_allclose(w_new, _constrained_optimum(h, wstar, q), atol=1e-4)
     # the removed set is the lowest OBS saliencies w^2 / (2 [H^-1]_ii)
-    sal = wstar ** 2 / (2 * np.diag(hinv))
+    sal = wstar**2 / (2 * np.diag(hinv))
     assert set(q) == set(np.argsort(sal)[:n_prune])
     if n_prune == 1:  # single weight: closed form update and the globally optimal choice
         i = q[0]
@@ -587,9 +643,11 @@ def test_str_learns_sparsity_in_jit_and_it_rises_with_decay_and_init():
 
 def test_scores_are_pytrees_shaped_like_params():
     c = ctx("cnn")
-    for s in (alg.snip_scores(c.batch_loss, c.params, (c.x, c.y)),
-              alg.wanda_scores(c.params, c.wanda_norms()),
-              alg.synflow_scores(c.apply_eval, c.params, c.input_shape),
-              alg.woodfisher_scores(c.params, _per_sample_grads(c), block_size=16)):
+    for s in (
+        alg.snip_scores(c.batch_loss, c.params, (c.x, c.y)),
+        alg.wanda_scores(c.params, c.wanda_norms()),
+        alg.synflow_scores(c.apply_eval, c.params, c.input_shape),
+        alg.woodfisher_scores(c.params, _per_sample_grads(c), block_size=16),
+    ):
         jp.check_same_structure(c.params, s, what="scores")
     assert "snip" in jp.SCORE_FNS

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from decoder_models import LinenDecoder, NNXDecoder
 from flax import nnx
 
 import jaxprune as jp
-from decoder_models import LinenDecoder, NNXDecoder
 
 
 def _rel_close(a, b, tol=1e-5):
@@ -33,8 +33,10 @@ def _rel_close(a, b, tol=1e-5):
 def _perturb(tree, seed=0, scale=0.1):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    out = [x + scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-           for x, k in zip(leaves, keys)]
+    out = [
+        x + scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        for x, k in zip(leaves, keys)
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -152,8 +154,7 @@ def test_haiku_multihead_attention_block_any_length():
     f = hk.without_apply_rng(hk.transform(forward))
     x = _images(2, 6, 32)
     params = _perturb(f.init(jax.random.key(0), x))
-    graph, plan, _, _ = _check_any_shape(f.apply, params, x, [_images(1, 6, 32), _images(3, 9, 32),
-                                                               _images(8, 2, 32)])
+    graph, plan, _, _ = _check_any_shape(f.apply, params, x, [_images(1, 6, 32), _images(3, 9, 32), _images(8, 2, 32)])
     assert {g["kind"] for g in plan.groups} == {"heads", "units"}
 
 
@@ -241,11 +242,29 @@ def _plain_vit(p, img):
 def _plain_vit_params(d=32, heads=4, hd=8, hidden=64, layers=2, classes=5, seed=0):
     rng = np.random.default_rng(seed)
     n = lambda *s: jnp.asarray(rng.normal(size=s) / np.sqrt(s[0] if len(s) > 1 else 1), jnp.float32)  # noqa
-    blocks = [dict(ln1_s=1 + 0.2 * n(d), ln1_b=0.1 * n(d), wq=n(d, heads, hd), wk=n(d, heads, hd),
-                   wv=n(d, heads, hd), wo=n(heads, hd, d), ln2_s=1 + 0.2 * n(d), w1=n(d, hidden), w2=n(hidden, d))
-              for _ in range(layers)]
-    return dict(patch=n(4, 4, 3, d) / 4, cls=n(1, 1, d), pos=0.1 * n(1, 65, d), blocks=blocks,
-                lnf_s=1 + 0.2 * n(d), lnf_b=0.1 * n(d), head=n(d, classes))
+    blocks = [
+        dict(
+            ln1_s=1 + 0.2 * n(d),
+            ln1_b=0.1 * n(d),
+            wq=n(d, heads, hd),
+            wk=n(d, heads, hd),
+            wv=n(d, heads, hd),
+            wo=n(heads, hd, d),
+            ln2_s=1 + 0.2 * n(d),
+            w1=n(d, hidden),
+            w2=n(hidden, d),
+        )
+        for _ in range(layers)
+    ]
+    return dict(
+        patch=n(4, 4, 3, d) / 4,
+        cls=n(1, 1, d),
+        pos=0.1 * n(1, 65, d),
+        blocks=blocks,
+        lnf_s=1 + 0.2 * n(d),
+        lnf_b=0.1 * n(d),
+        head=n(d, classes),
+    )
 
 
 def test_through_norms_equals_kept_channel_reference():

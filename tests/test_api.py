@@ -33,11 +33,29 @@ synflow_prune synflow_scores taylor_scores topk_mask trace_groups unpack_masks w
 woodfisher_pruner woodfisher_scores
 """.split()
 
-RENAMED = {"magnitude": "magnitude_scores", "random": "random_scores", "saliency": "saliency_scores",
-           "taylor": "taylor_scores", "gmp": "gmp_pruner", "rigl": "rigl_pruner", "ste": "ste_pruner",
-           "acdc": "acdc_pruner", "woodfisher": "woodfisher_pruner"}
-MOVED_TO_VOTE = ["MaskLibrary", "TaskRecord", "vote_plan", "vote_scores", "task_similarity", "nearest_tasks",
-                 "cosine_similarity", "WEIGHT_SCHEMES", "save_library", "load_library"]
+RENAMED = {
+    "magnitude": "magnitude_scores",
+    "random": "random_scores",
+    "saliency": "saliency_scores",
+    "taylor": "taylor_scores",
+    "gmp": "gmp_pruner",
+    "rigl": "rigl_pruner",
+    "ste": "ste_pruner",
+    "acdc": "acdc_pruner",
+    "woodfisher": "woodfisher_pruner",
+}
+MOVED_TO_VOTE = [
+    "MaskLibrary",
+    "TaskRecord",
+    "vote_plan",
+    "vote_scores",
+    "task_similarity",
+    "nearest_tasks",
+    "cosine_similarity",
+    "WEIGHT_SCHEMES",
+    "save_library",
+    "load_library",
+]
 
 
 def test_api_snapshot():
@@ -48,8 +66,11 @@ def test_api_snapshot():
 
 
 def test_init_imports_every_name_explicitly():
-    for path in [ROOT / "jaxprune" / "__init__.py", *sorted((ROOT / "jaxprune").glob("*.py")),
-                 *sorted((ROOT / "jaxprune" / "transfer").glob("*.py"))]:
+    for path in [
+        ROOT / "jaxprune" / "__init__.py",
+        *sorted((ROOT / "jaxprune").glob("*.py")),
+        *sorted((ROOT / "jaxprune" / "transfer").glob("*.py")),
+    ]:
         tree = ast.parse(path.read_text())
         stars = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)]
         assert not stars, f"{path.relative_to(ROOT)} uses a star import"
@@ -96,14 +117,23 @@ def test_public_namespaces_and_unknown_attribute():
 
 
 def _src_imports(text: str) -> list[str]:
-    return re.findall(r"^\s*(?:>>>\s*|\.\.\.\s*)?(?:from\s+jaxprune\._src\S*\s+import\s+.*|import\s+jaxprune\._src\S*)",
-                      text, flags=re.M)
+    return re.findall(
+        r"^\s*(?:>>>\s*|\.\.\.\s*)?(?:from\s+jaxprune\._src\S*\s+import\s+.*|import\s+jaxprune\._src\S*)",
+        text,
+        flags=re.M,
+    )
 
 
 def test_no_private_imports_outside_the_package():
     """Scripts, benchmarks, notebooks and the README use only the public API (tests may reach inside)."""
-    files = [*ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("benchmarks/_benchlib/*.py"),
-             ROOT / "colab" / "_build.py", *ROOT.glob("colab/*.ipynb"), ROOT / "README.md"]
+    files = [
+        *ROOT.glob("scripts/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+        *ROOT.glob("benchmarks/_benchlib/*.py"),
+        ROOT / "colab" / "_build.py",
+        *ROOT.glob("colab/*.ipynb"),
+        ROOT / "README.md",
+    ]
     offenders = {str(f.relative_to(ROOT)): hits for f in files if (hits := _src_imports(f.read_text()))}
     assert not offenders, offenders
 

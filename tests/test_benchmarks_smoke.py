@@ -20,8 +20,13 @@ ENV_KEYS = {"backend": str, "device": str, "jax": str, "cpu_count": int, "python
 
 
 def _run(script: str, out: pathlib.Path) -> dict:
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=400, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     result = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
@@ -51,8 +56,9 @@ def _check_env(result: dict, name: str) -> None:
 
 
 def test_the_benchmark_scripts_exist():
-    assert {"structured_speedup.py", "masked_training_overhead.py", "planning_cost.py",
-            "checkpoint_sizes.py"} <= set(SCRIPTS)
+    assert {"structured_speedup.py", "masked_training_overhead.py", "planning_cost.py", "checkpoint_sizes.py"} <= set(
+        SCRIPTS
+    )
 
 
 def test_structured_speedup_quick(tmp_path):
@@ -66,8 +72,19 @@ def test_structured_speedup_quick(tmp_path):
     assert width["vit_tiny_width"] > width["vit_tiny_test"]  # the embedding width through the norms is pruned too
     for row in rows:
         where = f"{row['model']} ratio {row['ratio']}"
-        _check_types(row, {"fwd_ms": float, "fwd_flops": float, "fwd_compile_s": float, "param_bytes": int,
-                           "train_ms": float, "train_flops": float, "train_compile_s": float}, where)
+        _check_types(
+            row,
+            {
+                "fwd_ms": float,
+                "fwd_flops": float,
+                "fwd_compile_s": float,
+                "param_bytes": int,
+                "train_ms": float,
+                "train_flops": float,
+                "train_compile_s": float,
+            },
+            where,
+        )
         _positive(row, ["fwd_ms", "fwd_flops", "fwd_compile_s", "param_bytes", "train_ms", "train_flops"], where)
         assert row["device_peak_bytes"] is None or row["device_peak_bytes"] > 0
         if r["env"]["backend"] == "cpu":
@@ -75,11 +92,26 @@ def test_structured_speedup_quick(tmp_path):
         mem = row["train_memory"]
         assert mem is None or (mem["peak_estimate"] > 0 and mem["argument"] > 0)
         if row["kind"] == "shrunk":
-            _positive(row, ["fwd_speedup", "fwd_flops_ratio", "fwd_efficiency", "fwd_narrow_efficiency",
-                            "train_speedup", "train_flops_ratio", "train_efficiency", "trace_s", "plan_s",
-                            "shrink_s", "masked_param_bytes"], where)
-            assert row["fwd_flops"] < next(d["fwd_flops"] for d in rows
-                                           if d["model"] == row["model"] and d["kind"] == "dense")
+            _positive(
+                row,
+                [
+                    "fwd_speedup",
+                    "fwd_flops_ratio",
+                    "fwd_efficiency",
+                    "fwd_narrow_efficiency",
+                    "train_speedup",
+                    "train_flops_ratio",
+                    "train_efficiency",
+                    "trace_s",
+                    "plan_s",
+                    "shrink_s",
+                    "masked_param_bytes",
+                ],
+                where,
+            )
+            assert row["fwd_flops"] < next(
+                d["fwd_flops"] for d in rows if d["model"] == row["model"] and d["kind"] == "dense"
+            )
             assert row["masked_param_bytes"] > row["param_bytes"]
             _positive(row["narrow"], ["fwd_ms", "train_ms", "fwd_flops"], where + " narrow")
             assert row["narrow"]["fwd_flops"] == pytest.approx(row["fwd_flops"], rel=1e-6)
@@ -94,8 +126,11 @@ def test_masked_training_overhead_quick(tmp_path):
         assert set(row["pruners"]) == {"magnitude", "rigl"}
         for name, p in row["pruners"].items():
             where = f"{row['model']} {name}"
-            _positive(p, ["off_ms", "on_ms", "off_ratio", "on_ratio", "amortized_ratio", "compile_s",
-                          "opt_state_bytes"], where)
+            _positive(
+                p,
+                ["off_ms", "on_ms", "off_ratio", "on_ratio", "amortized_ratio", "compile_s", "opt_state_bytes"],
+                where,
+            )
             assert isinstance(p["update_cost_ms"], float)
             assert isinstance(p["off_target_met"], bool)
             assert p["off_ratio"] == pytest.approx(p["off_ms"] / row["dense_ms"])
@@ -106,7 +141,11 @@ def test_planning_cost_quick(tmp_path):
     r = _run("planning_cost.py", tmp_path)
     _check_env(r, "planning_cost")
     assert {(m["scope"], m["api"]) for m in r["mask_rows"]} == {
-        ("layerwise", "prune"), ("layerwise", "masks_only"), ("global", "prune"), ("global", "masks_only")}
+        ("layerwise", "prune"),
+        ("layerwise", "masks_only"),
+        ("global", "prune"),
+        ("global", "masks_only"),
+    }
     for m in r["mask_rows"]:
         _positive(m, ["first_s", "warm_s", "prunable_params", "params"], m["scope"])
         assert m["achieved_sparsity"] == pytest.approx(r["sparsity"], abs=0.01)

@@ -18,11 +18,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxprune import magnitude_pruner, models as M, polynomial, prune, sparse_optimizer
-from jaxprune._src.checkpoint.api import (Checkpoint, CheckpointError, SparseCheckpointer,
-                                      checkpoint_steps, restore_checkpoint, restore_shrunk_model, save_checkpoint)
-from jaxprune._src.checkpoint.sparse_format import (compact_sparse, dense_from_compact, pack_mask, pack_masks, unpack_mask,
-                                         unpack_masks)
+from jaxprune import magnitude_pruner, polynomial, prune, sparse_optimizer
+from jaxprune import models as M
+from jaxprune._src.checkpoint.api import (
+    Checkpoint,
+    CheckpointError,
+    SparseCheckpointer,
+    checkpoint_steps,
+    restore_checkpoint,
+    restore_shrunk_model,
+    save_checkpoint,
+)
+from jaxprune._src.checkpoint.sparse_format import (
+    compact_sparse,
+    dense_from_compact,
+    pack_mask,
+    pack_masks,
+    unpack_mask,
+    unpack_masks,
+)
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,23 +57,31 @@ def tiny(name):
         else:
             x = jnp.asarray(rng.normal(size=x.shape).astype(x.dtype))
         shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-        fill = lambda p, s: jnp.asarray((np.abs if p.endswith("var") else np.asarray)(  # noqa: E731
-            rng.normal(size=s.shape) * 0.5).astype(s.dtype))
+        fill = lambda p, s: jnp.asarray(
+            (np.abs if p.endswith("var") else np.asarray)(  # noqa: E731
+                rng.normal(size=s.shape) * 0.5
+            ).astype(s.dtype)
+        )
         _CACHE[name] = (model, map_with_path(fill, shapes), x)
     return _CACHE[name]
 
 
 def np_prune(tree, sparsity):
     """Layerwise magnitude masks computed in numpy (no XLA compilations): (pruned, masks)."""
+
     def mask(path, x):
         if np.ndim(x) < 2 or path.endswith("bias"):
             return None
         a = np.abs(np.asarray(x))
         return jnp.asarray(a > np.quantile(a, sparsity))
+
     masks = map_with_path(mask, tree)
     pruned = jax.tree.map(
         lambda x, m: x if m is None else jnp.asarray(np.where(np.asarray(m), np.asarray(x), 0).astype(x.dtype)),
-        tree, masks, is_leaf=lambda x: x is None)
+        tree,
+        masks,
+        is_leaf=lambda x: x is None,
+    )
     return pruned, masks
 
 
@@ -100,8 +122,14 @@ def snapshot(directory):
 
 def run_python(code, *args, env=None, timeout=240):
     full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 # --------------------------------------------------------------------------- packed bits / compact format
@@ -175,8 +203,12 @@ def test_round_trip_dense_and_masked_every_model(tmp_path, name):
     entries = sparse.manifest["items"]["params"]
     masked = {p for p, m in leaves_with_paths(masks) if m is not None}
     assert masked and {p for p, e in entries.items() if e["enc"] == "compact"} == masked
-    assert all(e["stored_shape"] == [int(np.asarray(m).sum())] for p, e in entries.items()
-               for q, m in leaves_with_paths(masks) if p == q and m is not None)
+    assert all(
+        e["stored_shape"] == [int(np.asarray(m).sum())]
+        for p, e in entries.items()
+        for q, m in leaves_with_paths(masks)
+        if p == q and m is not None
+    )
     # without a template: nested dicts, same leaves
     raw = restore_checkpoint(tmp_path, 1)
     assert_trees_equal(raw.params, jax.tree.map(lambda x: x, pruned))
@@ -185,8 +217,9 @@ def test_round_trip_dense_and_masked_every_model(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_round_trip_shrunk_every_model(tmp_path, name):
     model, v, small_model, small, plan, x = shrunk(name)
-    save_checkpoint(tmp_path, 3, params=v, shrunk_params=small, plan=plan, model_config=small_model,
-                    data_state={"epoch": 1})
+    save_checkpoint(
+        tmp_path, 3, params=v, shrunk_params=small, plan=plan, model_config=small_model, data_state={"epoch": 1}
+    )
     ckpt = restore_checkpoint(tmp_path, template=Checkpoint(params=v, shrunk_params=small))
     assert ckpt.step == 3 and ckpt.data_state == {"epoch": 1}
     assert_trees_equal(ckpt.params, v)
@@ -200,8 +233,10 @@ def test_round_trip_shrunk_every_model(tmp_path, name):
 
 
 def test_round_trip_sparse_optimizer_state_with_key_and_counters(tmp_path):
-    params = {"dense": {"kernel": jax.random.normal(jax.random.key(0), (6, 5)), "bias": jnp.ones(5)},
-              "layers": [jnp.arange(12.0).reshape(3, 4)]}
+    params = {
+        "dense": {"kernel": jax.random.normal(jax.random.key(0), (6, 5)), "bias": jnp.ones(5)},
+        "layers": [jnp.arange(12.0).reshape(3, 4)],
+    }
     opt = sparse_optimizer(optax.adamw(1e-2), magnitude_pruner(polynomial(0.8, begin=0, end=4, every=2)), key=3)
     state = opt.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
@@ -266,8 +301,14 @@ def test_masked_leaf_with_nonzero_pruned_values_is_stored_dense(tmp_path):
 
 def test_json_items_round_trip_and_partial_restore(tmp_path):
     plan = {"shapes": {"w": [[4, 4], [4, 2]]}, "leaf_shapes": {"w": [4, 4]}, "groups": [], "leaves": {}}
-    save_checkpoint(tmp_path, 9, params={"w": jnp.ones((4, 4))}, shrunk_params={"w": jnp.ones((4, 2))},
-                    plan=json.dumps(plan), data_state={"epoch": 2, "step": 9, "seed": 0, "order": [3, 1]})
+    save_checkpoint(
+        tmp_path,
+        9,
+        params={"w": jnp.ones((4, 4))},
+        shrunk_params={"w": jnp.ones((4, 2))},
+        plan=json.dumps(plan),
+        data_state={"epoch": 2, "step": 9, "seed": 0, "order": [3, 1]},
+    )
     ckpt = restore_checkpoint(tmp_path, items=["plan", "data_state"])
     assert ckpt.plan == plan and ckpt.data_state["order"] == [3, 1] and ckpt.params is None
     with pytest.raises(CheckpointError, match="no item 'model_config'"):

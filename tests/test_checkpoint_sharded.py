@@ -64,7 +64,13 @@ SCRIPT = textwrap.dedent("""
 def test_save_on_1x8_mesh_restore_on_2x4_mesh(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt")], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "SHARDED_OK" in res.stdout

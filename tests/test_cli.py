@@ -19,10 +19,10 @@ import pytest
 import jaxprune as jp
 from jaxprune._src.cli import common
 from jaxprune._src.cli.common import CliError
-from jaxprune.cli import main
 from jaxprune._src.cli.prune import prune_checkpoint
 from jaxprune._src.cli.recipe import apply_overrides, load_recipe, recipe_from_dict
 from jaxprune._src.tree import is_none, leaves_with_paths
+from jaxprune.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -48,8 +48,24 @@ def snapshot(path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    cli("finetune", "--model", "small_cnn", "--model-arg", "channels=[8,16]", "--dataset", "digits_offline",
-        "--steps", "20", "--eval-every", "10", "--lr", "0.05", "--out", d / "dense", "--no-progress")
+    cli(
+        "finetune",
+        "--model",
+        "small_cnn",
+        "--model-arg",
+        "channels=[8,16]",
+        "--dataset",
+        "digits_offline",
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--lr",
+        "0.05",
+        "--out",
+        d / "dense",
+        "--no-progress",
+    )
     return d
 
 
@@ -64,8 +80,9 @@ def test_dense_from_init(runs):
 
 
 def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
-    out = cli("prune", "--checkpoint", runs / "dense", "--recipe", RECIPES / "unstructured90.json",
-              "--out", runs / "sp90")
+    out = cli(
+        "prune", "--checkpoint", runs / "dense", "--recipe", RECIPES / "unstructured90.json", "--out", runs / "sp90"
+    )
     assert "sparsity 90.0%" in out.stdout
     s = json.loads((runs / "sp90" / "summary.json").read_text())
     assert s["kind"] == "sparse" and s["sparsity"] == pytest.approx(0.9, abs=2e-3)
@@ -78,8 +95,20 @@ def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
     assert jp.sparsity_summary(ck.masks).total_sparsity == pytest.approx(0.9, abs=2e-3)
 
     # Finetune with the mask fixed, interrupted after 6 of 12 steps, then resumed by the same command.
-    ft = ["finetune", "--checkpoint", runs / "sp90", "--out", runs / "sp90_ft", "--steps", "12",
-          "--eval-every", "4", "--save-every", "2", "--no-progress"]
+    ft = [
+        "finetune",
+        "--checkpoint",
+        runs / "sp90",
+        "--out",
+        runs / "sp90_ft",
+        "--steps",
+        "12",
+        "--eval-every",
+        "4",
+        "--save-every",
+        "2",
+        "--no-progress",
+    ]
     first = cli(*ft, "--max-steps-this-run", "6")
     assert "stopped at step 6 of 12" in first.stdout
     s1 = json.loads((runs / "sp90_ft" / "summary.json").read_text())
@@ -106,8 +135,9 @@ def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
     assert jp.restore_checkpoint(runs / "sp90_ft" / "checkpoint").step == best.step
 
     # Structured pruning to half the FLOPs, then finetune the shrunk model.
-    cli("prune", "--checkpoint", runs / "dense", "--recipe", RECIPES / "structured_flops50.json",
-        "--out", runs / "sh50")
+    cli(
+        "prune", "--checkpoint", runs / "dense", "--recipe", RECIPES / "structured_flops50.json", "--out", runs / "sh50"
+    )
     s = json.loads((runs / "sh50" / "summary.json").read_text())
     assert s["kind"] == "shrunk" and s["after"]["flops"] <= 0.5 * s["before"]["flops"]
     widths = {r["layer"]: (r["width_before"], r["width_after"]) for r in s["layers"]}
@@ -122,8 +152,19 @@ def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
     assert jax.tree.map(np.shape, variables_ft) == jax.tree.map(np.shape, variables)
 
     # Evaluate the three side by side.
-    out = cli("evaluate", runs / "dense", runs / "sp90_ft", runs / "sh50_ft", "--dataset", "digits_offline",
-              "--batch-size", "32", "--quick", "--out", runs / "eval")
+    out = cli(
+        "evaluate",
+        runs / "dense",
+        runs / "sp90_ft",
+        runs / "sh50_ft",
+        "--dataset",
+        "digits_offline",
+        "--batch-size",
+        "32",
+        "--quick",
+        "--out",
+        runs / "eval",
+    )
     res = json.loads((runs / "eval" / "results.json").read_text())
     rows = {r["label"]: r for r in res["rows"]}
     assert list(rows) == ["dense", "sp90_ft", "sh50_ft"] and "| sp90_ft | sparse |" in out.stdout
@@ -142,8 +183,7 @@ def test_nm_recipe_library_call(runs, tmp_path):
     """The same code, called as library functions: 2:4 on every kernel but the 3-channel first conv."""
     loaded = common.load_checkpoint_model(str(runs / "dense"))
     s = prune_checkpoint(loaded, load_recipe(str(RECIPES / "nm24.json")), str(tmp_path / "nm"))
-    assert {r["layer"]: r["sparsity"] for r in s["layers"]} == {"params/conv_1/kernel": 0.5,
-                                                                "params/head/kernel": 0.5}
+    assert {r["layer"]: r["sparsity"] for r in s["layers"]} == {"params/conv_1/kernel": 0.5, "params/head/kernel": 0.5}
     back = common.load_checkpoint_model(str(tmp_path / "nm"))
     assert back.kind == "sparse" and back.masks["params"]["conv_0"]["kernel"] is None
     m = np.asarray(back.masks["params"]["conv_1"]["kernel"]).reshape(3, 3, 2, 4, 16)
@@ -151,21 +191,42 @@ def test_nm_recipe_library_call(runs, tmp_path):
 
 
 BAD = {
-    "missing checkpoint": (["prune", "--checkpoint", "{runs}/nothing_here", "--recipe", "{recipes}/nm24.json"],
-                           "does not exist"),
-    "unknown dataset": (["finetune", "--checkpoint", "{runs}/dense", "--dataset", "no_such_dataset_xyz"],
-                        "no_such_dataset_xyz"),
-    "unknown method": (["prune", "--checkpoint", "{runs}/dense", "--recipe", "{recipes}/unstructured90.json",
-                        "--set", "method=magic"], "unknown method 'magic'"),
-    "sparsity out of range": (["prune", "--checkpoint", "{runs}/dense", "--set", "sparsity=1.5"],
-                              "must be a number in [0, 1), got 1.5"),
-    "rule matches no layer": (["prune", "--checkpoint", "{runs}/dense", "--set", 'rules=[["no_layer", 0.5]]'],
-                              "no_layer"),
-    "nothing prunable": (["prune", "--checkpoint", "{runs}/dense", "--set", 'prunable=[[".*", false]]'],
-                         "matches no layer"),
-    "structured regex matches no layer": (["prune", "--checkpoint", "{runs}/dense", "--recipe",
-                                           "{recipes}/structured_flops50.json", "--set", 'ignore=["nope"]'],
-                                          "'nope' matches no prunable layer"),
+    "missing checkpoint": (
+        ["prune", "--checkpoint", "{runs}/nothing_here", "--recipe", "{recipes}/nm24.json"],
+        "does not exist",
+    ),
+    "unknown dataset": (
+        ["finetune", "--checkpoint", "{runs}/dense", "--dataset", "no_such_dataset_xyz"],
+        "no_such_dataset_xyz",
+    ),
+    "unknown method": (
+        ["prune", "--checkpoint", "{runs}/dense", "--recipe", "{recipes}/unstructured90.json", "--set", "method=magic"],
+        "unknown method 'magic'",
+    ),
+    "sparsity out of range": (
+        ["prune", "--checkpoint", "{runs}/dense", "--set", "sparsity=1.5"],
+        "must be a number in [0, 1), got 1.5",
+    ),
+    "rule matches no layer": (
+        ["prune", "--checkpoint", "{runs}/dense", "--set", 'rules=[["no_layer", 0.5]]'],
+        "no_layer",
+    ),
+    "nothing prunable": (
+        ["prune", "--checkpoint", "{runs}/dense", "--set", 'prunable=[[".*", false]]'],
+        "matches no layer",
+    ),
+    "structured regex matches no layer": (
+        [
+            "prune",
+            "--checkpoint",
+            "{runs}/dense",
+            "--recipe",
+            "{recipes}/structured_flops50.json",
+            "--set",
+            'ignore=["nope"]',
+        ],
+        "'nope' matches no prunable layer",
+    ),
 }
 
 
@@ -191,24 +252,38 @@ def test_out_holding_checkpoint_is_not_overwritten(runs, tmp_path, capsys):
     target = tmp_path / "sp"
     assert main(["prune", "--checkpoint", str(runs / "dense"), "--set", "sparsity=0.5", "--out", str(target)]) == 0
     before = snapshot(target)
-    for args in (["prune", "--checkpoint", str(runs / "dense"), "--set", "sparsity=0.7"],
-                 ["finetune", "--checkpoint", str(runs / "dense"), "--steps", "2"],
-                 ["evaluate", str(runs / "dense")]):
+    for args in (
+        ["prune", "--checkpoint", str(runs / "dense"), "--set", "sparsity=0.7"],
+        ["finetune", "--checkpoint", str(runs / "dense"), "--steps", "2"],
+        ["evaluate", str(runs / "dense")],
+    ):
         capsys.readouterr()
         assert main([*args, "--out", str(target)]) == 2
         err = capsys.readouterr().err
         assert "already holds" in err and "--overwrite" in err
         assert snapshot(target) == before
-    assert main(["prune", "--checkpoint", str(runs / "dense"), "--set", "sparsity=0.7", "--out", str(target),
-                 "--overwrite"]) == 0
+    assert (
+        main(
+            ["prune", "--checkpoint", str(runs / "dense"), "--set", "sparsity=0.7", "--out", str(target), "--overwrite"]
+        )
+        == 0
+    )
     assert json.loads((target / "summary.json").read_text())["sparsity"] == pytest.approx(0.7, abs=2e-3)
     assert jp.checkpoint_steps(target / "checkpoint") == [0]
 
 
 def test_resume_refuses_other_settings(runs, tmp_path, capsys):
     out_dir = tmp_path / "ft"
-    base = ["finetune", "--checkpoint", str(runs / "dense"), "--out", str(out_dir), "--no-progress",
-            "--dev-split", "none"]
+    base = [
+        "finetune",
+        "--checkpoint",
+        str(runs / "dense"),
+        "--out",
+        str(out_dir),
+        "--no-progress",
+        "--dev-split",
+        "none",
+    ]
     assert main([*base, "--steps", "6", "--max-steps-this-run", "2"]) == 0
     assert json.loads((out_dir / "summary.json").read_text())["step"] == 2
     before = snapshot(out_dir)
@@ -229,17 +304,25 @@ def test_checkpoint_without_model_config_asks_for_model(runs, tmp_path, capsys):
 
 
 def test_recipes_and_overrides():
-    assert apply_overrides({"a": {"b": 1}}, ["a.b=2", "c=x", "d=[1, 2]", "e=null"]) == \
-        {"a": {"b": 2}, "c": "x", "d": [1, 2], "e": None}
+    assert apply_overrides({"a": {"b": 1}}, ["a.b=2", "c=x", "d=[1, 2]", "e=null"]) == {
+        "a": {"b": 2},
+        "c": "x",
+        "d": [1, 2],
+        "e": None,
+    }
     for path in sorted(RECIPES.glob("*.json")):  # every shipped recipe is valid
         assert load_recipe(str(path)).kind in ("unstructured", "nm", "block", "structured")
     r = load_recipe(str(RECIPES / "structured_flops50.json"), ["budget.flops=0.3"])
     assert r.budget == {"flops": 0.3} and r.score == "l1"
     assert recipe_from_dict({"method": "snip"}).needs_grads
-    for bad, msg in [({"kind": "pruneit"}, "kind must be one of"), ({"sparsity": -0.1}, "[0, 1)"),
-                     ({"spars": 0.5}, "unknown recipe field"), ({"budget": {"flops": 0.5}}, "'structured' only"),
-                     ({"kind": "structured", "method": "magnitude"}, "unknown method"),
-                     ({"rules": [["(", 0.5]]}, "invalid regex")]:
+    for bad, msg in [
+        ({"kind": "pruneit"}, "kind must be one of"),
+        ({"sparsity": -0.1}, "[0, 1)"),
+        ({"spars": 0.5}, "unknown recipe field"),
+        ({"budget": {"flops": 0.5}}, "'structured' only"),
+        ({"kind": "structured", "method": "magnitude"}, "unknown method"),
+        ({"rules": [["(", 0.5]]}, "invalid regex"),
+    ]:
         with pytest.raises(CliError) as e:
             recipe_from_dict(bad)
         assert msg in str(e.value)

@@ -38,8 +38,11 @@ def numpy_bert_forward(sd, ids, mask, heads, eps=1e-12):
     sd = {k: np.asarray(v, np.float64) for k, v in sd.items() if not k.endswith("position_ids")}
     lin = lambda x, p: x @ sd[p + ".weight"].T + sd[p + ".bias"]  # noqa: E731
     b, s = ids.shape
-    x = (sd["embeddings.word_embeddings.weight"][ids] + sd["embeddings.position_embeddings.weight"][:s][None]
-         + sd["embeddings.token_type_embeddings.weight"][np.zeros_like(ids)])
+    x = (
+        sd["embeddings.word_embeddings.weight"][ids]
+        + sd["embeddings.position_embeddings.weight"][:s][None]
+        + sd["embeddings.token_type_embeddings.weight"][np.zeros_like(ids)]
+    )
     x = _ln(x, sd["embeddings.LayerNorm.weight"], sd["embeddings.LayerNorm.bias"], eps)
     add_mask = (1.0 - mask[:, None, None, :]) * -1e9
     n = 0
@@ -52,8 +55,12 @@ def numpy_bert_forward(sd, ids, mask, heads, eps=1e-12):
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         ctx = (att @ v).transpose(0, 2, 1, 3).reshape(b, s, -1)
-        x = _ln(x + lin(ctx, p + "attention.output.dense"), sd[p + "attention.output.LayerNorm.weight"],
-                sd[p + "attention.output.LayerNorm.bias"], eps)
+        x = _ln(
+            x + lin(ctx, p + "attention.output.dense"),
+            sd[p + "attention.output.LayerNorm.weight"],
+            sd[p + "attention.output.LayerNorm.bias"],
+            eps,
+        )
         h = lin(_gelu(lin(x, p + "intermediate.dense")), p + "output.dense")
         x = _ln(x + h, sd[p + "output.LayerNorm.weight"], sd[p + "output.LayerNorm.bias"], eps)
         assert x.shape[-1] == d
@@ -63,10 +70,12 @@ def numpy_bert_forward(sd, ids, mask, heads, eps=1e-12):
 
 def random_hf_bert(rng, vocab=50, d=32, layers=2, inter=48, positions=16):
     """A random HF-layout BertModel state dict (with the ``position_ids`` buffer), written by name."""
-    sd = {"embeddings.word_embeddings.weight": rng.normal(size=(vocab, d)),
-          "embeddings.position_embeddings.weight": rng.normal(size=(positions, d)),
-          "embeddings.token_type_embeddings.weight": rng.normal(size=(2, d)),
-          "embeddings.position_ids": np.arange(positions, dtype=np.int64)[None]}
+    sd = {
+        "embeddings.word_embeddings.weight": rng.normal(size=(vocab, d)),
+        "embeddings.position_embeddings.weight": rng.normal(size=(positions, d)),
+        "embeddings.token_type_embeddings.weight": rng.normal(size=(2, d)),
+        "embeddings.position_ids": np.arange(positions, dtype=np.int64)[None],
+    }
 
     def dense(name, o, i):
         sd[name + ".weight"] = rng.normal(size=(o, i)) / np.sqrt(i)
@@ -141,10 +150,15 @@ def _random_variables(model, seed=0):
 
 def _tiny(kind):
     if kind == "resnet":
-        m = models.resnet18(num_classes=3, stage_sizes=(1, 1, 1, 1), stage_widths=(8, 16, 16, 32), stem_width=8,
-                           small_input=True, image_size=8)
-        return m, cv.flax_to_torchvision_resnet(_random_variables(m)), \
-            cv.convert_torchvision_resnet
+        m = models.resnet18(
+            num_classes=3,
+            stage_sizes=(1, 1, 1, 1),
+            stage_widths=(8, 16, 16, 32),
+            stem_width=8,
+            small_input=True,
+            image_size=8,
+        )
+        return m, cv.flax_to_torchvision_resnet(_random_variables(m)), cv.convert_torchvision_resnet
     if kind == "vit":
         m = models.vit_tiny_test(num_classes=3)
         return m, cv.flax_to_timm_vit(_random_variables(m)), cv.convert_timm_vit
@@ -152,8 +166,11 @@ def _tiny(kind):
     return m, cv.flax_to_hf_bert(_random_variables(m)), cv.convert_hf_bert
 
 
-_VICTIM = {"resnet": "layer2.0.downsample.1.running_var", "vit": "blocks.1.attn.qkv.weight",
-           "bert": "encoder.layer.1.attention.output.dense.weight"}
+_VICTIM = {
+    "resnet": "layer2.0.downsample.1.running_var",
+    "vit": "blocks.1.attn.qkv.weight",
+    "bert": "encoder.layer.1.attention.output.dense.weight",
+}
 
 
 @pytest.mark.parametrize("kind", ["resnet", "vit", "bert"])
@@ -178,8 +195,9 @@ def test_missing_unexpected_and_misshaped_keys_are_named(kind):
 
 
 def test_wrong_architecture_checkpoint_is_rejected_by_key():
-    small = models.resnet18(num_classes=3, stage_sizes=(1, 1), stage_widths=(8, 8), stem_width=8, small_input=True,
-                            image_size=8)
+    small = models.resnet18(
+        num_classes=3, stage_sizes=(1, 1), stage_widths=(8, 8), stem_width=8, small_input=True, image_size=8
+    )
     deeper = small.clone(stage_sizes=(2, 1))
     sd = cv.flax_to_torchvision_resnet(_random_variables(deeper))
     with pytest.raises(ValueError, match=r"'layer1\.1\.conv1\.weight' maps to .* the target model does not have"):
@@ -198,16 +216,21 @@ def test_timm_unsupported_layouts_raise():
 
 
 @settings(max_examples=8, deadline=None)
-@given(heads=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([2, 4]), layers=st.integers(1, 2),
-       mlp=st.sampled_from([8, 12]))
+@given(
+    heads=st.sampled_from([1, 2, 4]),
+    head_dim=st.sampled_from([2, 4]),
+    layers=st.integers(1, 2),
+    mlp=st.sampled_from([8, 12]),
+)
 def test_round_trip_flax_torch_layout_flax_is_exact(heads, head_dim, layers, mlp):
     d = heads * head_dim
     vit = models.vit_tiny_test(hidden_size=d, num_heads=heads, num_layers=layers, mlp_dim=mlp, num_classes=2)
     v = _random_variables(vit, heads)
     back = cv.convert_timm_vit(cv.flax_to_timm_vit(v), vit)
     jax.tree.map(np.testing.assert_array_equal, v, back)
-    bert = models.bert_tiny_test(hidden_size=d, num_attention_heads=heads, num_hidden_layers=layers,
-                                 intermediate_size=mlp)
+    bert = models.bert_tiny_test(
+        hidden_size=d, num_attention_heads=heads, num_hidden_layers=layers, intermediate_size=mlp
+    )
     v = _random_variables(bert, layers)
     back = cv.convert_hf_bert(cv.flax_to_hf_bert(v), bert)
     jax.tree.map(np.testing.assert_array_equal, v, back)
@@ -242,8 +265,9 @@ def test_real_minilm_weights_match_numpy_reference():
         config = json.load(f)
     model, variables = cv.from_hf_bert(sd, config)
     assert (model.num_attention_heads, model.hidden_size, model.num_hidden_layers) == (12, 384, 6)
-    ids = np.array([[101, 1037, 2158, 2003, 2652, 1037, 2858, 1012, 102], [101, 7592, 2088, 999, 102, 0, 0, 0, 0]],
-                   np.int32)
+    ids = np.array(
+        [[101, 1037, 2158, 2003, 2652, 1037, 2858, 1012, 102], [101, 7592, 2088, 999, 102, 0, 0, 0, 0]], np.int32
+    )
     mask = (ids != 0).astype(np.int32)
     hidden, _ = jax.jit(model.apply)(variables, ids, mask)
     ref, _ = numpy_bert_forward(sd, ids, mask, heads=12)

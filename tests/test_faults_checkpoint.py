@@ -68,18 +68,28 @@ PRELUDE = textwrap.dedent("""
 
 
 def value(seed, n=64):
-    return {"enc": {"kernel": jnp.asarray(np.random.default_rng(seed).normal(size=(n, n)), jnp.float32)},
-            "head": {"bias": jnp.arange(8.0) + seed}}
+    return {
+        "enc": {"kernel": jnp.asarray(np.random.default_rng(seed).normal(size=(n, n)), jnp.float32)},
+        "head": {"bias": jnp.arange(8.0) + seed},
+    }
 
 
 def run_child(code, kill_re=None, env_extra=None, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     env.pop("KILL_RE", None)
     if kill_re:
         env["KILL_RE"] = kill_re
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def assert_tree_bits(a, b):
@@ -100,11 +110,15 @@ def killed(res):
 
 
 # --------------------------------------------------------------------------- kills during a plain save
-@pytest.mark.parametrize("kill_re", [
-    r"^json ",  # during the temporary write
-    r"rename \S+/params\.orbax-checkpoint-tmp ->",  # between item commits inside the temporary folder
-    r"rename \S+/2\.orbax-checkpoint-tmp -> \S+/2$",  # temporary write complete, before the commit rename
-], ids=["during_tmp_write", "mid_tmp_commit", "before_commit_rename"])
+@pytest.mark.parametrize(
+    "kill_re",
+    [
+        r"^json ",  # during the temporary write
+        r"rename \S+/params\.orbax-checkpoint-tmp ->",  # between item commits inside the temporary folder
+        r"rename \S+/2\.orbax-checkpoint-tmp -> \S+/2$",  # temporary write complete, before the commit rename
+    ],
+    ids=["during_tmp_write", "mid_tmp_commit", "before_commit_rename"],
+)
 def test_plain_save_killed(tmp_path, kill_re):
     d = tmp_path / "ck"
     jp.save_checkpoint(d, 1, params=value(1), data_state={"step": 1})
@@ -192,8 +206,7 @@ def _two_steps(d):
     w = value(2)
     masks = jax.tree.map(lambda x: jnp.abs(x) > 0.5, w)
     w = jax.tree.map(lambda x, m: jnp.where(m, x, 0), w, masks)
-    opt = jp.sparse_optimizer(optax.adam(1e-3), jp.magnitude_pruner(jp.polynomial(0.5, begin=0, end=4, every=2)),
-                              key=0)
+    opt = jp.sparse_optimizer(optax.adam(1e-3), jp.magnitude_pruner(jp.polynomial(0.5, begin=0, end=4, every=2)), key=0)
     opt_state = opt.init(w)
     jp.save_checkpoint(d, 2, params=w, masks=masks, opt_state=opt_state, data_state={"step": 2})
     return w, masks, opt, opt_state
@@ -203,8 +216,18 @@ def _step1_intact(d):
     assert_tree_bits(jp.restore_checkpoint(d, 1).params, value(1))
 
 
-@pytest.mark.parametrize("damage", ["flip_array", "truncate_array", "truncate_manifest", "flip_manifest_digit",
-                                    "edit_manifest_dtype", "edit_data_state", "corrupt_opt_state_metadata"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "flip_array",
+        "truncate_array",
+        "truncate_manifest",
+        "flip_manifest_digit",
+        "edit_manifest_dtype",
+        "edit_data_state",
+        "corrupt_opt_state_metadata",
+    ],
+)
 def test_damaged_files_are_refused_with_a_named_error(tmp_path, damage):
     d = tmp_path / "ck"
     w, _, _, opt_state = _two_steps(d)
@@ -279,6 +302,7 @@ def test_out_of_order_save_never_deletes_the_newest_step(tmp_path):
 def test_threads_sharing_an_async_checkpointer(tmp_path):
     errors = []
     with jp.SparseCheckpointer(tmp_path, async_=True) as ck:
+
         def worker(t):
             try:
                 for k in range(3):
@@ -317,10 +341,19 @@ def test_two_processes_saving_the_same_step(tmp_path):
         except jp.CheckpointError as e:
             print("REFUSED", e)
     """.replace("DIR", repr(str(d)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(env, SEED=str(s))) for s in (70, 71)]
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env, SEED=str(s)),
+        )
+        for s in (70, 71)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     saved = [s for s, (o, _) in zip((70, 71), outs) if "SAVED" in o]
@@ -364,8 +397,9 @@ def test_full_disk_keeps_the_previous_state(tmp_path, monkeypatch, async_, overw
 
 def test_read_only_directory_is_refused(tmp_path):
     if os.geteuid() == 0:
-        pytest.skip("running as root: chmod does not stop root from writing, so a read-only directory cannot be "
-                    "simulated")
+        pytest.skip(
+            "running as root: chmod does not stop root from writing, so a read-only directory cannot be simulated"
+        )
     d = tmp_path / "ck"
     jp.save_checkpoint(d, 1, params=value(1))
     os.chmod(d, 0o555)
@@ -386,17 +420,22 @@ def test_cli_finetune_killed_mid_save(tmp_path):
     out = tmp_path / "run"
     ts = out / "train_state"
     # record the committed step 8 at the moment step 12's save starts, then die
-    hook = ("import hashlib, pathlib; d = pathlib.Path(os.environ['TS']) / '8'; "
-            "open(os.environ['REC'], 'w').write(json.dumps({str(p.relative_to(d)): "
-            "hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob('*')) if p.is_file()}))")
+    hook = (
+        "import hashlib, pathlib; d = pathlib.Path(os.environ['TS']) / '8'; "
+        "open(os.environ['REC'], 'w').write(json.dumps({str(p.relative_to(d)): "
+        "hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob('*')) if p.is_file()}))"
+    )
     code = f"""
         import runpy
         sys.argv = ["jaxprune", "finetune", "--model", "small_cnn", "--dataset", "digits_offline", "--steps", "20",
                     "--out", {str(out)!r}, "--no-progress"]
         runpy.run_module("jaxprune.cli", run_name="__main__")
     """
-    res = run_child(code, kill_re=r"^json \S+/train_state/12\.orbax-checkpoint-tmp",
-                    env_extra={"KILL_HOOK": hook, "TS": str(ts), "REC": str(tmp_path / "step8.json")})
+    res = run_child(
+        code,
+        kill_re=r"^json \S+/train_state/12\.orbax-checkpoint-tmp",
+        env_extra={"KILL_HOOK": hook, "TS": str(ts), "REC": str(tmp_path / "step8.json")},
+    )
     killed(res)
     before = json.loads((tmp_path / "step8.json").read_text())
     assert jp.checkpoint_steps(ts) == [8]

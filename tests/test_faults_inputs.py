@@ -33,16 +33,19 @@ _magnitude = getattr(jp, "magnitude_scores", None) or jp.magnitude  # (jp.magnit
 
 def _params():
     k = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
-    return {"conv": {"kernel": k, "bias": jnp.arange(1.0, 9.0)},
-            "norm": {"scale": jnp.arange(1.0, 9.0)},
-            "dense": {"kernel": jnp.arange(1.0, 33.0).reshape(8, 4), "bias": jnp.ones(4)}}
+    return {
+        "conv": {"kernel": k, "bias": jnp.arange(1.0, 9.0)},
+        "norm": {"scale": jnp.arange(1.0, 9.0)},
+        "dense": {"kernel": jnp.arange(1.0, 33.0).reshape(8, 4), "bias": jnp.ones(4)},
+    }
 
 
 # ------------------------------------------------------------------------------------ mask library
 def _lib(name="a", seed=0, note=1.0):
     rng = np.random.default_rng(seed)
-    rec = vote.TaskRecord(name, rng.normal(size=4), {"g0": rng.random(6) < 0.5, "g1": rng.random(3) < 0.5},
-                        {"budget": 0.5, "note": note})
+    rec = vote.TaskRecord(
+        name, rng.normal(size=4), {"g0": rng.random(6) < 0.5, "g1": rng.random(3) < 0.5}, {"budget": 0.5, "note": note}
+    )
     return vote.MaskLibrary((rec,), {"arch": "toy"})
 
 
@@ -119,8 +122,9 @@ def test_library_kill9_mid_save_keeps_previous_library(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     killed = 0
     for n in range(1, 9):  # kill at the n-th rename/replace until a save runs through
-        proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, path, str(n)], env=env, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", _KILL_SCRIPT, path, str(n)], env=env, capture_output=True, text=True, timeout=120
+        )
         if proc.returncode == 0:
             assert "CALLS" in proc.stdout
             break
@@ -140,7 +144,7 @@ def test_library_bit_flipped_or_truncated_files_are_refused(tmp_path):
     good = open(meta_path, "rb").read()
     # one bit flipped inside the record name: still valid JSON, different content
     i = good.index(b'"abcdef"') + 3
-    flipped = good[:i] + bytes([good[i] ^ 0x01]) + good[i + 1:]
+    flipped = good[:i] + bytes([good[i] ^ 0x01]) + good[i + 1 :]
     open(meta_path, "wb").write(flipped)
     with pytest.raises(ValueError, match="library.json.*SHA-256"):
         vote.load_library(path)
@@ -241,10 +245,12 @@ def test_non_boolean_masks_are_refused():
 def test_string_sparsity_is_a_type_error(call):
     params = _params()
     with pytest.raises(TypeError, match=r"sparsit\w* must be a number"):
-        {"prune": lambda: jp.prune(params, "0.5"),
-         "layerwise": lambda: jp.layerwise_masks(_magnitude(params), "0.5"),
-         "global": lambda: jp.global_masks(_magnitude(params), "0.5"),
-         "layer_sparsities": lambda: jp.layer_sparsities(params, "0.5")}[call]()
+        {
+            "prune": lambda: jp.prune(params, "0.5"),
+            "layerwise": lambda: jp.layerwise_masks(_magnitude(params), "0.5"),
+            "global": lambda: jp.global_masks(_magnitude(params), "0.5"),
+            "layer_sparsities": lambda: jp.layer_sparsities(params, "0.5"),
+        }[call]()
 
 
 def test_boolean_params_are_not_pruned():
@@ -265,11 +271,14 @@ def test_no_prunable_leaf_raises_in_prune_and_warns_in_masks():
     assert all(x is None for x in jax.tree.leaves(m, is_leaf=lambda x: x is None))
 
 
-@pytest.mark.parametrize("bad,err,msg", [
-    (np.arange(12, dtype=np.int64).reshape(3, 4), TypeError, r"'fc\.weight'.*int64.*floating"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]], np.float32), ValueError, r"'fc\.weight'.*1 NaN"),
-    (np.array([[1.0, np.inf]], np.float32), ValueError, r"'fc\.weight'.*inf"),
-])
+@pytest.mark.parametrize(
+    "bad,err,msg",
+    [
+        (np.arange(12, dtype=np.int64).reshape(3, 4), TypeError, r"'fc\.weight'.*int64.*floating"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]], np.float32), ValueError, r"'fc\.weight'.*1 NaN"),
+        (np.array([[1.0, np.inf]], np.float32), ValueError, r"'fc\.weight'.*inf"),
+    ],
+)
 def test_converter_refuses_integer_or_nan_weights(bad, err, msg):
     sd = {"fc.weight": bad, "fc.bias": np.zeros(3, np.float32)}
     entries = [cv.Entry("params/fc/kernel", "fc.weight", cv.linear_kernel), cv.Entry("params/fc/bias", "fc.bias")]

@@ -65,10 +65,13 @@ def _edit(fn):
 
 def _raw(d) -> PrunePlan:
     """The plan of a dict *without* validation (what a hand-built or old-code plan object can hold)."""
-    return PrunePlan(groups=tuple(dict(g, kept=tuple(g["kept"])) for g in d["groups"]),
-                     leaves={p: {int(a): tuple(k) for a, k in ax.items()} for p, ax in d["leaves"].items()},
-                     shapes={p: (tuple(o), tuple(n)) for p, (o, n) in d["shapes"].items()},
-                     leaf_shapes={p: tuple(s) for p, s in d["leaf_shapes"].items()}, meta=dict(d["meta"]))
+    return PrunePlan(
+        groups=tuple(dict(g, kept=tuple(g["kept"])) for g in d["groups"]),
+        leaves={p: {int(a): tuple(k) for a, k in ax.items()} for p, ax in d["leaves"].items()},
+        shapes={p: (tuple(o), tuple(n)) for p, (o, n) in d["shapes"].items()},
+        leaf_shapes={p: tuple(s) for p, s in d["leaf_shapes"].items()},
+        meta=dict(d["meta"]),
+    )
 
 
 def _set_leaf(d, path, axis, kept):
@@ -95,8 +98,10 @@ BAD_PLANS = {
     "leaf kept not sorted": (lambda d: _set_leaf(d, "a", 1, [5, 3, 2, 1]), r"leaf 'a' axis 1: .*sorted"),
     "group kept 99, 99": (lambda d: _group_kept(d, "a[1]", [99, 99]), r"group \d+ \(a\[1\]\): kept index 99"),
     "group kept duplicated": (lambda d: _group_kept(d, "b[1]", [1, 1, 2]), r"group \d+ \(b\[1\]\): .*duplicated"),
-    "group kept count edited": (lambda d: _group_kept(d, "a[1]", _group(d, "a[1]")["kept"][:-1]),
-                                r"group \d+ \(a\[1\]\) drops 5 units.*'a' axis 1"),
+    "group kept count edited": (
+        lambda d: _group_kept(d, "a[1]", _group(d, "a[1]")["kept"][:-1]),
+        r"group \d+ \(a\[1\]\) drops 5 units.*'a' axis 1",
+    ),
     "edited new shape": (lambda d: d["shapes"]["a"].__setitem__(1, [3, 5]), r"leaf 'a': shapes gives new shape"),
     "edited original shape": (lambda d: d["shapes"]["c"].__setitem__(0, [7, 2]), r"leaf 'c': shapes gives orig"),
     "edited leaf_shapes": (lambda d: d["leaf_shapes"].__setitem__("b", [8, 9]), r"leaf 'b'"),
@@ -118,6 +123,7 @@ def test_edited_plan_json_is_refused_naming_group_or_leaf(case):
 
 def test_make_shrunk_fn_refuses_an_edited_plan():
     from jaxprune._src.structured import make_shrunk_fn
+
     fn = lambda p, x: jnp.tanh(jnp.tanh(x @ p["a"]) @ p["b"]) @ p["c"]  # noqa: E731
     bad = _raw(_edit(lambda d: _set_leaf(d, "b", 0, [0, 1, 2, 99])))
     with pytest.raises(ValueError, match=r"leaf 'b' axis 0: kept index 99"):
@@ -137,10 +143,12 @@ def test_valid_plan_round_trips_and_matches_its_graph():
 
 def test_plan_edited_consistently_but_not_matching_the_graph_is_refused():
     """Group and leaves edited alike (other channels): only the graph can tell; check_plan(graph=) does."""
+
     def edit(d):
         g = _group(d, "a[1]")
         g["kept"] = [0, 1, 2, 3]
         _set_leaf(d, "a", 1, [0, 1, 2, 3])  # but b's rows still keep the old channels
+
     plan = PrunePlan.from_dict(_edit(edit))
     with pytest.raises(ValueError, match=r"leaf 'b' axis 0: the plan keeps"):
         check_plan(P, plan, graph=G)
@@ -182,8 +190,13 @@ def test_restore_shrunk_model_refuses_a_plan_edited_on_disk(tmp_path, resign):
     small = shrink(v, plan)
     jp.save_checkpoint(tmp_path, 0, shrunk_params=small, plan=plan, model_config=M.rebuild(model, small))
     assert jp.restore_shrunk_model(tmp_path).plan == plan
-    stored = [f for f in (tmp_path / "0").rglob("*") if f.is_file() and '"kept"' in f.read_text(errors="ignore")
-              and "json_sha256" not in f.read_text(errors="ignore")]
+    stored = [
+        f
+        for f in (tmp_path / "0").rglob("*")
+        if f.is_file()
+        and '"kept"' in f.read_text(errors="ignore")
+        and "json_sha256" not in f.read_text(errors="ignore")
+    ]
     assert len(stored) == 1, stored
     d = json.loads(stored[0].read_text())
     d["groups"][0]["kept"] = [99, 99]
@@ -254,23 +267,48 @@ def dense(tmp_path_factory):
 
 CLI_BAD = {
     # name: (args, text the error must contain)
-    "max_ratio=5": (["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "max_ratio=5"],
-                    "recipe field 'max_ratio' must be a number in [0, 1], got 5"),
-    "max_ratio=x": (["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "max_ratio=x"],
-                    "recipe field 'max_ratio' must be a number in [0, 1], got 'x'"),
-    "round_to=0": (["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "round_to=0"],
-                   "recipe field 'round_to' must be a positive integer"),
-    "block=[0,x]": (["prune", "--checkpoint", "{dense}", "--set", "kind=block", "--set", 'block=[0,"x"]'],
-                    "recipe field 'block' must be [rows, cols] (positive integers)"),
-    "warmup_steps=abc": (["finetune", "--model", "small_cnn", "--set", "warmup_steps=abc"],
-                         "training field 'warmup_steps' expects an int >= 0, got 'abc'"),
-    "label_smoothing=2": (["finetune", "--model", "small_cnn", "--set", "label_smoothing=2"],
-                          "training field 'label_smoothing' expects a number in [0, 1), got 2"),
-    "channels=abc": (["finetune", "--model", "small_cnn", "--model-arg", "channels=abc", "--steps", "2"],
-                     "model argument 'channels' of SmallCNN expects tuple[int, ...]"),
-    "empty group hint": (["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "min_keep=0",
-                          "--set", 'budget={{"param_bytes": 0.01}}'],
-                         "raise the recipe field 'min_keep' to at least 1"),
+    "max_ratio=5": (
+        ["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "max_ratio=5"],
+        "recipe field 'max_ratio' must be a number in [0, 1], got 5",
+    ),
+    "max_ratio=x": (
+        ["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "max_ratio=x"],
+        "recipe field 'max_ratio' must be a number in [0, 1], got 'x'",
+    ),
+    "round_to=0": (
+        ["prune", "--checkpoint", "{dense}", "--set", "kind=structured", "--set", "round_to=0"],
+        "recipe field 'round_to' must be a positive integer",
+    ),
+    "block=[0,x]": (
+        ["prune", "--checkpoint", "{dense}", "--set", "kind=block", "--set", 'block=[0,"x"]'],
+        "recipe field 'block' must be [rows, cols] (positive integers)",
+    ),
+    "warmup_steps=abc": (
+        ["finetune", "--model", "small_cnn", "--set", "warmup_steps=abc"],
+        "training field 'warmup_steps' expects an int >= 0, got 'abc'",
+    ),
+    "label_smoothing=2": (
+        ["finetune", "--model", "small_cnn", "--set", "label_smoothing=2"],
+        "training field 'label_smoothing' expects a number in [0, 1), got 2",
+    ),
+    "channels=abc": (
+        ["finetune", "--model", "small_cnn", "--model-arg", "channels=abc", "--steps", "2"],
+        "model argument 'channels' of SmallCNN expects tuple[int, ...]",
+    ),
+    "empty group hint": (
+        [
+            "prune",
+            "--checkpoint",
+            "{dense}",
+            "--set",
+            "kind=structured",
+            "--set",
+            "min_keep=0",
+            "--set",
+            'budget={{"param_bytes": 0.01}}',
+        ],
+        "raise the recipe field 'min_keep' to at least 1",
+    ),
 }
 
 
@@ -288,8 +326,18 @@ def test_cli_bad_values_exit_2_naming_the_field(dense, tmp_path, case, capsys):
 
 def test_cli_bad_value_through_the_console(dense, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "jaxprune.cli", "prune", "--checkpoint", str(dense), "--set", "max_ratio=5",
-           "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxprune.cli",
+        "prune",
+        "--checkpoint",
+        str(dense),
+        "--set",
+        "max_ratio=5",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and "'max_ratio'" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()

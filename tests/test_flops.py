@@ -10,8 +10,13 @@ from jaxprune._src.flops import compare_models, flops, model_stats, param_bytes,
 
 def test_matmul_and_conv_flops_match_the_formula():
     assert flops(lambda a, b: a @ b, jnp.ones((4, 8)), jnp.ones((8, 2))) == 2 * 4 * 8 * 2
-    conv = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "VALID",  # noqa: E731
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = lambda x, k: lax.conv_general_dilated(
+        x,
+        k,
+        (1, 1),
+        "VALID",  # noqa: E731
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     x, k = jax.ShapeDtypeStruct((1, 6, 6, 3), jnp.float32), jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32)
     assert flops(conv, x, k) == 2 * 4 * 4 * 4 * 3 * 3 * 3
 

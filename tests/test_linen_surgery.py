@@ -85,6 +85,7 @@ def _sgd_lowers_loss(model, plan, small, x, fixes=None, **kw):
         def loss(p):
             out = run({"params": p, **rest}, x, **kw)
             return jnp.mean((out - jax.random.normal(jax.random.key(3), out.shape)) ** 2)
+
         return jax.value_and_grad(loss)(p)
 
     params = small["params"]
@@ -110,8 +111,15 @@ def test_flaxmodels_resnet18():
     x = _images(8, 64, 64, 3)
     _, _, plan, small, masked = _setup(model, x, train=False)
     assert small["params"]["BasicBlock_0"]["Conv_0"]["kernel"].shape[-1] == 32
-    _check("flaxmodels.ResNet18", model, plan, small, masked,
-           [x, _images(1, 32, 32, 3), _images(3, 96, 96, 3)], train=False)
+    _check(
+        "flaxmodels.ResNet18",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _images(1, 32, 32, 3), _images(3, 96, 96, 3)],
+        train=False,
+    )
     _sgd_lowers_loss(model, plan, small, _images(1, 32, 32, 3), train=False)
 
 
@@ -122,8 +130,9 @@ def test_flaxmodels_vgg16_features():
     x = _images(3, 32, 32, 3)
     _, _, plan, small, masked = _setup(model, x, train=False)
     assert small["params"]["conv4_1"]["kernel"].shape == (3, 3, 128, 256)
-    _check("flaxmodels.VGG16(include_head=False)", model, plan, small, masked,
-           [x, _images(1, 48, 48, 3)], train=False)  # (fine-tuning: same layers as ResNet18, not repeated)
+    _check(
+        "flaxmodels.VGG16(include_head=False)", model, plan, small, masked, [x, _images(1, 48, 48, 3)], train=False
+    )  # (fine-tuning: same layers as ResNet18, not repeated)
 
 
 # ------------------------------------------------------------------------------- user-style models
@@ -144,8 +153,9 @@ class ResBlockNet(nn.Module):
 def test_residual_block_with_batchnorm():
     model, x = ResBlockNet(), _images(8, 12, 12, 3)
     _, _, plan, small, masked = _setup(model, x)
-    _check("ResBlockNet (Conv+BatchNorm)", model, plan, small, masked,
-           [x, _images(1, 12, 12, 3), _images(3, 20, 20, 3)])
+    _check(
+        "ResBlockNet (Conv+BatchNorm)", model, plan, small, masked, [x, _images(1, 12, 12, 3), _images(3, 20, 20, 3)]
+    )
     # train mode: batch statistics of the shrunk widths come back through mutable=
     run = jp.shrunk_linen_apply(model, plan)
     _, new = jax.jit(lambda s, x: run(s, x, train=True, mutable=["batch_stats"]))(small, x)
@@ -160,7 +170,8 @@ class TransformerBlock(nn.Module):
     def __call__(self, tokens):
         x = nn.Embed(50, 32)(tokens)
         y = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=self.qkv_features)(
-            nn.LayerNorm()(x), mask=nn.make_causal_mask(tokens))
+            nn.LayerNorm()(x), mask=nn.make_causal_mask(tokens)
+        )
         x = x + y
         y = nn.Dense(32)(nn.gelu(nn.Dense(64)(nn.LayerNorm()(x))))
         return nn.Dense(5)((x + y).mean(1))
@@ -173,8 +184,14 @@ def test_transformer_attention(qkv, kinds):
     q = small["params"]["MultiHeadDotProductAttention_0"]["query"]["kernel"]
     assert q.shape == ((32, 2, 8) if kinds == "default" else (32, 2, 4))  # heads (and head_dim) pruned
     assert small["params"]["Dense_0"]["kernel"].shape == (32, 32)
-    _check(f"Transformer (MHDPA, qkv_features={qkv}, kinds={kinds})", model, plan, small, masked,
-           [x, _tokens(1, 7, vocab=50), _tokens(3, 12, vocab=50)])
+    _check(
+        f"Transformer (MHDPA, qkv_features={qkv}, kinds={kinds})",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _tokens(1, 7, vocab=50), _tokens(3, 12, vocab=50)],
+    )
     if kinds == "default":
         _sgd_lowers_loss(model, plan, small, x)
 
@@ -199,8 +216,11 @@ def test_norms_infer_their_width_through_norms(make):
     small = jp.shrink(v, plan)
     assert small["params"]["LayerNorm_0"]["scale"].shape == ((16,) if make is TransformerBlock else (8,))
     run = jax.jit(jp.shrunk_linen_apply(model, plan))
-    _close(f"{make.__name__} through_norms (vs shrunk_fn_from_graph)", run(small, x),
-           jax.jit(jp.shrunk_fn_from_graph(graph, plan))(small, x))
+    _close(
+        f"{make.__name__} through_norms (vs shrunk_fn_from_graph)",
+        run(small, x),
+        jax.jit(jp.shrunk_fn_from_graph(graph, plan))(small, x),
+    )
     other = _tokens(3, 12, vocab=50) if make is TransformerBlock else _images(1, 6)
     assert np.all(np.isfinite(np.asarray(run(small, other))))
 
@@ -228,16 +248,28 @@ def test_groupnorm_after_concat():
     width = small["params"]["GroupNorm_0"]["scale"].shape[0]
     branches = [small["params"][c]["kernel"].shape[-1] for c in ("Conv_0", "Conv_1")]
     assert width == sum(branches) and all(b in (8, 16) for b in branches)
-    _check(f"Concat+GroupNorm (GroupNorm width 32 -> {width})", model, plan, small, masked,
-           [x, _images(1, 8, 8, 3), _images(3, 11, 11, 3)])
+    _check(
+        f"Concat+GroupNorm (GroupNorm width 32 -> {width})",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _images(1, 8, 8, 3), _images(3, 11, 11, 3)],
+    )
 
 
 def test_groupnorm_whole_groups_pruned():
     model, x = ConvGroupNorm(), _images(8, 8, 8, 3)
     _, _, plan, small, masked = _setup(model, x)
     assert small["params"]["GroupNorm_0"]["scale"].shape == (16,)  # 2 of 4 groups of 8 kept
-    _check("Conv+GroupNorm (num_groups 4 -> 2)", model, plan, small, masked,
-           [x, _images(1, 8, 8, 3), _images(3, 13, 13, 3)])
+    _check(
+        "Conv+GroupNorm (num_groups 4 -> 2)",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _images(1, 8, 8, 3), _images(3, 13, 13, 3)],
+    )
     _sgd_lowers_loss(model, plan, small, x)
     with pytest.raises(ValueError, match=r"GroupNorm\.num_groups at module 'GroupNorm_0'.*no plan"):
         jp.shrunk_linen_apply(model)(small, x)
@@ -260,8 +292,14 @@ def test_convnext_block():
     model, x = ConvNeXtBlock(), _images(8, 16, 16, 3)
     _, _, plan, small, masked = _setup(model, x)
     assert small["params"]["Dense_0"]["kernel"].shape == (16, 32)  # the expansion; the LayerNorm'd stream stays
-    _check("ConvNeXt block (depthwise 7x7, LayerNorm, gamma)", model, plan, small, masked,
-           [x, _images(1, 16, 16, 3), _images(3, 24, 24, 3)])
+    _check(
+        "ConvNeXt block (depthwise 7x7, LayerNorm, gamma)",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _images(1, 16, 16, 3), _images(3, 24, 24, 3)],
+    )
     _sgd_lowers_loss(model, plan, small, x)
 
 
@@ -280,8 +318,7 @@ def test_depthwise_and_grouped_conv():
     p = small["params"]
     assert p["Conv_1"]["kernel"].shape[-2:] == (1, 8)  # depthwise over 8 channels
     assert p["Conv_2"]["kernel"].shape[-2:] == (4, 8)  # 2 groups of 4 -> 8
-    _check("depthwise + grouped Conv", model, plan, small, masked,
-           [x, _images(1, 8, 8, 3), _images(3, 12, 12, 3)])
+    _check("depthwise + grouped Conv", model, plan, small, masked, [x, _images(1, 8, 8, 3), _images(3, 12, 12, 3)])
     _sgd_lowers_loss(model, plan, small, x)
 
 
@@ -300,20 +337,34 @@ def test_conv_transpose():
     # the tracer follows `rev` (lax.conv_transpose flips the window axes): ConvTranspose outputs are pruned too
     assert [g for g in graph.prunable if any("ConvTranspose" in m.path for m in g.roots)]
     assert small["params"]["ConvTranspose_0"]["kernel"].shape[-2:] == (8, 4)
-    _check("ConvTranspose (both sides, from the plan)", model, plan, small, masked,
-           [x, _images(1, 6, 6, 3), _images(3, 9, 9, 3)])
+    _check(
+        "ConvTranspose (both sides, from the plan)",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _images(1, 6, 6, 3), _images(3, 9, 9, 3)],
+    )
     _sgd_lowers_loss(model, plan, small, x)
     # output channels of both ConvTransposes sliced by hand (kept: every other channel)
     v = _random_like(jax.eval_shape(model.init, jax.random.key(0), x))
     p = v["params"]
     k0, k1 = np.arange(0, 8, 2), np.arange(0, 6, 2)
-    small = {"params": {
-        "Conv_0": p["Conv_0"],
-        "ConvTranspose_0": {"kernel": p["ConvTranspose_0"]["kernel"][..., k0], "bias": p["ConvTranspose_0"]["bias"][k0]},
-        # transpose_kernel=True: kernel is (..., features, in_features)
-        "ConvTranspose_1": {"kernel": p["ConvTranspose_1"]["kernel"][:, :, k1][..., k0],
-                            "bias": p["ConvTranspose_1"]["bias"][k1]},
-        "Conv_1": {"kernel": p["Conv_1"]["kernel"][:, :, k1], "bias": p["Conv_1"]["bias"]}}}
+    small = {
+        "params": {
+            "Conv_0": p["Conv_0"],
+            "ConvTranspose_0": {
+                "kernel": p["ConvTranspose_0"]["kernel"][..., k0],
+                "bias": p["ConvTranspose_0"]["bias"][k0],
+            },
+            # transpose_kernel=True: kernel is (..., features, in_features)
+            "ConvTranspose_1": {
+                "kernel": p["ConvTranspose_1"]["kernel"][:, :, k1][..., k0],
+                "bias": p["ConvTranspose_1"]["bias"][k1],
+            },
+            "Conv_1": {"kernel": p["Conv_1"]["kernel"][:, :, k1], "bias": p["Conv_1"]["bias"]},
+        }
+    }
     m0, m1 = np.isin(np.arange(8), k0), np.isin(np.arange(6), k1)
     masked = jax.tree.map(np.copy, v)
     q = masked["params"]
@@ -322,8 +373,11 @@ def test_conv_transpose():
     q["ConvTranspose_1"]["kernel"][:, :, ~m1] = 0
     q["ConvTranspose_1"]["bias"][~m1] = 0
     for shape in ((2, 6, 6, 3), (3, 5, 5, 3)):
-        _close("ConvTranspose (output channels, by hand)", jax.jit(jp.shrunk_linen_apply(model))(small, _images(*shape)),
-               model.apply(masked, _images(*shape)))
+        _close(
+            "ConvTranspose (output channels, by hand)",
+            jax.jit(jp.shrunk_linen_apply(model))(small, _images(*shape)),
+            model.apply(masked, _images(*shape)),
+        )
 
 
 class DenseGeneralNet(nn.Module):
@@ -343,14 +397,14 @@ def test_dense_general_embed_einsum():
     assert p["Embed_0"]["embedding"].shape == (20, 8)
     assert p["DenseGeneral_0"]["kernel"].shape == (8, 2, 3) and p["DenseGeneral_1"]["kernel"].shape == (2, 3, 4)
     assert p["Einsum_0"]["kernel"].shape == (4, 3)
-    _check("DenseGeneral + Embed + Einsum", model, plan, small, masked,
-           [x, _tokens(1, 5), _tokens(3, 9)])
+    _check("DenseGeneral + Embed + Einsum", model, plan, small, masked, [x, _tokens(1, 5), _tokens(3, 9)])
     _sgd_lowers_loss(model, plan, small, x)
 
 
 # --------------------------------------------------------------------------- modules needing a fix
 class Gain(nn.Module):
     """Reads its width from an attribute: jaxprune cannot derive it."""
+
     width: int
 
     @nn.compact
@@ -388,8 +442,16 @@ def test_custom_module_needs_a_fix(gain):
     assert small["params"]["gain"]["w"].shape == (8,)
     with pytest.raises(ValueError, match=rf"{gain.__name__} at module 'gain'.*fixes=\{{{gain.__name__}: fn\}}"):
         jp.shrunk_linen_apply(model, plan)(small, x)
-    _check(f"custom {gain.__name__} via fixes=", model, plan, small, masked,
-           [x, _images(1, 6), _images(3, 6)], eager=True, fixes={gain: _width_fix})
+    _check(
+        f"custom {gain.__name__} via fixes=",
+        model,
+        plan,
+        small,
+        masked,
+        [x, _images(1, 6), _images(3, 6)],
+        eager=True,
+        fixes={gain: _width_fix},
+    )
     _sgd_lowers_loss(model, plan, small, x, fixes={gain: _width_fix})
 
 
@@ -448,8 +510,11 @@ def test_module_called_twice_is_fixed_each_time():
     masked = jax.tree.map(lambda a: np.where(np.arange(32) < 16, a, 0).astype(a.dtype), v)
     leaf_shapes = {path: np.shape(a) for path, a in jp.leaves_with_paths(v)}  # all a GroupNorm needs
     plan = jp.PrunePlan(groups=(), leaves={}, shapes={}, leaf_shapes=leaf_shapes)
-    _close("GroupNorm called twice", jax.jit(jp.shrunk_linen_apply(model, plan))(small, x),
-           jax.jit(model.apply)(masked, x)[..., :16])
+    _close(
+        "GroupNorm called twice",
+        jax.jit(jp.shrunk_linen_apply(model, plan))(small, x),
+        jax.jit(model.apply)(masked, x)[..., :16],
+    )
 
 
 def test_doctests():

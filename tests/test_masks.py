@@ -51,10 +51,12 @@ def test_global_masks_exact_over_union(shape_a, shape_b, s, seed, ties):
     total = scores["a"].size + scores["b"][0].size
     pruned = int((~masks["a"]).sum() + (~masks["b"][0]).sum())
     assert pruned == int(np.round(s * total))
-    kept = np.concatenate([np.asarray(scores["a"])[np.asarray(masks["a"])],
-                           np.asarray(scores["b"][0])[np.asarray(masks["b"][0])]])
-    gone = np.concatenate([np.asarray(scores["a"])[~np.asarray(masks["a"])],
-                           np.asarray(scores["b"][0])[~np.asarray(masks["b"][0])]])
+    kept = np.concatenate(
+        [np.asarray(scores["a"])[np.asarray(masks["a"])], np.asarray(scores["b"][0])[np.asarray(masks["b"][0])]]
+    )
+    gone = np.concatenate(
+        [np.asarray(scores["a"])[~np.asarray(masks["a"])], np.asarray(scores["b"][0])[~np.asarray(masks["b"][0])]]
+    )
     if kept.size and gone.size:
         assert gone.max() <= kept.min()
 
@@ -67,8 +69,13 @@ def test_topk_with_traced_sparsity_matches_static():
 
 
 @SETTINGS
-@given(rows=st.integers(1, 6), groups=st.integers(1, 4), n=st.integers(1, 4), seed=st.integers(0, 10**6),
-       ties=st.booleans())
+@given(
+    rows=st.integers(1, 6),
+    groups=st.integers(1, 4),
+    n=st.integers(1, 4),
+    seed=st.integers(0, 10**6),
+    ties=st.booleans(),
+)
 def test_nm_has_exactly_n_in_every_group_of_m(rows, groups, n, seed, ties):
     m = 4
     x = _scores((3, groups * m, rows), seed, ties)  # conv-like: axis -2 is the input dim
@@ -84,8 +91,14 @@ def test_nm_has_exactly_n_in_every_group_of_m(rows, groups, n, seed, ties):
 
 
 @SETTINGS
-@given(bh=st.integers(1, 4), bw=st.integers(1, 4), nr=st.integers(1, 4), nc=st.integers(1, 4),
-       s=sparsities, seed=st.integers(0, 10**6))
+@given(
+    bh=st.integers(1, 4),
+    bw=st.integers(1, 4),
+    nr=st.integers(1, 4),
+    nc=st.integers(1, 4),
+    s=sparsities,
+    seed=st.integers(0, 10**6),
+)
 def test_block_masks_constant_within_blocks_and_exact(bh, bw, nr, nc, s, seed):
     x = _scores((nr * bh, nc * bw), seed)
     mask = np.asarray(jp.block_masks({"k": x}, s, (bh, bw))["k"])
@@ -137,7 +150,7 @@ def test_host_and_device_topk_paths_agree_exactly(seed):
     rng = np.random.default_rng(seed)
     shapes = [tuple(int(d) for d in rng.integers(1, 7, size=rng.integers(1, 4))) for _ in range(3)]
     leaves = [rng.integers(-3, 4, size=s).astype(np.float32) for s in shapes]  # many ties
-    leaves[0].flat[0], leaves[-1].flat[-1] = -0.0, 0.0                          # signed zeros
+    leaves[0].flat[0], leaves[-1].flat[-1] = -0.0, 0.0  # signed zeros
     leaves = [jnp.asarray(x) for x in leaves]
     total = sum(int(x.size) for x in leaves)
     assert M._on_host_cpu(leaves, 1)

@@ -24,8 +24,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @settings(max_examples=20, deadline=None)
-@given(hidden=hnp.arrays(np.float32, (2, 5, 3), elements=st.floats(-10, 10, width=32)),
-       lengths=st.tuples(st.integers(1, 5), st.integers(1, 5)))
+@given(
+    hidden=hnp.arrays(np.float32, (2, 5, 3), elements=st.floats(-10, 10, width=32)),
+    lengths=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+)
 def test_mean_pool_and_normalize_match_numpy(hidden, lengths):
     mask = np.zeros((2, 5), np.int32)
     for i, n in enumerate(lengths):
@@ -74,9 +76,13 @@ def test_tokenizer_is_unpadded_and_truncates_at_256(encoder):
 
 def test_embeddings_are_sensible_and_padding_invariant(encoder):
     assert encoder.model.num_attention_heads == 12 and encoder.model.hidden_size == 384
-    sentences = ["A man is playing a guitar.", "Someone plays the guitar.",
-                 "A woman is slicing an onion.", "Someone is cutting an onion.",
-                 "The stock market fell sharply today."]
+    sentences = [
+        "A man is playing a guitar.",
+        "Someone plays the guitar.",
+        "A woman is slicing an onion.",
+        "Someone is cutting an onion.",
+        "The stock market fell sharply today.",
+    ]
     e = encoder.embed(sentences)
     assert e.shape == (5, 384)
     np.testing.assert_allclose(np.linalg.norm(e, axis=-1), 1.0, rtol=1e-5)

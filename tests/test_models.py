@@ -11,11 +11,10 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from jaxprune import models as M
 from jaxprune._src.tree import leaves_with_paths, map_with_path
-
-from tiny_models import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
 HAS_BN = {"SmallCNN", "CifarResNet", "ResNet", "MobileNetBlockNet", "ConcatNet"}
 
@@ -37,16 +36,19 @@ def tiny(name):
 
 def slice_leaves(variables, rules):
     """rules: {(layer path suffix, leaf name): (axis, kept indices)}; keeps those indices of matching leaves."""
+
     def fn(path, leaf):
         for (layer, leaf_name), (axis, keep) in rules.items():
             if path.endswith(f"{layer}/{leaf_name}"):
                 return jnp.take(leaf, jnp.asarray(keep), axis=axis)
         return leaf
+
     return map_with_path(fn, variables)
 
 
 def zero_leaves(variables, rules):
     """Zeroes the entries *not* kept (same rule format as slice_leaves)."""
+
     def fn(path, leaf):
         for (layer, leaf_name), (axis, keep) in rules.items():
             if path.endswith(f"{layer}/{leaf_name}"):
@@ -56,6 +58,7 @@ def zero_leaves(variables, rules):
                 shape[axis] = -1
                 return leaf * jnp.asarray(m).reshape(shape)
         return leaf
+
     return map_with_path(fn, variables)
 
 
@@ -87,9 +90,18 @@ def test_init_apply_shapes_and_batch_stats(name):
 def test_torchvision_like_names():
     _, v, _ = tiny("ResNet")
     paths = {p for p, _ in leaves_with_paths(v["params"])}
-    for p in ["conv1/kernel", "bn1/scale", "layer1_0/conv1/kernel", "layer1_0/conv3/kernel", "layer1_0/bn3/bias",
-              "layer1_0/downsample_conv/kernel", "layer1_0/downsample_bn/scale", "layer2_0/conv2/kernel",
-              "fc/kernel", "fc/bias"]:
+    for p in [
+        "conv1/kernel",
+        "bn1/scale",
+        "layer1_0/conv1/kernel",
+        "layer1_0/conv3/kernel",
+        "layer1_0/bn3/bias",
+        "layer1_0/downsample_conv/kernel",
+        "layer1_0/downsample_bn/scale",
+        "layer2_0/conv2/kernel",
+        "fc/kernel",
+        "fc/bias",
+    ]:
         assert p in paths, p
     # stride on the 3x3 conv (v1.5): layer2_0/conv2 is 3x3, conv1/conv3 are 1x1
     assert v["params"]["layer2_0"]["conv2"]["kernel"].shape[:2] == (3, 3)
@@ -106,6 +118,7 @@ def test_torchvision_like_names():
 
 def test_full_size_configs_shapes():
     """Param counts of the standard configs (abstract init only, no compilation)."""
+
     def count(model):
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), model.example_input(1)))
         return sum(int(np.prod(s.shape)) for _, s in leaves_with_paths(shapes["params"]))
@@ -168,8 +181,14 @@ def test_width_rejects_bad_values():
 def test_rebuild_smallcnn_equals_zeroed_dense():
     model, v, x = tiny("SmallCNN")
     keep = [0, 2]
-    rules = {("conv_0", "kernel"): (3, keep), ("bn_0", "scale"): (0, keep), ("bn_0", "bias"): (0, keep),
-             ("bn_0", "mean"): (0, keep), ("bn_0", "var"): (0, keep), ("conv_1", "kernel"): (2, keep)}
+    rules = {
+        ("conv_0", "kernel"): (3, keep),
+        ("bn_0", "scale"): (0, keep),
+        ("bn_0", "bias"): (0, keep),
+        ("bn_0", "mean"): (0, keep),
+        ("bn_0", "var"): (0, keep),
+        ("conv_1", "kernel"): (2, keep),
+    }
     small = slice_leaves(v, rules)
     rebuilt = M.rebuild(model, small)
     assert rebuilt.widths == (("conv_0", 2),)
@@ -195,14 +214,16 @@ def test_rebuild_vit_heads_and_mlp_units_equal_zeroed_dense():
     rules = {(f"{a}/{q}", "kernel"): (1, heads) for q in ("query", "key", "value")}
     rules.update({(f"{a}/{q}", "bias"): (0, heads) for q in ("query", "key", "value")})
     rules[(f"{a}/out", "kernel")] = (0, heads)
-    rules.update({(f"{m}/fc1", "kernel"): (1, units), (f"{m}/fc1", "bias"): (0, units),
-                  (f"{m}/fc2", "kernel"): (0, units)})
+    rules.update(
+        {(f"{m}/fc1", "kernel"): (1, units), (f"{m}/fc1", "bias"): (0, units), (f"{m}/fc2", "kernel"): (0, units)}
+    )
     small = slice_leaves(v, rules)
     rebuilt = M.rebuild(model, small)
     assert dict(rebuilt.widths) == {a: 2, f"{m}/fc1": 32}
     zero_rules = {(f"{a}/out", "kernel"): (0, heads), (f"{m}/fc2", "kernel"): (0, units)}
-    np.testing.assert_allclose(rebuilt.apply(small, x), model.apply(zero_leaves(v, zero_rules), x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        rebuilt.apply(small, x), model.apply(zero_leaves(v, zero_rules), x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_rebuild_resnet_inner_channels_and_residual_error():
@@ -214,8 +235,9 @@ def test_rebuild_resnet_inner_channels_and_residual_error():
     rebuilt = M.rebuild(model, small)
     assert rebuilt.widths == (("layer1_0/conv1", 2),)
     zero_rules = {("layer1_0/bn1", "scale"): (0, keep), ("layer1_0/bn1", "bias"): (0, keep)}
-    np.testing.assert_allclose(rebuilt.apply(small, x), model.apply(zero_leaves(v, zero_rules), x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        rebuilt.apply(small, x), model.apply(zero_leaves(v, zero_rules), x), rtol=1e-5, atol=1e-5
+    )
     # shrinking only the residual branch output (not the stem / shortcut) is inconsistent
     bad = {("layer1_0/conv2", "kernel"): (3, keep)}
     bad.update({("layer1_0/bn2", k): (0, keep) for k in ("scale", "bias", "mean", "var")})
@@ -229,9 +251,14 @@ def test_rebuild_bert_mobilenet_concat():
     a = "layer_0/attention"
     rules = {(f"{a}/{q}", "kernel"): (1, [1, 2]) for q in ("query", "key", "value")}
     rules.update({(f"{a}/{q}", "bias"): (0, [1, 2]) for q in ("query", "key", "value")})
-    rules.update({(f"{a}/out", "kernel"): (0, [1, 2]), ("layer_0/mlp/fc1", "kernel"): (1, list(range(10))),
-                  ("layer_0/mlp/fc1", "bias"): (0, list(range(10))),
-                  ("layer_0/mlp/fc2", "kernel"): (0, list(range(10)))})
+    rules.update(
+        {
+            (f"{a}/out", "kernel"): (0, [1, 2]),
+            ("layer_0/mlp/fc1", "kernel"): (1, list(range(10))),
+            ("layer_0/mlp/fc1", "bias"): (0, list(range(10))),
+            ("layer_0/mlp/fc2", "kernel"): (0, list(range(10))),
+        }
+    )
     small = slice_leaves(v, rules)
     rebuilt = M.rebuild(model, small)
     assert dict(rebuilt.widths) == {a: 2, "layer_0/mlp/fc1": 10}
@@ -241,10 +268,14 @@ def test_rebuild_bert_mobilenet_concat():
     model, v, x = tiny("MobileNetBlockNet")
     keep = [0, 1, 5]
     b = "block_1"
-    rules = {(f"{b}/expand_conv", "kernel"): (3, keep), (f"{b}/dw_conv", "kernel"): (3, keep),
-             (f"{b}/project_conv", "kernel"): (2, keep)}
-    rules.update({(f"{b}/{bn}", k): (0, keep) for bn in ("expand_bn", "dw_bn")
-                  for k in ("scale", "bias", "mean", "var")})
+    rules = {
+        (f"{b}/expand_conv", "kernel"): (3, keep),
+        (f"{b}/dw_conv", "kernel"): (3, keep),
+        (f"{b}/project_conv", "kernel"): (2, keep),
+    }
+    rules.update(
+        {(f"{b}/{bn}", k): (0, keep) for bn in ("expand_bn", "dw_bn") for k in ("scale", "bias", "mean", "var")}
+    )
     rebuilt = M.rebuild(model, slice_leaves(v, rules))
     assert dict(rebuilt.widths) == {f"{b}/expand_conv": 3, f"{b}/dw_conv": 3}
     assert rebuilt.apply(slice_leaves(v, rules), x).shape == (2, 3)
@@ -261,8 +292,9 @@ def test_rebuild_bert_mobilenet_concat():
     rebuilt = M.rebuild(model, small)
     assert rebuilt.widths == (("branch3_conv", 2),)
     zero_rules = {("branch3_bn", "scale"): (0, keep), ("branch3_bn", "bias"): (0, keep)}
-    np.testing.assert_allclose(rebuilt.apply(small, x), model.apply(zero_leaves(v, zero_rules), x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        rebuilt.apply(small, x), model.apply(zero_leaves(v, zero_rules), x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_rebuild_errors_name_the_leaf():
@@ -328,8 +360,16 @@ def test_linen_and_nnx_give_same_outputs():
     np.testing.assert_allclose(M.load_linen_variables(n, v)(x), model.apply(v, x), rtol=1e-5, atol=1e-5)
 
     model, v, x = tiny("ViT")
-    n = M.NnxViT(image_size=8, patch_size=4, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
-                 num_classes=3, rngs=nnx.Rngs(3))
+    n = M.NnxViT(
+        image_size=8,
+        patch_size=4,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=4,
+        mlp_dim=64,
+        num_classes=3,
+        rngs=nnx.Rngs(3),
+    )
     np.testing.assert_allclose(M.load_linen_variables(n, v)(x), model.apply(v, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="head"):
         M.load_linen_variables(n, {"params": {k: val for k, val in v["params"].items() if k != "head"}})
@@ -348,18 +388,33 @@ def test_nnx_rebuild_shrunk_smallcnn_and_vit():
     np.testing.assert_allclose(small(x), zeroed(x), rtol=1e-5, atol=1e-5)
     assert n.conv_0.out_features == 4, "the input module is left untouched"
 
-    vit = M.NnxViT(image_size=8, patch_size=4, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
-                   num_classes=3, rngs=nnx.Rngs(0))
+    vit = M.NnxViT(
+        image_size=8,
+        patch_size=4,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=4,
+        mlp_dim=64,
+        num_classes=3,
+        rngs=nnx.Rngs(0),
+    )
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     a = "encoder_0/attn"
     rules = {(f"{a}/{q}", "kernel"): (1, [0]) for q in ("query", "key", "value")}  # drop heads 1..
     rules.update({(f"{a}/{q}", "bias"): (0, [0]) for q in ("query", "key", "value")})
     rules[(f"{a}/out", "kernel")] = (0, [0])
-    rules.update({("encoder_0/mlp/fc1", "kernel"): (1, [0, 1, 2]), ("encoder_0/mlp/fc1", "bias"): (0, [0, 1, 2]),
-                  ("encoder_0/mlp/fc2", "kernel"): (0, [0, 1, 2])})
+    rules.update(
+        {
+            ("encoder_0/mlp/fc1", "kernel"): (1, [0, 1, 2]),
+            ("encoder_0/mlp/fc1", "bias"): (0, [0, 1, 2]),
+            ("encoder_0/mlp/fc2", "kernel"): (0, [0, 1, 2]),
+        }
+    )
     graphdef, state = nnx.split(vit)
     small = M.nnx_rebuild(graphdef, slice_leaves(state, rules))
     assert small.encoder_0.mlp.fc1.out_features == 3
-    zeroed = M.nnx_rebuild(graphdef, zero_leaves(state, {(f"{a}/out", "kernel"): (0, [0]),
-                                                         ("encoder_0/mlp/fc2", "kernel"): (0, [0, 1, 2])}))
+    zeroed = M.nnx_rebuild(
+        graphdef,
+        zero_leaves(state, {(f"{a}/out", "kernel"): (0, [0]), ("encoder_0/mlp/fc2", "kernel"): (0, [0, 1, 2])}),
+    )
     np.testing.assert_allclose(small(x), zeroed(x), rtol=1e-5, atol=1e-5)

@@ -124,7 +124,7 @@ class FusedAttention(nnx.Module):
         hd = self.head_dim if self.store_head_dim else C // self.num_heads
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = jax.nn.softmax(q @ k.swapaxes(-1, -2) * hd ** -0.5, axis=-1)
+        attn = jax.nn.softmax(q @ k.swapaxes(-1, -2) * hd**-0.5, axis=-1)
         return self.proj((attn @ v).transpose(0, 2, 1, 3).reshape(B, N, self.num_heads * hd))
 
 

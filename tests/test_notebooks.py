@@ -38,8 +38,10 @@ def _jupyter():
     try:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
-        pytest.fail("no 'python3' Jupyter kernel spec in this environment: install ipykernel here "
-                    "(pip install -e '.[test]') or register one (python -m ipykernel install --user)")
+        pytest.fail(
+            "no 'python3' Jupyter kernel spec in this environment: install ipykernel here "
+            "(pip install -e '.[test]') or register one (python -m ipykernel install --user)"
+        )
     return nbclient, nbformat
 
 
@@ -86,8 +88,12 @@ def _check_checkpoints(r: dict) -> None:
     assert s["sparse"] < s["dense"] and s["shrunk"] < s["dense"]
 
 
-CHECKS = {"01_quickstart": _check_quickstart, "02_structured": _check_structured,
-          "03_transfer_study": _check_transfer, "04_checkpoints": _check_checkpoints}
+CHECKS = {
+    "01_quickstart": _check_quickstart,
+    "02_structured": _check_structured,
+    "03_transfer_study": _check_transfer,
+    "04_checkpoints": _check_checkpoints,
+}
 
 
 # --------------------------------------------------------------------------------------------- tests
@@ -98,8 +104,9 @@ def test_every_notebook_is_generated_checked_and_stored_without_outputs():
     for name, expected in built.items():
         stored = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
         nbformat.validate(stored)
-        assert [(c.cell_type, c.source) for c in stored.cells] == [(c.cell_type, c.source) for c in expected.cells], \
+        assert [(c.cell_type, c.source) for c in stored.cells] == [(c.cell_type, c.source) for c in expected.cells], (
             f"{name}.ipynb is out of date: run `python colab/_build.py`"
+        )
         code = [c for c in stored.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name}.ipynb has outputs stored"
         assert "JAXPRUNE_NB_SMALL" in code[0].source and "%pip install" in code[0].source
@@ -117,8 +124,9 @@ def test_notebook_runs_on_cpu(name, tmp_path, monkeypatch):
     # the kernel imports this checkout's jaxprune even if it is not installed (the notebook would pip-install it)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         client.execute()
@@ -131,7 +139,8 @@ def test_notebook_runs_on_cpu(name, tmp_path, monkeypatch):
     assert result["notebook"] == name and result["small"] is True and result["backend"] == "cpu"
     CHECKS[name](result)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert any(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs), \
+    assert any(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs), (
         f"{name}: no inline figure"
+    )
     assert not any(o.output_type == "error" for o in outputs)
     print(f"{name}: {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU time (small config)")

@@ -19,7 +19,9 @@ def test_readme_first_section_has_exactly_two_commands():
     text = README.read_text()
     quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)```", quick, flags=re.S)
-    assert [c.strip() for c in commands] == ['pip install -e ".[test]" && python scripts/demo.py',
-                                             "python -m pytest -q"]
+    assert [c.strip() for c in commands] == [
+        'pip install -e ".[test]" && python scripts/demo.py',
+        "python -m pytest -q",
+    ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python3 -m pytest -q\n" in ci

@@ -40,6 +40,7 @@ def test_demo_quick(tmp_path):
 
 
 def test_demo_runs_as_a_package_module(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "jaxprune.demo", "--help"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxprune.demo", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0 and "--quick" in out.stdout

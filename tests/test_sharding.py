@@ -23,7 +23,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPT = textwrap.dedent(r'''
+SCRIPT = textwrap.dedent(r"""
     import json, logging, os, re, sys, traceback, warnings
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -288,9 +288,9 @@ SCRIPT = textwrap.dedent(r'''
         sh_b = jax.tree.map(lambda s: NamedSharding(mesh_b, s), specs_b)
         p_tpl = S.abstract_like(p_sh, sh_b)
         st_tpl = jax.eval_shape(opt.init, p_tpl)
-        st_tpl = st_tpl._replace(masks=S.abstract_like(st_tpl.masks, sh_b),
-                                 inner_state=jax.tree.map(lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s),
-                                                          st_tpl.inner_state, (optax.TraceState(trace=sh_b), optax.EmptyState())))
+        sds = lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s)
+        inner = jax.tree.map(sds, st_tpl.inner_state, (optax.TraceState(trace=sh_b), optax.EmptyState()))
+        st_tpl = st_tpl._replace(masks=S.abstract_like(st_tpl.masks, sh_b), inner_state=inner)
         ck = restore_checkpoint(directory, 3, template=Checkpoint(params=p_tpl, opt_state=st_tpl))
         same(ck.params, p_sh)
         same(ck.opt_state.masks, st_sh.masks)
@@ -299,24 +299,35 @@ SCRIPT = textwrap.dedent(r'''
         assert_sharded_like(ck.opt_state.masks, p_tpl)
 
     print("RESULTS_JSON=" + json.dumps(results))
-''')
+""")
 
-NAMES = ([f"masks_{f}_{m}" for m in ("1x8", "2x4", "4x2") for f in ("layerwise", "global", "nm", "erk")]
-         + ["global_masks_exact_with_partial_ties", "global_masks_exact_with_few_ties", "sparse_optax_step_2x4"]
-         + [f"shrink_round_to_{m}" for m in ("1x8", "2x4", "4x2")]
-         + ["shrink_indivisible_replicates_with_warning", "checkpoint_sparse_and_shrunk_1x8_to_4x2",
-            "checkpoint_optax_state_2x4_to_1x8"])
+NAMES = (
+    [f"masks_{f}_{m}" for m in ("1x8", "2x4", "4x2") for f in ("layerwise", "global", "nm", "erk")]
+    + ["global_masks_exact_with_partial_ties", "global_masks_exact_with_few_ties", "sparse_optax_step_2x4"]
+    + [f"shrink_round_to_{m}" for m in ("1x8", "2x4", "4x2")]
+    + [
+        "shrink_indivisible_replicates_with_warning",
+        "checkpoint_sparse_and_shrunk_1x8_to_4x2",
+        "checkpoint_optax_state_2x4_to_1x8",
+    ]
+)
 
 
 @functools.lru_cache(maxsize=1)
 def _run(tmp: str) -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
-    res = subprocess.run([sys.executable, "-c", SCRIPT, os.path.join(tmp, "ckpt")], capture_output=True,
-                         text=True, env=env, timeout=600, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, os.path.join(tmp, "ckpt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
     line = [x for x in res.stdout.splitlines() if x.startswith("RESULTS_JSON=")]
     assert res.returncode == 0 and line, res.stdout[-2000:] + res.stderr[-4000:]
-    return json.loads(line[0][len("RESULTS_JSON="):])
+    return json.loads(line[0][len("RESULTS_JSON=") :])
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,9 @@ def test_nnx_and_linen_give_identical_results():
     np2, _, n_losses, _, _ = _train(nnx_apply, nstate, _gmp_opt(), 30, x, y)
     np.testing.assert_allclose(l_losses, n_losses, rtol=1e-5)
     for name in ("conv", "hidden", "head"):
-        np.testing.assert_array_equal(np.asarray(np2[name]["kernel"][...]) == 0,
-                                      np.asarray(lp2["params"][name]["kernel"]) == 0)
+        np.testing.assert_array_equal(
+            np.asarray(np2[name]["kernel"][...]) == 0, np.asarray(lp2["params"][name]["kernel"]) == 0
+        )
     # And the one-shot API agrees too.
     _, lm = jp.prune(lp, 0.6, scope="global")
     _, nm = jp.prune(nstate, 0.6, scope="global")
@@ -143,8 +144,9 @@ def test_composes_with_chain_multisteps_and_inject_hyperparams():
 
 def test_pruned_updates_make_weights_exactly_zero_with_weight_decay_and_momentum():
     params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4), "b": jnp.ones(4)}
-    opt = jp.sparse_optimizer(optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9)),
-                              jp.magnitude_pruner(jp.one_shot(0.5)))
+    opt = jp.sparse_optimizer(
+        optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9)), jp.magnitude_pruner(jp.one_shot(0.5))
+    )
     state = opt.init(params)
     for _ in range(5):
         grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), params)

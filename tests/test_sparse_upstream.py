@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxprune._src.transfer import sparse_upstream as su
 from jaxprune._src import tree as tree_lib
+from jaxprune._src.transfer import sparse_upstream as su
 
 
 def test_recipes_and_errors():
@@ -32,8 +32,7 @@ def test_full_config_fails_with_the_data_layer_message():
 
 
 def test_run_writes_checkpoints_and_reports(tmp_path):
-    cfg = su.SparseUpstreamConfig(steps=30, train_examples=300, stage_widths=(4, 8, 8), prune_every=5,
-                                  lth_rounds=1)
+    cfg = su.SparseUpstreamConfig(steps=30, train_examples=300, stage_widths=(4, 8, 8), prune_every=5, lth_rounds=1)
     res = su.run_sparse_upstream(str(tmp_path), cfg, ("dense", "gmp", "lth"), (0.9,), log=lambda *_: None)
     saved = json.load(open(tmp_path / "results.json"))
     assert [r["run"] for r in saved["runs"]] == ["dense_s0", "gmp_s90", "lth_s90"]
@@ -47,7 +46,13 @@ def test_run_writes_checkpoints_and_reports(tmp_path):
     assert os.path.exists(tmp_path / "results.md") and os.path.exists(tmp_path / "results.png")
     up = su.load_sparse_upstream(by["gmp_s90"]["checkpoint"])
     assert up.method == "gmp" and up.config == cfg
-    kernels = [(m, p) for (_, m), (_, p) in zip(tree_lib.leaves_with_paths(up.masks, is_leaf=tree_lib.is_none),
-                                                tree_lib.leaves_with_paths(up.variables["params"])) if m is not None]
+    kernels = [
+        (m, p)
+        for (_, m), (_, p) in zip(
+            tree_lib.leaves_with_paths(up.masks, is_leaf=tree_lib.is_none),
+            tree_lib.leaves_with_paths(up.variables["params"]),
+        )
+        if m is not None
+    ]
     assert kernels and all(np.all(np.asarray(p)[~m] == 0) for m, p in kernels)
     assert up.masks["conv1"]["kernel"] is None and up.masks["fc"]["kernel"] is None  # kept dense

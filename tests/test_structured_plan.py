@@ -6,8 +6,16 @@ import pytest
 from jax import lax
 
 from jaxprune._src.flops import param_bytes
-from jaxprune._src.structured import (flops_budget, group_scores, make_plan, param_bytes_budget, plan_from_kept,
-                                      shrink, shrunk_flops, trace_groups)
+from jaxprune._src.structured import (
+    flops_budget,
+    group_scores,
+    make_plan,
+    param_bytes_budget,
+    plan_from_kept,
+    shrink,
+    shrunk_flops,
+    trace_groups,
+)
 
 
 def conv(x, k):
@@ -25,9 +33,14 @@ def params(seed=0, widths=(16, 32, 24)):
     rng = np.random.default_rng(seed)
     f = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
     a, b, c = widths
-    return {"c1": {"kernel": f(3, 3, 3, a)}, "bn1": {"scale": f(a), "bias": f(a)},
-            "c2": {"kernel": f(3, 3, a, b)}, "bn2": {"scale": f(b), "bias": f(b)},
-            "c3": {"kernel": f(3, 3, b, c)}, "fc": f(c, 5)}
+    return {
+        "c1": {"kernel": f(3, 3, 3, a)},
+        "bn1": {"scale": f(a), "bias": f(a)},
+        "c2": {"kernel": f(3, 3, a, b)},
+        "bn2": {"scale": f(b), "bias": f(b)},
+        "c3": {"kernel": f(3, 3, b, c)},
+        "fc": f(c, 5),
+    }
 
 
 X = np.random.default_rng(1).normal(size=(1, 8, 8, 3)).astype(np.float32)
@@ -42,8 +55,12 @@ def _sizes(plan):
 def test_scores_l1_are_sum_over_members_of_gathered_slices():
     sc = group_scores(P, G, "l1", reduce="sum", normalize=None)
     g1 = next(g for g in G.groups if g.name == "c1/kernel[3]")
-    want = (np.abs(P["c1"]["kernel"]).sum((0, 1, 2)) + np.abs(P["bn1"]["scale"]) + np.abs(P["bn1"]["bias"])
-            + np.abs(P["c2"]["kernel"]).sum((0, 1, 3)))
+    want = (
+        np.abs(P["c1"]["kernel"]).sum((0, 1, 2))
+        + np.abs(P["bn1"]["scale"])
+        + np.abs(P["bn1"]["bias"])
+        + np.abs(P["c2"]["kernel"]).sum((0, 1, 3))
+    )
     np.testing.assert_allclose(sc[g1.id], want, rtol=1e-5)
     mean = group_scores(P, G, "l1", reduce="mean", normalize="mean")[g1.id]
     assert mean.shape == (16,) and np.isclose(mean.mean(), 1.0)

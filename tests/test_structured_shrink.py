@@ -15,15 +15,29 @@ import pytest
 from flax import nnx
 
 from jaxprune import models as M
-from jaxprune._src.structured import (PrunePlan, make_plan, plan_to_masks, shrink, shrink_nnx, shrunk_fn_from_graph,
-                                      trace_groups)
+from jaxprune._src.structured import (
+    PrunePlan,
+    make_plan,
+    plan_to_masks,
+    shrink,
+    shrink_nnx,
+    shrunk_fn_from_graph,
+    trace_groups,
+)
 from jaxprune._src.structured.shrink import apply_plan_masks
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
 MODELS = {
     "cifar_resnet20": lambda: M.cifar_resnet20(num_classes=5),
-    "bottleneck_resnet": lambda: M.ResNet(stage_sizes=(1, 1), block="bottleneck", stage_widths=(8, 16),
-                                          stem_width=8, num_classes=5, small_input=True, image_size=16),
+    "bottleneck_resnet": lambda: M.ResNet(
+        stage_sizes=(1, 1),
+        block="bottleneck",
+        stage_widths=(8, 16),
+        stem_width=8,
+        num_classes=5,
+        small_input=True,
+        image_size=16,
+    ),
     "mobilenet_dw": lambda: M.MobileNetBlockNet(),
     "concat": lambda: M.ConcatNet(),
     "vit": lambda: M.vit_tiny_test(num_classes=5),
@@ -74,8 +88,11 @@ def _close(a, b, atol=2e-5):
         np.testing.assert_allclose(np.asarray(u), np.asarray(w), atol=atol, rtol=1e-4)
 
 
-CASES = [(name, 0.3, "layerwise") for name in MODELS] + [(name, 0.6, "global") for name in MODELS] + [
-    (name, r, s) for name in ("cifar_resnet20", "vit") for r, s in ((0.6, "layerwise"), (0.3, "global"))]
+CASES = (
+    [(name, 0.3, "layerwise") for name in MODELS]
+    + [(name, 0.6, "global") for name in MODELS]
+    + [(name, r, s) for name in ("cifar_resnet20", "vit") for r, s in ((0.6, "layerwise"), (0.3, "global"))]
+)
 
 
 @pytest.mark.parametrize("name,ratio,scope", CASES)
@@ -176,10 +193,17 @@ def test_shrunk_model_finetunes_under_jit_with_optax():
 def test_shrink_nnx_matches_masked(kind):
     make = {
         "cnn": lambda: M.NnxSmallCNN(channels=(8, 16), num_classes=3, rngs=nnx.Rngs(0)),
-        "resnet": lambda: M.NnxCifarResNet(stage_sizes=(1, 1), stage_widths=(8, 16), num_classes=3,
-                                           rngs=nnx.Rngs(0)),
-        "vit": lambda: M.NnxViT(image_size=8, patch_size=4, hidden_size=16, num_layers=1, num_heads=4, mlp_dim=32,
-                                num_classes=3, rngs=nnx.Rngs(0)),
+        "resnet": lambda: M.NnxCifarResNet(stage_sizes=(1, 1), stage_widths=(8, 16), num_classes=3, rngs=nnx.Rngs(0)),
+        "vit": lambda: M.NnxViT(
+            image_size=8,
+            patch_size=4,
+            hidden_size=16,
+            num_layers=1,
+            num_heads=4,
+            mlp_dim=32,
+            num_classes=3,
+            rngs=nnx.Rngs(0),
+        ),
     }[kind]
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     net = nnx.merge(graphdef, _random_like(abstract))

@@ -13,8 +13,9 @@ from jaxprune._src.structured.shrink import apply_plan_masks
 
 
 def conv(x, k, groups=1, strides=1):
-    return lax.conv_general_dilated(x, k, (strides, strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    feature_group_count=groups)
+    return lax.conv_general_dilated(
+        x, k, (strides, strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+    )
 
 
 def bn(x, p):
@@ -23,8 +24,12 @@ def bn(x, p):
 
 def bn_params(c, rng):
     f = lambda a: a.astype(np.float32)  # noqa: E731
-    return {"scale": f(1 + 0.1 * rng.normal(size=c)), "bias": f(0.1 * rng.normal(size=c)),
-            "mean": f(0.1 * rng.normal(size=c)), "var": f(1 + rng.uniform(size=c))}
+    return {
+        "scale": f(1 + 0.1 * rng.normal(size=c)),
+        "bias": f(0.1 * rng.normal(size=c)),
+        "mean": f(0.1 * rng.normal(size=c)),
+        "var": f(1 + rng.uniform(size=c)),
+    }
 
 
 def plain_net(p, x):
@@ -43,9 +48,16 @@ def plain_params(seed=0):
     """Numpy params (no eager JAX ops: fast on a busy 2-core machine)."""
     rng = np.random.default_rng(seed)
     n = lambda *s: (rng.normal(size=s) / np.sqrt(np.prod(s[:-1]))).astype(np.float32)  # noqa: E731
-    return {"c1": n(3, 3, 3, 8), "bn1": bn_params(8, rng), "c2": n(3, 3, 8, 6), "bn2": bn_params(6, rng),
-            "c3": n(3, 3, 6, 8), "bn3": bn_params(8, rng), "dw": n(3, 3, 1, 8),
-            "fc": {"w": n(2 * 2 * 8, 4), "b": np.zeros(4, np.float32)}}
+    return {
+        "c1": n(3, 3, 3, 8),
+        "bn1": bn_params(8, rng),
+        "c2": n(3, 3, 8, 6),
+        "bn2": bn_params(6, rng),
+        "c3": n(3, 3, 6, 8),
+        "bn3": bn_params(8, rng),
+        "dw": n(3, 3, 1, 8),
+        "fc": {"w": n(2 * 2 * 8, 4), "b": np.zeros(4, np.float32)},
+    }
 
 
 X = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype(np.float32)
@@ -78,11 +90,14 @@ def test_residual_bn_depthwise_flatten_groups():
     assert "prunable" in g.describe() and "c1" in str(res)
 
 
-@pytest.mark.parametrize("op,needle", [
-    (lambda h: jnp.sort(h, axis=-1), "sort"),
-    (lambda h: jnp.fft.fft(h, axis=-1).real, "fft"),
-    (lambda h: jnp.cumsum(h, axis=-1), "cum"),
-])
+@pytest.mark.parametrize(
+    "op,needle",
+    [
+        (lambda h: jnp.sort(h, axis=-1), "sort"),
+        (lambda h: jnp.fft.fft(h, axis=-1).real, "fft"),
+        (lambda h: jnp.cumsum(h, axis=-1), "cum"),
+    ],
+)
 def test_unfollowable_op_makes_group_unprunable(op, needle):
     p = {"a": np.ones((3, 8), np.float32), "b": np.ones((8, 2), np.float32)}
     g = trace_groups(lambda p, x: op(jnp.tanh(x @ p["a"])) @ p["b"], p, jnp.ones((1, 3)))
@@ -90,6 +105,7 @@ def test_unfollowable_op_makes_group_unprunable(op, needle):
     assert not grp.prunable and needle in grp.reason and "unsupported op" in grp.reason
     with pytest.raises(ValueError, match="not prunable"):
         from jaxprune._src.structured import plan_from_kept
+
         plan_from_kept(g, {grp.id: [0, 1]})
     assert make_plan(p, g, 0.5).groups == ()
 
@@ -139,8 +155,9 @@ def test_attention_heads_from_reshape_and_fused_qkv_split():
     assert len(heads) == 1 and heads[0].size == h
     qkv_member = [m for m in heads[0].members if m.path == "qkv"][0]
     # head 1 owns q columns 4..7, k columns 16..19, v columns 28..31
-    np.testing.assert_array_equal(np.sort(qkv_member.index_map[1]), list(range(4, 8)) + list(range(16, 20))
-                                  + list(range(28, 32)))
+    np.testing.assert_array_equal(
+        np.sort(qkv_member.index_map[1]), list(range(4, 8)) + list(range(16, 20)) + list(range(28, 32))
+    )
     plan = make_plan(p, g, 0.34)
     assert plan.shapes["qkv"][1] == (d, 3 * (d - dh)) and plan.shapes["proj"][1] == (d - dh, 5)
     out = shrunk_fn_from_graph(g, plan)(shrink(p, plan), x)
@@ -164,16 +181,21 @@ def test_sub_jaxprs_are_followed():
         return h @ p["b"]
 
     rng = np.random.default_rng(0)
-    p = {"a": rng.normal(size=(3, 8)).astype(np.float32), "bias": np.zeros(8, np.float32),
-         "stack": rng.normal(size=(2, 8, 8)).astype(np.float32) / 3, "b": rng.normal(size=(8, 2)).astype(np.float32)}
+    p = {
+        "a": rng.normal(size=(3, 8)).astype(np.float32),
+        "bias": np.zeros(8, np.float32),
+        "stack": rng.normal(size=(2, 8, 8)).astype(np.float32) / 3,
+        "b": rng.normal(size=(8, 2)).astype(np.float32),
+    }
     g = trace_groups(f, p, jnp.ones((1, 3)))
     grp = _group_with(g, "a", 1)
     assert grp.prunable
     assert {(m.path, m.axis) for m in grp.members} == {("a", 1), ("bias", 0), ("stack", 1), ("stack", 2), ("b", 0)}
     plan = make_plan(p, g, 0.5)
     x = jnp.ones((1, 3))
-    np.testing.assert_allclose(shrunk_fn_from_graph(g, plan)(shrink(p, plan), x),
-                               f(apply_plan_masks(p, plan_to_masks(p, plan)), x), atol=1e-5)
+    np.testing.assert_allclose(
+        shrunk_fn_from_graph(g, plan)(shrink(p, plan), x), f(apply_plan_masks(p, plan_to_masks(p, plan)), x), atol=1e-5
+    )
 
 
 def test_ignore_and_prunable_filters():
@@ -201,14 +223,22 @@ def test_nnx_state_traces_with_same_paths():
     graphdef, state = nnx.split(Net(nnx.Rngs(0)))
     g = trace_groups(lambda s, x: nnx.merge(graphdef, s)(x), state, X)
     grp = _group_with(g, "conv/kernel", 3)
-    assert {m.path for m in grp.members} == {"conv/kernel", "conv/bias", "bn/scale", "bn/bias", "bn/mean",
-                                              "bn/var", "head/kernel"}
+    assert {m.path for m in grp.members} == {
+        "conv/kernel",
+        "conv/bias",
+        "bn/scale",
+        "bn/bias",
+        "bn/mean",
+        "bn/var",
+        "head/kernel",
+    }
     # mean over spatial axes is fine; the channel axis is not reduced
     assert grp.prunable
 
 
 def test_overlapping_slices_and_concat_are_refined():
     """A channel split by slicing (GLU-style) next to a concat with other boundaries."""
+
     def f(p, x):
         h = x @ p["a"]  # 12 channels
         left, right = h[:, :5], h[:, 5:]
@@ -217,8 +247,11 @@ def test_overlapping_slices_and_concat_are_refined():
         return gated @ p["b"] + mixed @ p["c"]
 
     rng = np.random.default_rng(0)
-    p = {"a": rng.normal(size=(3, 12)).astype(np.float32), "b": rng.normal(size=(4, 2)).astype(np.float32),
-         "c": rng.normal(size=(12, 2)).astype(np.float32)}
+    p = {
+        "a": rng.normal(size=(3, 12)).astype(np.float32),
+        "b": rng.normal(size=(4, 2)).astype(np.float32),
+        "c": rng.normal(size=(12, 2)).astype(np.float32),
+    }
     x = rng.normal(size=(2, 3)).astype(np.float32)
     g = trace_groups(f, p, x)
     a_groups = [grp for grp in g.groups if any(m.path == "a" and m.axis == 1 for m in grp.members)]
@@ -269,7 +302,7 @@ def test_every_distinct_blocker_is_listed():
     def f(p, x):
         h = x @ p["a"]
         h = h / jnp.sum(h, -1, keepdims=True)  # blocker 1: a reduction over the units
-        return h @ p["b"], jnp.cumsum(h, -1)   # blocker 2: an op the tracer cannot follow
+        return h @ p["b"], jnp.cumsum(h, -1)  # blocker 2: an op the tracer cannot follow
 
     g = jp.trace_groups(f, p, jnp.ones((1, 3)))
     grp = next(x for x in g.groups_of("a") if any(m.path == "a" and m.axis == 1 for m in x.members))

@@ -21,8 +21,7 @@ IMG = 8
 
 
 def _model(num_classes=4):
-    return models.CifarResNet(stage_sizes=(1, 1, 1), stage_widths=(8, 16, 16), num_classes=num_classes,
-                              image_size=IMG)
+    return models.CifarResNet(stage_sizes=(1, 1, 1), stage_widths=(8, 16, 16), num_classes=num_classes, image_size=IMG)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,10 @@ def pretrained():
     v = m.init(jax.random.key(0), m.example_input(1))
     leaves, tree = jax.tree_util.tree_flatten(v["batch_stats"])
     ks = jax.random.split(jax.random.key(1), len(leaves))
-    stats = [0.2 * jax.random.normal(k, x.shape) + (1.0 if x.ndim == 1 and i % 2 else 0.0)
-             for i, (k, x) in enumerate(zip(ks, leaves))]
+    stats = [
+        0.2 * jax.random.normal(k, x.shape) + (1.0 if x.ndim == 1 and i % 2 else 0.0)
+        for i, (k, x) in enumerate(zip(ks, leaves))
+    ]
     stats = [jnp.abs(s) + 0.5 if i % 2 else s for i, s in enumerate(stats)]  # (mean, var) alternate
     return m, {"params": v["params"], "batch_stats": jax.tree_util.tree_unflatten(tree, stats)}
 
@@ -74,8 +75,9 @@ def test_filter_and_channel_criteria_and_data_free(pretrained, monkeypatch):
     monkeypatch.setattr(data_lib, "batches", no_data)
     m, v = pretrained
     graph = zs.trace_model_groups(m, v)
-    grp = next(g for g in graph.groups if g.prunable and any(
-        r.path == "params/layer2_0/conv1/kernel" for r in g.roots))  # a group with one producer, one consumer
+    grp = next(
+        g for g in graph.groups if g.prunable and any(r.path == "params/layer2_0/conv1/kernel" for r in g.roots)
+    )  # a group with one producer, one consumer
     k_out = np.abs(np.asarray(v["params"]["layer2_0"]["conv1"]["kernel"])).sum(axis=(0, 1, 2))
     k_in = np.abs(np.asarray(v["params"]["layer2_0"]["conv2"]["kernel"])).sum(axis=(0, 1, 3))
     for method, norms in (("filter", k_out), ("channel", k_in)):
@@ -140,33 +142,68 @@ def test_fit_selects_the_best_dev_state():
     assert res.best_accuracy == max(accs) > accs[-1]
     assert evaluate(model, res.variables, dev)["accuracy"] == pytest.approx(res.best_accuracy)
     # early stopping: with patience 1 the run stops two evaluations after the best one
-    res2 = fit(model, v, ds, TrainConfig(steps=60, batch_size=32, eval_every=10, patience=1), eval_ds=dev,
-               tx=optax.sgd(lr, momentum=0.9), progress=False)
+    res2 = fit(
+        model,
+        v,
+        ds,
+        TrainConfig(steps=60, batch_size=32, eval_every=10, patience=1),
+        eval_ds=dev,
+        tx=optax.sgd(lr, momentum=0.9),
+        progress=False,
+    )
     assert res2.steps_run < 60 and res2.steps_run == res2.best_step + 20
 
 
 def test_warmup_cosine_matches_optax():
     for warm, total in ((0, 50), (7, 50)):
-        ref = (optax.warmup_cosine_decay_schedule(0.0, 0.1, warm, total, 0.0) if warm
-               else optax.cosine_decay_schedule(0.1, total))
+        ref = (
+            optax.warmup_cosine_decay_schedule(0.0, 0.1, warm, total, 0.0)
+            if warm
+            else optax.cosine_decay_schedule(0.1, total)
+        )
         got = np.array([warmup_cosine(t, 0.1, warm, total) for t in range(total + 3)])
         np.testing.assert_allclose(got, [ref(t) for t in range(total + 3)], atol=1e-7)
 
 
 def test_study_a_end_to_end(tmp_path):
-    up = upstream.UpstreamConfig(stage_sizes=(1, 1, 1), stage_widths=(8, 8, 8), image_size=IMG, steps=8,
-                                 train_examples=200, batch_size=32, warmup_steps=2)
-    cfg = study_a.quick_config(upstream=up, tasks=("digits_offline", "shapes_offline/task_00"), step_budgets=(4, 8),
-                               ratios=(0.5,), batch_size=16, max_train_examples=128, image_size=IMG)
+    up = upstream.UpstreamConfig(
+        stage_sizes=(1, 1, 1),
+        stage_widths=(8, 8, 8),
+        image_size=IMG,
+        steps=8,
+        train_examples=200,
+        batch_size=32,
+        warmup_steps=2,
+    )
+    cfg = study_a.quick_config(
+        upstream=up,
+        tasks=("digits_offline", "shapes_offline/task_00"),
+        step_budgets=(4, 8),
+        ratios=(0.5,),
+        batch_size=16,
+        max_train_examples=128,
+        image_size=IMG,
+    )
     cache = str(tmp_path / "cache")
-    res = study_a.run_study_a(cfg, out_dir=str(tmp_path / "out"), cache_dir=cache, progress=False,
-                              log=lambda *a: None)
+    res = study_a.run_study_a(cfg, out_dir=str(tmp_path / "out"), cache_dir=cache, progress=False, log=lambda *a: None)
     assert res["tasks"] == ["digits_offline", "shapes_offline/task_00"] and res["skipped"] == {}
     assert {v["method"] for v in res["variants"]} == {"dense", "filter", "channel", "kernel"}
     assert all(v["pruning_examples_used"] == 0 for v in res["variants"])
     assert len(res["runs"]) == 2 * 4 * 2
-    keys = {"task", "method", "ratio", "budget", "steps_run", "best_step", "step_flops", "effective_step_flops",
-            "compute", "effective_compute", "dev_accuracy", "test_accuracy"}
+    keys = {
+        "task",
+        "method",
+        "ratio",
+        "budget",
+        "steps_run",
+        "best_step",
+        "step_flops",
+        "effective_step_flops",
+        "compute",
+        "effective_compute",
+        "dev_accuracy",
+        "test_accuracy",
+    }
     for r in res["runs"]:
         assert keys <= set(r)
         assert r["compute"] == r["step_flops"] * r["steps_run"] and r["steps_run"] <= r["budget"]
@@ -215,7 +252,7 @@ def test_fit_with_ste_trains_the_masked_model():
     res = fit(model, v, ds, cfg, eval_ds=ds, tx=optax.sgd(0.0), pruner=pruner, progress=False)
     kernels = [m for m in jax.tree.leaves(res.masks) if m is not None]
     assert abs(1 - sum(float(m.sum()) for m in kernels) / sum(m.size for m in kernels) - 0.9) < 1e-3
-    masked = dict(v, params=jp.apply_masks(v["params"], res.masks))   # lr 0: weights never moved
+    masked = dict(v, params=jp.apply_masks(v["params"], res.masks))  # lr 0: weights never moved
     for path, m in jp.leaves_with_paths(res.masks, is_leaf=jp.is_none):
         if m is not None:
             w = res.variables["params"]

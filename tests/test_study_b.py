@@ -31,12 +31,20 @@ def setup():
     variables = jax.tree.map(np.asarray, variables)
     spec = MaskSpec(rules=((r"^head/", None),))
     masks = masks_from_scores(magnitude(variables["params"]), 0.5, spec)
-    params = jax.tree.map(lambda p, m: p if m is None else np.where(m, p, 0.0), variables["params"], masks,
-                          is_leaf=tree_lib.is_none)
+    params = jax.tree.map(
+        lambda p, m: p if m is None else np.where(m, p, 0.0), variables["params"], masks, is_leaf=tree_lib.is_none
+    )
     masks = jax.tree.map(lambda m: None if m is None else np.asarray(m), masks, is_leaf=tree_lib.is_none)
     data = st.TransferData("toy", _ds(48, 1, "train"), _ds(24, 2, "validation"), _ds(24, 3, "test"))
-    cfg = st.TransferConfig(image_size=8, linear_epochs=5, linear_batch_size=16, full_steps=6, full_batch_size=16,
-                            full_warmup_steps=0, full_lr=0.05)
+    cfg = st.TransferConfig(
+        image_size=8,
+        linear_epochs=5,
+        linear_batch_size=16,
+        full_steps=6,
+        full_batch_size=16,
+        full_warmup_steps=0,
+        full_lr=0.05,
+    )
     return model, dict(variables, params=params), masks, data, cfg
 
 
@@ -56,7 +64,9 @@ def test_linear_mode_keeps_backbone_frozen_and_trains_head(setup):
     res = st.transfer(model, variables, masks, data, "linear", cfg)
     for k, v in variables["params"].items():
         if k != "head":
-            assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(res.variables["params"][k])))
+            assert all(
+                np.array_equal(a, b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(res.variables["params"][k]))
+            )
     assert res.variables["params"]["head"]["kernel"].shape == (8, 3)
     assert np.abs(res.variables["params"]["head"]["kernel"]).sum() > 0  # zero-initialised head moved
     assert 0.0 <= res.test_accuracy <= 1.0 and res.extra["feature_dim"] == 8
@@ -66,9 +76,11 @@ def test_full_mode_keeps_pruned_weights_zero_and_changes_the_rest(setup):
     model, variables, masks, data, cfg = setup
     res = st.transfer(model, variables, masks, data, "full", cfg)
     checked = 0
-    for (path, m), (_, old), (_, new) in zip(tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none),
-                                             tree_lib.leaves_with_paths(variables["params"]),
-                                             tree_lib.leaves_with_paths(res.variables["params"])):
+    for (path, m), (_, old), (_, new) in zip(
+        tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none),
+        tree_lib.leaves_with_paths(variables["params"]),
+        tree_lib.leaves_with_paths(res.variables["params"]),
+    ):
         if m is None or path.startswith("head"):
             continue
         new, old = np.asarray(new), np.asarray(old)

@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxprune import models
 import jaxprune.vote as ml
-from jaxprune._src.structured import (make_plan, param_bytes_budget, plan_to_masks, shrink,
-                                      trace_groups)
+from jaxprune import models
+from jaxprune._src.structured import make_plan, param_bytes_budget, plan_to_masks, shrink, trace_groups
 from jaxprune._src.structured.plan import DEFAULT_KINDS, eligible_groups, plan_cost
 from jaxprune._src.tree import leaves_with_paths
 
@@ -59,8 +58,7 @@ def test_vote_scores_equal_the_formula(n_tasks, sizes, seed):
 
 
 def test_vote_scores_hand_made():
-    masks = [{"a": [True, False, True], "b": [False, True]},
-             {"a": [True, True, False], "b": [False, False]}]
+    masks = [{"a": [True, False, True], "b": [False, True]}, {"a": [True, True, False], "b": [False, False]}]
     got = ml.vote_scores(masks, [0.25, 0.75])
     assert got["a"].tolist() == [1.0, 0.75, 0.25]
     assert got["b"].tolist() == [0.0, 0.25]
@@ -198,8 +196,9 @@ def test_vit_heads_and_mlp_units_removed_coherently(vit):
     small = shrink(v, plan)
     sm = models.rebuild(m, small)
     x = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
-    masked = jax.tree.map(lambda a, mk: a if mk is None else jnp.where(mk, a, 0), v, plan_to_masks(v, plan),
-                          is_leaf=lambda a: a is None)
+    masked = jax.tree.map(
+        lambda a, mk: a if mk is None else jnp.where(mk, a, 0), v, plan_to_masks(v, plan), is_leaf=lambda a: a is None
+    )
     np.testing.assert_allclose(sm.apply(small, x), m.apply(masked, x), atol=1e-5, rtol=1e-5)
     for i in range(2):
         attn = small["params"][f"encoder_{i}"]["attn"]
@@ -219,14 +218,19 @@ def test_vit_heads_and_mlp_units_removed_coherently(vit):
 def test_record_from_plan_and_library_round_trip(cnn, tmp_path):
     m, v, g = cnn
     plan = make_plan(v, g, 0.5, kinds=("channels",))
-    rec = ml.record_from_plan("task_a", plan, g, [0.1, 0.2, 0.3], kinds=("channels",), num_examples=123,
-                              method="l1", budget=0.5)
+    rec = ml.record_from_plan(
+        "task_a", plan, g, [0.1, 0.2, 0.3], kinds=("channels",), num_examples=123, method="l1", budget=0.5
+    )
     for grp in plan.groups:
         assert np.flatnonzero(rec.keep[grp["name"]]).tolist() == list(grp["kept"])
     assert set(rec.keep) == {x.name for x in g.prunable if x.kind == "channels"}
     rng = np.random.default_rng(1)
-    rec2 = ml.TaskRecord("task_b", [0.3, 0.2, 0.1], {k: rng.random(x.size) < 0.5 for k, x in rec.keep.items()},
-                         {"num_examples": 7, "method": "taylor", "budget": 0.3, "note": np.float32(1.5)})
+    rec2 = ml.TaskRecord(
+        "task_b",
+        [0.3, 0.2, 0.1],
+        {k: rng.random(x.size) < 0.5 for k, x in rec.keep.items()},
+        {"num_examples": 7, "method": "taylor", "budget": 0.3, "note": np.float32(1.5)},
+    )
     lib = ml.add_record(ml.MaskLibrary(meta={"arch": "cnn"}), rec)
     lib = ml.add_record(lib, rec2)
     path = ml.save_library(tmp_path / "lib", lib)
@@ -284,17 +288,27 @@ def test_tiny_end_to_end_harness(tmp_path):
     from jaxprune._src.transfer.upstream import Upstream
 
     ups = {}  # random "pretrained" models (pretraining is covered by the upstream tests): fast
-    for arch, m in (("cnn", models.CifarResNet(num_classes=5, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8),
-                                               image_size=8)),
-                    ("vit", models.ViT(image_size=8, patch_size=4, hidden_size=8, num_layers=1, num_heads=2,
-                                       mlp_dim=8, num_classes=5))):
+    for arch, m in (
+        ("cnn", models.CifarResNet(num_classes=5, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), image_size=8)),
+        (
+            "vit",
+            models.ViT(image_size=8, patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=8, num_classes=5),
+        ),
+    ):
         ups[arch] = Upstream(m, jax.jit(m.init)(jax.random.key(0), m.example_input(1)))
     cfg = study_c.quick_config(
         archs=("cnn", "vit"),
         # all three tasks have 3 classes: one compiled train/eval step per arch
-        sources=("shapes_offline/task_04", "shapes_offline/task_11"), targets=("shapes_offline/task_15",),
-        budgets=(0.85,), steps=(0, 3), source_steps=2, taylor_batches=1, max_train_examples=96,
-        max_test_examples=64, k=2)
+        sources=("shapes_offline/task_04", "shapes_offline/task_11"),
+        targets=("shapes_offline/task_15",),
+        budgets=(0.85,),
+        steps=(0, 3),
+        source_steps=2,
+        taylor_batches=1,
+        max_train_examples=96,
+        max_test_examples=64,
+        k=2,
+    )
     res = study_c.run_study_c(cfg, out_dir=str(tmp_path), upstreams=ups, log=lambda *a: None)
     for f in ("results.json", "results.md", "accuracy_vs_steps.png"):
         assert os.path.getsize(tmp_path / f) > 0

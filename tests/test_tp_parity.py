@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jaxprune as jp
-from jaxprune._src.structured.importance import NORMALIZERS, REDUCTIONS, normalize_scores, group_scores
+from jaxprune._src.structured.importance import NORMALIZERS, REDUCTIONS, group_scores, normalize_scores
 
 
 # ------------------------------------------------------------------------------------ tiny pytree
@@ -31,11 +31,14 @@ def _tiny():
       dense/kernel [5, 2, 4]   dense/bias [0.5, 5, 1]   norm/scale [2, 1, 1]
       norm/bias    [1, 1, 2]   out/kernel [1, 2, 2]     (batch_stats: never counted)
     """
-    v = {"params": {"dense": {"kernel": jnp.array([[1., -2., 3.], [4., 0., -1.]]),
-                              "bias": jnp.array([0.5, -5., 1.])},
-                    "norm": {"scale": jnp.array([2., 1., -1.]), "bias": jnp.array([1., 1., 2.])},
-                    "out": {"kernel": jnp.array([[1.], [2.], [-2.]])}},
-         "batch_stats": {"norm": {"mean": jnp.array([100., 0., 0.]), "var": jnp.array([1., 1., 50.])}}}
+    v = {
+        "params": {
+            "dense": {"kernel": jnp.array([[1.0, -2.0, 3.0], [4.0, 0.0, -1.0]]), "bias": jnp.array([0.5, -5.0, 1.0])},
+            "norm": {"scale": jnp.array([2.0, 1.0, -1.0]), "bias": jnp.array([1.0, 1.0, 2.0])},
+            "out": {"kernel": jnp.array([[1.0], [2.0], [-2.0]])},
+        },
+        "batch_stats": {"norm": {"mean": jnp.array([100.0, 0.0, 0.0]), "var": jnp.array([1.0, 1.0, 50.0])}},
+    }
 
     def f(v, x):
         p, s = v["params"], v["batch_stats"]
@@ -62,7 +65,9 @@ def test_tiny_group_members():
 def test_bias_option_hand_computed():
     v, g, gid = _tiny()
     # bias=True (default, unchanged): mean of 5 members
-    np.testing.assert_allclose(_sc(v, g, gid), [(5 + .5 + 2 + 1 + 1) / 5, (2 + 5 + 1 + 1 + 2) / 5, (4 + 1 + 1 + 2 + 2) / 5])
+    np.testing.assert_allclose(
+        _sc(v, g, gid), [(5 + 0.5 + 2 + 1 + 1) / 5, (2 + 5 + 1 + 1 + 2) / 5, (4 + 1 + 1 + 2 + 2) / 5]
+    )
     # bias=False: kernel, scale, out only (Torch-Pruning's default)
     np.testing.assert_allclose(_sc(v, g, gid, bias=False), [8 / 3, 5 / 3, 7 / 3])
     # the choice matters: at ratio 1/3 the pruned unit differs
@@ -75,8 +80,8 @@ def test_bias_option_hand_computed():
 def test_running_stats_never_count():
     v, g, gid = _tiny()
     w = copy.deepcopy(v)
-    w["batch_stats"]["norm"]["mean"] = jnp.array([-7., 1e6, 3.])
-    w["batch_stats"]["norm"]["var"] = jnp.array([9., 9., 1e-3])
+    w["batch_stats"]["norm"]["mean"] = jnp.array([-7.0, 1e6, 3.0])
+    w["batch_stats"]["norm"]["var"] = jnp.array([9.0, 9.0, 1e-3])
     for kw in (dict(), dict(bias=False), dict(method="l2", reduce="max"), dict(method="magnitude", p=3)):
         np.testing.assert_array_equal(_sc(v, g, gid, **kw), _sc(w, g, gid, **kw))
 
@@ -88,20 +93,28 @@ def test_magnitude_p_hand_computed():
     np.testing.assert_allclose(_sc(v, g, gid, method="l2", bias=False), want2)
     np.testing.assert_allclose(_sc(v, g, gid, method="magnitude", bias=False), want2)  # default p=2
     np.testing.assert_allclose(_sc(v, g, gid, method="magnitude", p=2, bias=False), want2)
-    np.testing.assert_allclose(_sc(v, g, gid, method="magnitude", p=1, bias=False),
-                               _sc(v, g, gid, method="l1", bias=False))
+    np.testing.assert_allclose(
+        _sc(v, g, gid, method="magnitude", p=1, bias=False), _sc(v, g, gid, method="l1", bias=False)
+    )
     np.testing.assert_allclose(_sc(v, g, gid, method="l1", p=1, bias=False), [8 / 3, 5 / 3, 7 / 3])
     # p=3: kernel [1+64, 8, 27+1], scale [8, 1, 1], out [1, 8, 8]
     np.testing.assert_allclose(_sc(v, g, gid, method="magnitude", p=3, bias=False), [74 / 3, 17 / 3, 37 / 3])
     # p=0.5 with biases: kernel [1+2, 1.414.., 1.732..+1], dense bias sqrt, scale sqrt, norm bias sqrt, out sqrt
     r = np.sqrt
-    want = np.array([1 + 2 + r(.5) + r(2) + 1 + 1, r(2) + r(5) + 1 + 1 + r(2), r(3) + 1 + 1 + 1 + r(2) + r(2)]) / 5
+    want = np.array([1 + 2 + r(0.5) + r(2) + 1 + 1, r(2) + r(5) + 1 + 1 + r(2), r(3) + 1 + 1 + 1 + r(2) + r(2)]) / 5
     np.testing.assert_allclose(_sc(v, g, gid, method="magnitude", p=0.5), want)
 
 
-@pytest.mark.parametrize("reduce,want", [
-    ("mean", [8 / 3, 5 / 3, 7 / 3]), ("sum", [8, 5, 7]), ("max", [5, 2, 4]),
-    ("prod", [5 * 2 * 1, 2 * 1 * 2, 4 * 1 * 2]), ("first", [5, 2, 4])])
+@pytest.mark.parametrize(
+    "reduce,want",
+    [
+        ("mean", [8 / 3, 5 / 3, 7 / 3]),
+        ("sum", [8, 5, 7]),
+        ("max", [5, 2, 4]),
+        ("prod", [5 * 2 * 1, 2 * 1 * 2, 4 * 1 * 2]),
+        ("first", [5, 2, 4]),
+    ],
+)
 def test_reductions_hand_computed(reduce, want):
     v, g, gid = _tiny()
     np.testing.assert_allclose(_sc(v, g, gid, bias=False, reduce=reduce), want)
@@ -115,7 +128,7 @@ def test_first_is_the_first_root_even_with_biases():
 def test_multi_index_member_sums_its_indices():
     # a (1, 2, C) map flattened into a dense layer: each channel owns 2 rows of `b`, which are summed
     # within the member (Torch-Pruning's scatter_add for 'mean'/'sum') before the members are reduced
-    p = {"a": jnp.array([[1., 2.], [3., -4.]]), "b": jnp.array([[1.], [10.], [2.], [20.]])}
+    p = {"a": jnp.array([[1.0, 2.0], [3.0, -4.0]]), "b": jnp.array([[1.0], [10.0], [2.0], [20.0]])}
     g = jp.trace_groups(lambda p, x: (x @ p["a"]).reshape(1, -1) @ p["b"], p, jnp.ones((1, 2, 2)))
     (grp,) = g.prunable
     assert {m.path: m.index_map.shape[1] for m in grp.members} == {"a": 1, "b": 2}
@@ -126,17 +139,17 @@ def test_multi_index_member_sums_its_indices():
 
 
 def test_normalizers_hand_computed():
-    x = np.array([1., 2., 3., 6.])
+    x = np.array([1.0, 2.0, 3.0, 6.0])
     close = np.testing.assert_allclose
     close(normalize_scores(x, "mean"), x / 3)
     close(normalize_scores(x, "max"), x / 6)
     close(normalize_scores(x, "sum"), x / 12)
     close(normalize_scores(x, "standardize"), (x - 3) / np.sqrt(3.5), rtol=1e-9)  # population std sqrt(14/4)
     close(normalize_scores(x, "gaussian"), (x - 3) / (np.sqrt(14 / 3) + 1e-8))  # TP: unbiased std
-    close(normalize_scores(x, "minmax"), [0, .2, .4, 1.], atol=1e-8)
+    close(normalize_scores(x, "minmax"), [0, 0.2, 0.4, 1.0], atol=1e-8)
     close(normalize_scores(x, "standarization"), normalize_scores(x, "minmax"))  # TP's name for min-max
     close(normalize_scores(x, "lamp"), [1 / 12, 2 / 11, 3 / 9, 6 / 6])
-    close(normalize_scores(x[::-1].copy(), "lamp"), [1., 3 / 9, 2 / 11, 1 / 12])
+    close(normalize_scores(x[::-1].copy(), "lamp"), [1.0, 3 / 9, 2 / 11, 1 / 12])
     close(normalize_scores(x, "sentinel_0.5"), x / (3 + 1e-8))  # k = int(0.5 * 4) = 2: the 3rd smallest
     close(normalize_scores(x, "sentinel_0"), x / (1 + 1e-8))
     assert normalize_scores(x, None) is x and normalize_scores(x, "none") is x
@@ -161,8 +174,13 @@ def test_bad_options_raise():
 
 
 def test_preset_exposed_and_recorded():
-    assert jp.TORCH_PRUNING_DEFAULTS == {"method": "magnitude", "p": 2, "bias": False, "reduce": "mean",
-                                         "normalize": "mean"}
+    assert jp.TORCH_PRUNING_DEFAULTS == {
+        "method": "magnitude",
+        "p": 2,
+        "bias": False,
+        "reduce": "mean",
+        "normalize": "mean",
+    }
     assert "TORCH_PRUNING_DEFAULTS" in jp.__all__
     assert set(REDUCTIONS) >= {"mean", "sum", "max", "prod", "first"}
     assert set(NORMALIZERS) >= {"mean", "max", "sum", "gaussian", "standarization", "lamp"}
@@ -185,10 +203,14 @@ def test_normalizers_and_reductions_match_torch_pruning_functions():
     # reductions over members mapping one index per unit (TP's root_idxs = arange)
     vecs = [rng.uniform(0.1, 2.0, size=8) for _ in range(4)]
     for red in ("mean", "sum", "max", "prod", "first"):
-        want = tp.importance.GroupMagnitudeImportance(group_reduction=red)._reduce(
-            [torch.tensor(u, dtype=torch.float32) for u in vecs], [list(range(8))] * 4).numpy()
-        got = {"mean": np.mean, "sum": np.sum, "max": np.max, "prod": np.prod,
-               "first": lambda s, axis: s[0]}[red](np.stack(vecs), axis=0)
+        want = (
+            tp.importance.GroupMagnitudeImportance(group_reduction=red)
+            ._reduce([torch.tensor(u, dtype=torch.float32) for u in vecs], [list(range(8))] * 4)
+            .numpy()
+        )
+        got = {"mean": np.mean, "sum": np.sum, "max": np.max, "prod": np.prod, "first": lambda s, axis: s[0]}[red](
+            np.stack(vecs), axis=0
+        )
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=red)
 
 
@@ -217,6 +239,7 @@ def resnet():
     torchvision = pytest.importorskip("torchvision")
     tp = pytest.importorskip("torch_pruning")
     from jaxprune._src.convert.torchvision import from_torchvision_resnet
+
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
@@ -233,8 +256,15 @@ def resnet():
     sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
     model, variables = from_torchvision_resnet(sd)
     graph = jp.trace_groups(lambda v, x: model.apply(v, x), variables, jnp.ones((1, 64, 64, 3)))
-    return dict(torch=torch, tp=tp, net=net, sd={k: v.numpy() for k, v in sd.items()}, variables=variables,
-                graph=graph, cache={})
+    return dict(
+        torch=torch,
+        tp=tp,
+        net=net,
+        sd={k: v.numpy() for k, v in sd.items()},
+        variables=variables,
+        graph=graph,
+        cache={},
+    )
 
 
 def _tp_kept(r, ratio: float = 0.5, global_pruning: bool = False, **imp_kw) -> dict[str, dict[int, tuple]]:
@@ -244,8 +274,14 @@ def _tp_kept(r, ratio: float = 0.5, global_pruning: bool = False, **imp_kw) -> d
         return r["cache"][key]
     torch, tp, sd = r["torch"], r["tp"], r["sd"]
     m = copy.deepcopy(r["net"])
-    tp.pruner.MetaPruner(m, torch.randn(1, 3, 64, 64), importance=tp.importance.GroupMagnitudeImportance(**imp_kw),
-                         pruning_ratio=ratio, global_pruning=global_pruning, ignored_layers=[m.fc]).step()
+    tp.pruner.MetaPruner(
+        m,
+        torch.randn(1, 3, 64, 64),
+        importance=tp.importance.GroupMagnitudeImportance(**imp_kw),
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        ignored_layers=[m.fc],
+    ).step()
     mods = dict(m.named_modules())
     out: dict[str, dict[int, tuple]] = {}
     for n, mod in mods.items():  # BN: weights are distinct values; check bias and running stats follow
@@ -259,7 +295,9 @@ def _tp_kept(r, ratio: float = 0.5, global_pruning: bool = False, **imp_kw) -> d
             bn = n[:-1] + "1" if n.endswith("downsample.0") else n.replace("conv", "bn")
             outs = np.array(out[f"params/{_flax_name(bn)}/scale"][0])
             w0, w = sd[n + ".weight"][outs], mod.weight.detach().numpy()
-            ins = _match(w.transpose(1, 0, 2, 3).reshape(w.shape[1], -1), w0.transpose(1, 0, 2, 3).reshape(w0.shape[1], -1))
+            ins = _match(
+                w.transpose(1, 0, 2, 3).reshape(w.shape[1], -1), w0.transpose(1, 0, 2, 3).reshape(w0.shape[1], -1)
+            )
             np.testing.assert_array_equal(w, w0[:, ins])
             out[f"params/{_flax_name(n)}/kernel"] = {3: tuple(outs.tolist()), 2: tuple(ins.tolist())}
         elif isinstance(mod, torch.nn.Linear):
@@ -275,8 +313,9 @@ def _compare(r, tp_leaves, plan) -> tuple[int, int, list[str]]:
     shapes = r["graph"].leaf_shapes
     ours = {p: ax for p, ax in plan.leaves.items() if p.startswith("params/")}
     paths = sorted(set(tp_leaves) | set(ours))
-    bad = [p for p in paths
-           if {a: k for a, k in tp_leaves.get(p, {}).items() if len(k) != shapes[p][a]} != ours.get(p, {})]
+    bad = [
+        p for p in paths if {a: k for a, k in tp_leaves.get(p, {}).items() if len(k) != shapes[p][a]} != ours.get(p, {})
+    ]
     # running statistics follow their BN's scale in the plan
     for p, ax in plan.leaves.items():
         if p.startswith("batch_stats/"):
@@ -287,14 +326,18 @@ def _compare(r, tp_leaves, plan) -> tuple[int, int, list[str]]:
 TP = jp.TORCH_PRUNING_DEFAULTS
 
 
-@pytest.mark.parametrize("tp_kw,jp_kw", [
-    (dict(p=1), dict(TP, p=1)),  # GroupMagnitudeImportance(p=1)
-    (dict(), dict(TP)),  # GroupMagnitudeImportance(): the preset as is
-    (dict(p=1, group_reduction="max"), dict(TP, p=1, reduce="max")),
-    (dict(p=2, group_reduction="sum"), dict(TP, reduce="sum")),
-    (dict(p=1, group_reduction="prod"), dict(TP, p=1, reduce="prod")),
-    (dict(p=1, bias=True), dict(TP, p=1, bias=True)),
-], ids=["p1", "preset_p2", "p1_max", "p2_sum", "p1_prod", "p1_bias"])
+@pytest.mark.parametrize(
+    "tp_kw,jp_kw",
+    [
+        (dict(p=1), dict(TP, p=1)),  # GroupMagnitudeImportance(p=1)
+        (dict(), dict(TP)),  # GroupMagnitudeImportance(): the preset as is
+        (dict(p=1, group_reduction="max"), dict(TP, p=1, reduce="max")),
+        (dict(p=2, group_reduction="sum"), dict(TP, reduce="sum")),
+        (dict(p=1, group_reduction="prod"), dict(TP, p=1, reduce="prod")),
+        (dict(p=1, bias=True), dict(TP, p=1, bias=True)),
+    ],
+    ids=["p1", "preset_p2", "p1_max", "p2_sum", "p1_prod", "p1_bias"],
+)
 def test_resnet18_layerwise_matches_torch_pruning(resnet, tp_kw, jp_kw):
     plan = jp.make_plan(resnet["variables"], resnet["graph"], 0.5, **jp_kw)
     ok, n, bad = _compare(resnet, _tp_kept(resnet, **tp_kw), plan)
@@ -304,8 +347,7 @@ def test_resnet18_layerwise_matches_torch_pruning(resnet, tp_kw, jp_kw):
 @pytest.mark.parametrize("normalizer", ["mean", "standarization", "gaussian", "lamp", "sentinel_0.5"])
 def test_resnet18_global_normalizers_match_torch_pruning(resnet, normalizer):
     # global ranking is where normalizers matter (layerwise, every one of them keeps the order)
-    plan = jp.make_plan(resnet["variables"], resnet["graph"], 0.5, scope="global",
-                        **dict(TP, normalize=normalizer))
+    plan = jp.make_plan(resnet["variables"], resnet["graph"], 0.5, scope="global", **dict(TP, normalize=normalizer))
     ok, n, bad = _compare(resnet, _tp_kept(resnet, global_pruning=True, normalizer=normalizer), plan)
     assert (ok, n) == (61, 61), bad
 
@@ -315,8 +357,9 @@ def test_resnet18_old_default_differs_from_torch_pruning(resnet):
     tp_leaves = _tp_kept(resnet, p=1)
     ok, n, bad = _compare(resnet, tp_leaves, jp.make_plan(resnet["variables"], resnet["graph"], 0.5, method="l1"))
     assert n == 61 and ok <= 10, (ok, n)
-    ok, n, _ = _compare(resnet, tp_leaves, jp.make_plan(resnet["variables"], resnet["graph"], 0.5, method="l1",
-                                                        bias=False))
+    ok, n, _ = _compare(
+        resnet, tp_leaves, jp.make_plan(resnet["variables"], resnet["graph"], 0.5, method="l1", bias=False)
+    )
     assert (ok, n) == (61, 61)  # l1 with bias=False is the same as the preset with p=1
 
 

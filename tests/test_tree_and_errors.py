@@ -46,6 +46,7 @@ def test_prune_works_on_any_pytree_and_keeps_structure(kind):
 
 def test_paths_drop_nnx_value_and_join_with_slash():
     from flax import nnx
+
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     _, state = nnx.split(model)
     assert sorted(p for p, _ in jp.leaves_with_paths(state)) == ["bias", "kernel"]
@@ -53,9 +54,13 @@ def test_paths_drop_nnx_value_and_join_with_slash():
 
 
 def test_default_prunable_excludes_biases_norms_and_position_tables():
-    params = {"embed": {"embedding": jnp.ones((10, 4))}, "pos_embedding": jnp.ones((1, 5, 4)),
-              "cls_token": jnp.ones((1, 1, 4)), "norm": {"scale": jnp.ones(4)},
-              "dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}}
+    params = {
+        "embed": {"embedding": jnp.ones((10, 4))},
+        "pos_embedding": jnp.ones((1, 5, 4)),
+        "cls_token": jnp.ones((1, 1, 4)),
+        "norm": {"scale": jnp.ones(4)},
+        "dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)},
+    }
     ok = jp.prunable_tree(params)
     assert ok["dense"]["kernel"] and ok["embed"]["embedding"]
     assert not (ok["pos_embedding"] or ok["cls_token"] or ok["norm"]["scale"] or ok["dense"]["bias"])

@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 
 def parser(doc: str, default_out: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every benchmark shares (``--out``, ``--quick``)."""
-    p = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc.split("\n")[0], epilog=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default=default_out, help="output directory: results.json and results.md are written there")
     p.add_argument("--quick", action="store_true", help="CPU smoke run on tiny models (< 60 s), for CI")
     return p
@@ -36,16 +37,28 @@ def environment() -> dict:
     import flax
     import jaxlib
     import optax
+
     dev = jax.devices()[0]
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # not on every OS
         load = None
-    return dict(backend=jax.default_backend(), device=str(dev), device_kind=getattr(dev, "device_kind", None),
-                device_count=jax.device_count(), jax=jax.__version__, jaxlib=jaxlib.__version__,
-                flax=flax.__version__, optax=optax.__version__, numpy=np.__version__,
-                python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
-                load_avg_1_5_15=load, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return dict(
+        backend=jax.default_backend(),
+        device=str(dev),
+        device_kind=getattr(dev, "device_kind", None),
+        device_count=jax.device_count(),
+        jax=jax.__version__,
+        jaxlib=jaxlib.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        cpu_count=os.cpu_count(),
+        load_avg_1_5_15=load,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def median_time(fn: Callable, args: tuple, reps: int, warmup: int = 2) -> float:
@@ -111,8 +124,10 @@ def compiled_memory(compiled) -> dict | None:
         return None
     if ma is None:
         return None
-    d = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0) for k in ("argument", "output", "temp", "alias",
-                                                                        "generated_code")}
+    d = {
+        k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
+        for k in ("argument", "output", "temp", "alias", "generated_code")
+    }
     d["peak_estimate"] = d["argument"] + d["output"] + d["temp"] - d["alias"]
     return d
 
@@ -150,8 +165,10 @@ def _json_default(x: Any) -> Any:
 
 
 def env_line(env: dict) -> str:
-    return (f"backend `{env['backend']}` ({env['device']}, {env['device_kind']}), jax {env['jax']}, "
-            f"{env['cpu_count']} CPUs, load average {env['load_avg_1_5_15']}, {env['date']}")
+    return (
+        f"backend `{env['backend']}` ({env['device']}, {env['device_kind']}), jax {env['jax']}, "
+        f"{env['cpu_count']} CPUs, load average {env['load_avg_1_5_15']}, {env['date']}"
+    )
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -182,8 +199,11 @@ def random_variables(model, seed: int = 0, batch: int = 1):
             return jax.device_put(rng.standard_normal(s.shape, dtype=np.float32) / np.sqrt(fan_in))
         if "scale" in name or "var" in name:
             return jax.device_put(np.ones(s.shape, s.dtype))
-        return jax.device_put(np.zeros(s.shape, s.dtype) + rng.standard_normal(s.shape).astype(s.dtype) * 0.01
-                              if "bias" in name else np.zeros(s.shape, s.dtype))
+        return jax.device_put(
+            np.zeros(s.shape, s.dtype) + rng.standard_normal(s.shape).astype(s.dtype) * 0.01
+            if "bias" in name
+            else np.zeros(s.shape, s.dtype)
+        )
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
 

@@ -36,8 +36,11 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> float:
     Strings, bools and non-scalar values raise ``TypeError`` (``"0.5"`` is not a
     sparsity); NaN and values outside [0, 1) raise ``ValueError``.
     """
-    if isinstance(sparsity, (str, bytes, bool, np.bool_)) or np.ndim(sparsity) != 0 or (
-            hasattr(sparsity, "dtype") and np.dtype(sparsity.dtype) == np.bool_):
+    if (
+        isinstance(sparsity, (str, bytes, bool, np.bool_))
+        or np.ndim(sparsity) != 0
+        or (hasattr(sparsity, "dtype") and np.dtype(sparsity.dtype) == np.bool_)
+    ):
         raise TypeError(f"{name} must be a number in [0, 1), got {type(sparsity).__name__} {sparsity!r}")
     try:
         s = float(sparsity)
@@ -54,8 +57,9 @@ def _raw_density(shape: Sequence[int], distribution: str, power: float) -> float
     return (float(np.sum(dims)) / float(np.prod(dims))) ** power if n else 0.0
 
 
-def erk_densities(shapes: dict[str, tuple[int, ...]], sparsity: float, *, distribution: str = "erk",
-                  power_scale: float = 1.0) -> dict[str, float]:
+def erk_densities(
+    shapes: dict[str, tuple[int, ...]], sparsity: float, *, distribution: str = "erk", power_scale: float = 1.0
+) -> dict[str, float]:
     """Per-layer densities (1 - sparsity) of the ERK/ER distribution for ``shapes``.
 
     >>> d = erk_densities({'a': (3, 3, 16, 32), 'b': (512, 10)}, 0.9)
@@ -87,10 +91,16 @@ def erk_densities(shapes: dict[str, tuple[int, ...]], sparsity: float, *, distri
     return out
 
 
-def layer_sparsities(params: PyTree, sparsity: float, *, distribution: str = "uniform",
-                     prunable: PyTree | Sequence[tuple[str, bool]] | None = None,
-                     rules: Sequence[tuple[str, Any]] | None = None, erk_power_scale: float = 1.0,
-                     strict: bool = False) -> PyTree:
+def layer_sparsities(
+    params: PyTree,
+    sparsity: float,
+    *,
+    distribution: str = "uniform",
+    prunable: PyTree | Sequence[tuple[str, bool]] | None = None,
+    rules: Sequence[tuple[str, Any]] | None = None,
+    erk_power_scale: float = 1.0,
+    strict: bool = False,
+) -> PyTree:
     """Per-leaf target sparsity (float) or ``None`` for leaves left dense.
 
     Args:
@@ -125,8 +135,8 @@ def layer_sparsities(params: PyTree, sparsity: float, *, distribution: str = "un
     free_shapes: dict[str, tuple[int, ...]] = {}
     leaves = tree_lib.leaves_with_paths(params)
     for (path, leaf), (_, ok), (_, rule) in zip(
-            leaves, tree_lib.leaves_with_paths(prunable),
-            tree_lib.leaves_with_paths(overrides, is_leaf=tree_lib.is_none)):
+        leaves, tree_lib.leaves_with_paths(prunable), tree_lib.leaves_with_paths(overrides, is_leaf=tree_lib.is_none)
+    ):
         value = rule if rule is _unset or rule is None else check_sparsity(rule, f"sparsity rule for {path!r}")
         if not ok:  # rules never make a non-prunable leaf (bias, norm scale, ...) prunable
             fixed[path] = None

@@ -95,8 +95,7 @@ def param_bytes(tree: Any) -> int:
 
 def model_stats(apply_fn: Callable[..., Any], params: Any, *args: Any, **kwargs: Any) -> dict:
     """``{'flops', 'params', 'bytes'}`` of ``apply_fn(params, *args, **kwargs)``."""
-    return dict(flops=flops(apply_fn, params, *args, **kwargs), params=param_count(params),
-                bytes=param_bytes(params))
+    return dict(flops=flops(apply_fn, params, *args, **kwargs), params=param_count(params), bytes=param_bytes(params))
 
 
 def _fmt(x: float) -> str:
@@ -124,5 +123,3 @@ def compare_models(before: tuple, after: tuple, *args: Any, **kwargs: Any) -> st
         rows.append((label, _fmt(b[k]), _fmt(a[k]), f"{ratio:.2f}x"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-

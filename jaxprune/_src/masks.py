@@ -109,8 +109,9 @@ def _resolve_sparsities(scores: PyTree, sparsities: Any, prunable: Any) -> PyTre
     """Broadcasts a scalar sparsity over prunable leaves, or validates a per-leaf tree."""
     tree_lib.check_no_none_leaves(scores, "scores")
     if isinstance(sparsities, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"sparsities must be a number in [0, 1) or a pytree of them, got "
-                        f"{type(sparsities).__name__} {sparsities!r}")
+        raise TypeError(
+            f"sparsities must be a number in [0, 1) or a pytree of them, got {type(sparsities).__name__} {sparsities!r}"
+        )
     if _is_scalar_sparsity(sparsities):
         if not _is_traced(sparsities):
             check_sparsity(sparsities, "sparsities")
@@ -131,10 +132,13 @@ def _resolve_sparsities(scores: PyTree, sparsities: Any, prunable: Any) -> PyTre
 def _warn_if_nothing_prunable(scores: PyTree, chosen: PyTree) -> None:
     if jax.tree.leaves(scores) and all(c is None for c in jax.tree.leaves(chosen, is_leaf=tree_lib.is_none)):
         paths = [p for p, _ in tree_lib.leaves_with_paths(scores)]
-        warnings.warn(f"no prunable leaf among {paths[:8]}{' ...' if len(paths) > 8 else ''}: every mask is "
-                      "None (nothing is pruned). By default only float leaves with ndim >= 2 that are not "
-                      "biases/norms are pruned; pass prunable=[(regex, True)] to choose leaves.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"no prunable leaf among {paths[:8]}{' ...' if len(paths) > 8 else ''}: every mask is "
+            "None (nothing is pruned). By default only float leaves with ndim >= 2 that are not "
+            "biases/norms are pruned; pass prunable=[(regex, True)] to choose leaves.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) -> PyTree:
@@ -164,8 +168,10 @@ def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) ->
         if on_host_cpu(arrays, n_prune):  # concrete CPU arrays: NumPy introselect per leaf, no compiles
             masks = [host_prune_lowest([x], int(n))[0] for x, n in zip(arrays, np.asarray(n_prune))]
         elif unsharded(arrays):  # one call per leaf: dispatched asynchronously, they overlap on CPU
-            masks = [select_lowest((x,), n_prune[j:j + 1], groups=(0,), n_groups=1, flat=True)[0]
-                     for j, x in enumerate(arrays)]
+            masks = [
+                select_lowest((x,), n_prune[j : j + 1], groups=(0,), n_groups=1, flat=True)[0]
+                for j, x in enumerate(arrays)
+            ]
         else:  # sharded or traced: one program, every leaf's counts all-reduced together
             masks = select_lowest(arrays, n_prune, groups=tuple(range(len(chosen))), n_groups=len(chosen))
         for (i, _), m in zip(chosen, masks):
@@ -186,8 +192,10 @@ def global_masks(scores: PyTree, sparsity: float | jax.Array, *, prunable: Any =
     check_scores(scores)
     tree_lib.check_no_none_leaves(scores, "scores")
     if isinstance(sparsity, (str, bytes)) or not _is_scalar_sparsity(sparsity):
-        raise TypeError(f"global_masks: sparsity must be a number in [0, 1) (one scalar), got "
-                        f"{type(sparsity).__name__} {sparsity!r}")
+        raise TypeError(
+            f"global_masks: sparsity must be a number in [0, 1) (one scalar), got "
+            f"{type(sparsity).__name__} {sparsity!r}"
+        )
     if not _is_traced(sparsity):
         check_sparsity(sparsity)
     if prunable is None or isinstance(prunable, (list, tuple)):
@@ -228,19 +236,22 @@ def _check_axis(what: str, path: str, axis: Any, x: Any) -> int:
         raise TypeError(f"{what}: axis must be an int, got {axis!r}")
     nd = np.ndim(x)
     if nd == 0:
-        raise ValueError(f"{what} for leaf {path!r}: the leaf is a scalar (shape ()), it has no axis {axis}; "
-                         "exclude it with prunable rules")
+        raise ValueError(
+            f"{what} for leaf {path!r}: the leaf is a scalar (shape ()), it has no axis {axis}; "
+            "exclude it with prunable rules"
+        )
     if not -nd <= axis < nd:
-        raise ValueError(f"{what} for leaf {path!r}: axis {axis} is out of range for its ndim {nd} "
-                         f"(shape {np.shape(x)}; valid axes are {-nd}..{nd - 1})")
+        raise ValueError(
+            f"{what} for leaf {path!r}: axis {axis} is out of range for its ndim {nd} "
+            f"(shape {np.shape(x)}; valid axes are {-nd}..{nd - 1})"
+        )
     return int(axis) % nd
 
 
 def _nm_one(path: str, x: jax.Array, n: int, m: int, axis: int) -> jax.Array:
     ax = _check_axis("N:M mask", path, axis, x)
     if x.shape[ax] % m:
-        raise ValueError(
-            f"N:M mask for leaf {path!r}: axis {axis} of shape {x.shape} must be divisible by M={m}")
+        raise ValueError(f"N:M mask for leaf {path!r}: axis {axis} of shape {x.shape} must be divisible by M={m}")
     return _nm_keep(x, n, m, ax)
 
 
@@ -261,7 +272,10 @@ def nm_masks(scores: PyTree, n: int = 2, m: int = 4, *, axis: int = -2, prunable
     sp = _resolve_sparsities(scores, 0.0, prunable)
     return tree_lib.map_with_path(
         lambda path, s, x: None if s is None else _nm_one(path, jnp.asarray(x), int(n), int(m), axis),
-        sp, scores, is_leaf=tree_lib.is_none)
+        sp,
+        scores,
+        is_leaf=tree_lib.is_none,
+    )
 
 
 def _block_one(path: str, x: jax.Array, s: Any, block: tuple[int, int]) -> jax.Array:
@@ -272,15 +286,15 @@ def _block_one(path: str, x: jax.Array, s: Any, block: tuple[int, int]) -> jax.A
     if rows % bh or cols % bw:
         raise ValueError(
             f"block {block} does not divide leaf {path!r} viewed as a ({rows}, {cols}) matrix "
-            f"(shape {x.shape}: all leading dims flattened into rows, last dim = columns)")
+            f"(shape {x.shape}: all leading dims flattened into rows, last dim = columns)"
+        )
     mat = jnp.abs(x.reshape(rows, cols)).reshape(rows // bh, bh, cols // bw, bw)
     block_scores = mat.mean(axis=(1, 3))
     keep = topk_mask(block_scores, s)
     return jnp.repeat(jnp.repeat(keep, bh, axis=0), bw, axis=1).reshape(x.shape)
 
 
-def block_masks(scores: PyTree, sparsities: Any, block: tuple[int, int] = (4, 4), *,
-                prunable: Any = None) -> PyTree:
+def block_masks(scores: PyTree, sparsities: Any, block: tuple[int, int] = (4, 4), *, prunable: Any = None) -> PyTree:
     """Block masks: whole ``block`` tiles kept or pruned, by their mean score.
 
     Each kernel is viewed as a 2-D ``(prod(shape[:-1]), shape[-1])`` matrix
@@ -288,14 +302,20 @@ def block_masks(scores: PyTree, sparsities: Any, block: tuple[int, int] = (4, 4)
     divide it (no padding: a ``ValueError`` names the leaf). Exactly
     ``round(s * n_blocks)`` blocks are pruned per layer.
     """
-    if (not isinstance(block, (tuple, list)) or len(block) != 2
-            or not all(isinstance(b, (int, np.integer)) and b > 0 for b in block)):
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(b, (int, np.integer)) and b > 0 for b in block)
+    ):
         raise ValueError(f"block must be a pair of positive ints, got {block!r}")
     check_scores(scores)
     sp = _resolve_sparsities(scores, sparsities, prunable)
     return tree_lib.map_with_path(
         lambda path, s, x: None if s is None else _block_one(path, jnp.asarray(x), s, tuple(block)),
-        sp, scores, is_leaf=tree_lib.is_none)
+        sp,
+        scores,
+        is_leaf=tree_lib.is_none,
+    )
 
 
 def channel_masks(scores: PyTree, sparsities: Any, *, axis: int = -1, prunable: Any = None) -> PyTree:
@@ -337,8 +357,9 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     Array([1., 0.], dtype=float32)
     """
     check_masks(params, masks)
-    return jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
-                        masks, params, is_leaf=tree_lib.is_none)
+    return jax.tree.map(
+        lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)), masks, params, is_leaf=tree_lib.is_none
+    )
 
 
 def check_masks(params: PyTree, masks: PyTree, what: str = "masks") -> None:
@@ -351,16 +372,20 @@ def check_masks(params: PyTree, masks: PyTree, what: str = "masks") -> None:
         if dtype is None:
             dtype = np.asarray(m).dtype
         if np.dtype(dtype) != np.bool_:
-            raise TypeError(f"{what} leaf {path!r} has dtype {dtype}; masks must be boolean (True = kept). "
-                            "Convert 0/1 masks with .astype(bool)")
+            raise TypeError(
+                f"{what} leaf {path!r} has dtype {dtype}; masks must be boolean (True = kept). "
+                "Convert 0/1 masks with .astype(bool)"
+            )
 
 
 def combine_masks(a: PyTree, b: PyTree) -> PyTree:
     """Logical AND of two masks pytrees (``None`` means all-kept)."""
+
     def one(x, y):
         if x is None:
             return y
         if y is None:
             return x
         return jnp.logical_and(x, y)
+
     return jax.tree.map(one, a, b, is_leaf=tree_lib.is_none)

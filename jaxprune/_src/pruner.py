@@ -39,8 +39,7 @@ from jaxprune._src.schedules import Schedule
 
 PyTree = Any
 
-__all__ = ["Pruner", "MaskSpec", "masks_from_scores", "scored_pruner", "magnitude_pruner", "prune",
-           "dense_masks"]
+__all__ = ["Pruner", "MaskSpec", "masks_from_scores", "scored_pruner", "magnitude_pruner", "prune", "dense_masks"]
 
 SCOPES = ("layerwise", "global")
 STRUCTURES = ("unstructured", "nm", "block", "channel")
@@ -93,12 +92,14 @@ class MaskSpec:
         if self.structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
         if self.scope == "global" and self.distribution != "uniform":
-            raise ValueError("scope='global' ranks all layers together; distribution must be 'uniform', "
-                             f"got {self.distribution!r}")
+            raise ValueError(
+                f"scope='global' ranks all layers together; distribution must be 'uniform', got {self.distribution!r}"
+            )
         if self.scope == "global" and self.structure != "unstructured":
             raise ValueError(f"scope='global' supports structure='unstructured' only, got {self.structure!r}")
-        if self.structure == "nm" and not (isinstance(self.n, int) and isinstance(self.m, int)
-                                           and 0 < self.n <= self.m):
+        if self.structure == "nm" and not (
+            isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n <= self.m
+        ):
             raise ValueError(f"N:M needs integers 0 < N <= M, got N={self.n!r}, M={self.m!r}")
         for name in ("prunable", "rules"):
             value = getattr(self, name)
@@ -114,8 +115,9 @@ def _scale(s: Any, factor: Any) -> Any:
     return None if s is None else s * factor
 
 
-def masks_from_scores(scores: PyTree, sparsity: float | jax.Array, spec: MaskSpec = MaskSpec(), *,
-                      final_sparsity: float | None = None) -> PyTree:
+def masks_from_scores(
+    scores: PyTree, sparsity: float | jax.Array, spec: MaskSpec = MaskSpec(), *, final_sparsity: float | None = None
+) -> PyTree:
     """Masks for ``scores`` at ``sparsity`` as described by ``spec``.
 
     With a non-uniform distribution, per-layer sparsities are computed for
@@ -129,17 +131,28 @@ def masks_from_scores(scores: PyTree, sparsity: float | jax.Array, spec: MaskSpe
     [[False, False, False, False], [True, True, True, True]]
     """
     if spec.structure == "nm":
-        return masks_lib.nm_masks(scores, spec.n, spec.m, axis=spec.nm_axis,
-                                  prunable=tree_lib.prunable_tree(scores, spec.prunable, strict=spec.strict))
+        return masks_lib.nm_masks(
+            scores,
+            spec.n,
+            spec.m,
+            axis=spec.nm_axis,
+            prunable=tree_lib.prunable_tree(scores, spec.prunable, strict=spec.strict),
+        )
     final = sparsity if final_sparsity is None else final_sparsity
     final = check_sparsity(final, "final_sparsity" if final_sparsity is not None else "sparsity")
-    per_layer = layer_sparsities(scores, final, distribution=spec.distribution, prunable=spec.prunable,
-                                 rules=spec.rules, erk_power_scale=spec.erk_power_scale, strict=spec.strict)
+    per_layer = layer_sparsities(
+        scores,
+        final,
+        distribution=spec.distribution,
+        prunable=spec.prunable,
+        rules=spec.rules,
+        erk_power_scale=spec.erk_power_scale,
+        strict=spec.strict,
+    )
     if spec.scope == "global":
         overridden = tree_lib.rule_tree(scores, spec.rules, default=False)
         overridden = jax.tree.map(lambda r: r is not False, overridden, is_leaf=tree_lib.is_none)
-        glob_ok = jax.tree.map(lambda s, o: s is not None and not o, per_layer, overridden,
-                               is_leaf=tree_lib.is_none)
+        glob_ok = jax.tree.map(lambda s, o: s is not None and not o, per_layer, overridden, is_leaf=tree_lib.is_none)
         glob = masks_lib.global_masks(scores, sparsity, prunable=glob_ok)
         fixed_sp = jax.tree.map(lambda s, o: s if o else None, per_layer, overridden, is_leaf=tree_lib.is_none)
         fixed = masks_lib.layerwise_masks(scores, fixed_sp)
@@ -165,8 +178,13 @@ def dense_masks(params: PyTree, spec: MaskSpec = MaskSpec()) -> PyTree:
     return jax.tree.map(lambda o, p: jnp.ones(jnp.shape(p), bool) if o else None, ok, params)
 
 
-def scored_pruner(score: str | Callable[..., PyTree], schedule: Schedule, spec: MaskSpec = MaskSpec(), *,
-                  straight_through: bool = False) -> Pruner:
+def scored_pruner(
+    score: str | Callable[..., PyTree],
+    schedule: Schedule,
+    spec: MaskSpec = MaskSpec(),
+    *,
+    straight_through: bool = False,
+) -> Pruner:
     """A pruner that re-ranks ``score(params, grads=, key=)`` at each scheduled update.
 
     Masks start dense; at update step ``t`` they become the masks of the
@@ -199,11 +217,24 @@ def magnitude_pruner(schedule: Schedule, spec: MaskSpec = MaskSpec(), **kwargs: 
     return scored_pruner("magnitude", schedule, spec, **kwargs)
 
 
-def prune(params: PyTree, sparsity: float = 0.5, *, method: str | Callable[..., PyTree] = "magnitude",
-          scope: str = "layerwise", distribution: str = "uniform", structure: str = "unstructured",
-          prunable: Sequence[tuple[str, bool]] | None = None, rules: Sequence[tuple[str, Any]] | None = None,
-          n: int = 2, m: int = 4, block: tuple[int, int] = (4, 4), grads: PyTree = None,
-          key: jax.Array | None = None, masks: PyTree = None, strict: bool = False) -> tuple[PyTree, PyTree]:
+def prune(
+    params: PyTree,
+    sparsity: float = 0.5,
+    *,
+    method: str | Callable[..., PyTree] = "magnitude",
+    scope: str = "layerwise",
+    distribution: str = "uniform",
+    structure: str = "unstructured",
+    prunable: Sequence[tuple[str, bool]] | None = None,
+    rules: Sequence[tuple[str, Any]] | None = None,
+    n: int = 2,
+    m: int = 4,
+    block: tuple[int, int] = (4, 4),
+    grads: PyTree = None,
+    key: jax.Array | None = None,
+    masks: PyTree = None,
+    strict: bool = False,
+) -> tuple[PyTree, PyTree]:
     """One-shot pruning: returns ``(pruned_params, masks)``.
 
     Args:
@@ -227,8 +258,17 @@ def prune(params: PyTree, sparsity: float = 0.5, *, method: str | Callable[..., 
     >>> pruned['dense']['kernel'].tolist(), masks['dense']['bias']
     ([[0.0, 0.0], [0.0, 0.0], [5.0, 6.0], [7.0, 8.0]], None)
     """
-    spec = MaskSpec(scope=scope, distribution=distribution, structure=structure, prunable=prunable,
-                    rules=rules, n=n, m=m, block=tuple(block), strict=strict)
+    spec = MaskSpec(
+        scope=scope,
+        distribution=distribution,
+        structure=structure,
+        prunable=prunable,
+        rules=rules,
+        n=n,
+        m=m,
+        block=tuple(block),
+        strict=strict,
+    )
     if structure != "nm":
         check_sparsity(sparsity)
     tree_lib.check_no_none_leaves(params, "params")
@@ -237,9 +277,11 @@ def prune(params: PyTree, sparsity: float = 0.5, *, method: str | Callable[..., 
     ok = tree_lib.prunable_tree(params, spec.prunable, strict=spec.strict)
     if not any(jax.tree.leaves(ok)):
         paths = [p for p, _ in tree_lib.leaves_with_paths(params)]
-        raise ValueError(f"prune: params have no prunable leaf (leaves: {paths[:8]}{' ...' if len(paths) > 8 else ''}"
-                         "); by default only float leaves with ndim >= 2 that are not biases/norms/position "
-                         "tables are pruned. Mark leaves prunable with prunable=[(regex, True)]")
+        raise ValueError(
+            f"prune: params have no prunable leaf (leaves: {paths[:8]}{' ...' if len(paths) > 8 else ''}"
+            "); by default only float leaves with ndim >= 2 that are not biases/norms/position "
+            "tables are pruned. Mark leaves prunable with prunable=[(regex, True)]"
+        )
     base = params if masks is None else masks_lib.apply_masks(params, masks)
     s = scores_lib.get_score_fn(method)(base, grads=grads, key=key)
     new = masks_from_scores(s, sparsity, spec)

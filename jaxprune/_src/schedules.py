@@ -55,8 +55,9 @@ def one_shot(sparsity: float, step: int = 0) -> Schedule:
     )
 
 
-def polynomial(final_sparsity: float, *, begin: int, end: int, every: int,
-               initial_sparsity: float = 0.0, power: float = 3.0) -> Schedule:
+def polynomial(
+    final_sparsity: float, *, begin: int, end: int, every: int, initial_sparsity: float = 0.0, power: float = 3.0
+) -> Schedule:
     """Gradual (GMP) schedule ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^power``.
 
     Updates happen at ``t = begin, begin + every, ...`` up to ``end``
@@ -107,5 +108,4 @@ def periodic(sparsity: float, *, every: int, begin: int = 0, end: int | None = N
 def no_update(sparsity: float = 0.0) -> Schedule:
     """Masks never change after ``init`` (fixed-mask finetuning)."""
     sparsity = check_sparsity(sparsity)
-    return Schedule(lambda t: jnp.full((), sparsity, jnp.float32),
-                    lambda t: jnp.zeros((), bool), sparsity)
+    return Schedule(lambda t: jnp.full((), sparsity, jnp.float32), lambda t: jnp.zeros((), bool), sparsity)

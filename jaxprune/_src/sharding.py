@@ -34,8 +34,7 @@ from jaxprune._src import tree as tree_lib
 
 PyTree = Any
 
-__all__ = ["shardings_of", "shard_like", "spec_for_shape", "abstract_like", "mesh_round_to",
-           "shrink_sharded"]
+__all__ = ["shardings_of", "shard_like", "spec_for_shape", "abstract_like", "mesh_round_to", "shrink_sharded"]
 
 
 def _entries(spec: PartitionSpec, ndim: int) -> list[Any]:
@@ -67,8 +66,9 @@ def shardings_of(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: getattr(x, "sharding", None), tree, is_leaf=tree_lib.is_none)
 
 
-def spec_for_shape(sharding: NamedSharding, shape: tuple[int, ...], *, path: str = "",
-                   warn: bool = True) -> NamedSharding:
+def spec_for_shape(
+    sharding: NamedSharding, shape: tuple[int, ...], *, path: str = "", warn: bool = True
+) -> NamedSharding:
     """``sharding`` adapted to ``shape``: dims its mesh axes do not divide become replicated.
 
     A warning names the leaf (``path``), the dim, its size and the mesh axes dropped.
@@ -89,7 +89,9 @@ def spec_for_shape(sharding: NamedSharding, shape: tuple[int, ...], *, path: str
                 warnings.warn(
                     f"leaf {path!r}: dim {d} has size {shape[d]}, not divisible by its {n} shards "
                     f"(mesh axes {_names(e)}); that dim is replicated instead. Plan with "
-                    f"round_to=jaxprune.mesh_round_to(graph, shardings) to keep it sharded.", stacklevel=3)
+                    f"round_to=jaxprune.mesh_round_to(graph, shardings) to keep it sharded.",
+                    stacklevel=3,
+                )
     while new and new[-1] is None:
         new.pop()
     return NamedSharding(sharding.mesh, PartitionSpec(*new))
@@ -132,6 +134,7 @@ def abstract_like(tree: PyTree, shardings: PyTree) -> PyTree:
     >>> t['w'].shape
     (2, 3)
     """
+
     def one(path, x, sh):
         if x is None:
             return None

@@ -56,18 +56,27 @@ class SparseState(NamedTuple):
 
 def _mask_tree(masks: PyTree, values: PyTree, fill: Any) -> PyTree:
     """``where(mask, value, fill(value))`` at masked leaves; others unchanged."""
-    return jax.tree.map(lambda m, v: v if m is None else jnp.where(m, v, fill(v)), masks, values,
-                        is_leaf=tree_lib.is_none)
+    return jax.tree.map(
+        lambda m, v: v if m is None else jnp.where(m, v, fill(v)), masks, values, is_leaf=tree_lib.is_none
+    )
 
 
 def _shard_like_params(masks: PyTree, params: PyTree) -> PyTree:
     """Eager ``init`` on sharded params: each mask gets its param's sharding (no-op under jit)."""
+
     def one(m, p):
         sh = getattr(p, "sharding", None)
-        if (m is None or sh is None or isinstance(m, jax.core.Tracer) or isinstance(p, jax.core.Tracer)
-                or getattr(m, "sharding", None) == sh or jnp.shape(m) != jnp.shape(p)):
+        if (
+            m is None
+            or sh is None
+            or isinstance(m, jax.core.Tracer)
+            or isinstance(p, jax.core.Tracer)
+            or getattr(m, "sharding", None) == sh
+            or jnp.shape(m) != jnp.shape(p)
+        ):
             return m
         return jax.device_put(m, sh)
+
     return jax.tree.map(one, masks, params, is_leaf=tree_lib.is_none)
 
 
@@ -87,16 +96,20 @@ def _check_grads(updates: PyTree, params: PyTree) -> None:
     """Raises ``ValueError`` naming the first path where ``updates`` (grads) differ from ``params``."""
     if jax.tree.structure(updates) != jax.tree.structure(params):
         diff = tree_lib.first_structure_difference(params, updates)
-        raise ValueError("sparse_optimizer.update: grads (updates) do not have the structure of params; "
-                         f"first difference: {diff} (params vs grads)")
+        raise ValueError(
+            "sparse_optimizer.update: grads (updates) do not have the structure of params; "
+            f"first difference: {diff} (params vs grads)"
+        )
     for (path, p), (_, g) in zip(tree_lib.leaves_with_paths(params), tree_lib.leaves_with_paths(updates)):
         if jnp.shape(g) != jnp.shape(p):
-            raise ValueError(f"sparse_optimizer.update: grads leaf {path!r} has shape {jnp.shape(g)}, "
-                             f"the param has {jnp.shape(p)}")
+            raise ValueError(
+                f"sparse_optimizer.update: grads leaf {path!r} has shape {jnp.shape(g)}, the param has {jnp.shape(p)}"
+            )
 
 
-def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
-                     key: jax.Array | int = 0) -> optax.GradientTransformationExtraArgs:
+def sparse_optimizer(
+    inner: optax.GradientTransformation, pruner: Pruner, *, key: jax.Array | int = 0
+) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that it trains a sparse model under ``pruner``.
 
     Composes with ``optax.chain`` (put it last, or anywhere: it needs ``params``),
@@ -152,11 +165,16 @@ def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
             delta = None
         inner_state = state.inner_state
         if pruner.reset_regrown:
-            regrown = jax.tree.map(lambda o, n: False if o is None else n & ~o, old_masks, masks,
-                                   is_leaf=tree_lib.is_none)
+            regrown = jax.tree.map(
+                lambda o, n: False if o is None else n & ~o, old_masks, masks, is_leaf=tree_lib.is_none
+            )
             inner_state = optax.tree_utils.tree_map_params(
-                inner, lambda s, r: jnp.where(r, jnp.zeros_like(s), s), inner_state, regrown,
-                transform_non_params=lambda s: s)
+                inner,
+                lambda s, r: jnp.where(r, jnp.zeros_like(s), s),
+                inner_state,
+                regrown,
+                transform_non_params=lambda s: s,
+            )
         if pruner.straight_through:
             new_updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
         else:
@@ -165,11 +183,19 @@ def sparse_optimizer(inner: optax.GradientTransformation, pruner: Pruner, *,
             # Pruned coordinates: update = -w, so w + update == 0 exactly.
             new_updates = jax.tree.map(
                 lambda m, u, p: u if m is None else jnp.where(m, u, -p).astype(u.dtype),
-                masks, new_updates, params, is_leaf=tree_lib.is_none)
+                masks,
+                new_updates,
+                params,
+                is_leaf=tree_lib.is_none,
+            )
         if delta is not None:  # pruner's own correction of the kept weights (e.g. OBS)
             new_updates = jax.tree.map(
                 lambda m, u, d: (u + d).astype(u.dtype) if m is None else jnp.where(m, u + d, u).astype(u.dtype),
-                masks, new_updates, delta, is_leaf=tree_lib.is_none)
+                masks,
+                new_updates,
+                delta,
+                is_leaf=tree_lib.is_none,
+            )
         return new_updates, SparseState(step + 1, masks, aux, key, inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -187,8 +213,9 @@ def find_sparse_state(opt_state: Any) -> SparseState:
 
     jax.tree.leaves(opt_state, is_leaf=visit)
     if not found:
-        raise ValueError("no jaxprune SparseState in this optimizer state; was it built with "
-                         "jaxprune.sparse_optimizer?")
+        raise ValueError(
+            "no jaxprune SparseState in this optimizer state; was it built with jaxprune.sparse_optimizer?"
+        )
     return found[0]
 
 

@@ -56,24 +56,31 @@ class SparsitySummary:
         return {r.path: r.sparsity for r in self.rows}
 
     def to_json(self) -> dict[str, Any]:
-        return {"layers": [dict(path=r.path, shape=list(r.shape), size=r.size, zeros=r.zeros,
-                                sparsity=r.sparsity) for r in self.rows],
-                "total_size": self.total_size, "total_zeros": self.total_zeros,
-                "total_sparsity": self.total_sparsity}
+        return {
+            "layers": [
+                dict(path=r.path, shape=list(r.shape), size=r.size, zeros=r.zeros, sparsity=r.sparsity)
+                for r in self.rows
+            ],
+            "total_size": self.total_size,
+            "total_zeros": self.total_zeros,
+            "total_sparsity": self.total_sparsity,
+        }
 
     def _table(self, markdown: bool) -> str:
         head = ("layer", "shape", "params", "zeros", "sparsity")
-        body = [(r.path, "x".join(map(str, r.shape)) or "()", f"{r.size:,}", f"{r.zeros:,}",
-                 f"{100 * r.sparsity:.1f}%") for r in self.rows]
-        body.append(("TOTAL", "", f"{self.total_size:,}", f"{self.total_zeros:,}",
-                     f"{100 * self.total_sparsity:.2f}%"))
+        body = [
+            (r.path, "x".join(map(str, r.shape)) or "()", f"{r.size:,}", f"{r.zeros:,}", f"{100 * r.sparsity:.1f}%")
+            for r in self.rows
+        ]
+        body.append(("TOTAL", "", f"{self.total_size:,}", f"{self.total_zeros:,}", f"{100 * self.total_sparsity:.2f}%"))
         if markdown:
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             lines += ["| " + " | ".join(row) + " |" for row in body]
             return "\n".join(lines)
         widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-        fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                                    for i, (c, w) in enumerate(zip(row, widths)))
+        fmt = lambda row: "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+        )
         sep = "-" * (sum(widths) + 2 * (len(widths) - 1))
         return "\n".join([fmt(head), sep, *map(fmt, body[:-1]), sep, fmt(body[-1])])
 
@@ -95,8 +102,9 @@ def sparsity_summary(tree: PyTree, *, only: PyTree | None = None, min_ndim: int 
     rows = []
     keep = None
     if only is not None:
-        keep = {p: (o is not None and o is not False)
-                for p, o in tree_lib.leaves_with_paths(only, is_leaf=tree_lib.is_none)}
+        keep = {
+            p: (o is not None and o is not False) for p, o in tree_lib.leaves_with_paths(only, is_leaf=tree_lib.is_none)
+        }
     for path, leaf in tree_lib.leaves_with_paths(tree, is_leaf=tree_lib.is_none):
         if leaf is None or (keep is not None and not keep.get(path, False)):
             continue

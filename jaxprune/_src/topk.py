@@ -93,8 +93,9 @@ def unsharded(arrays: Sequence[Any]) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("groups", "n_groups", "flat"))
-def select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tuple[int, ...],
-                   n_groups: int, flat: bool = False) -> list[jax.Array]:
+def select_lowest(
+    scores: Sequence[jax.Array], n_prune: jax.Array, groups: tuple[int, ...], n_groups: int, flat: bool = False
+) -> list[jax.Array]:
     """Keep-masks pruning exactly ``n_prune[g]`` lowest entries jointly over the leaves of group ``g``.
 
     ``groups[i]`` is the group of ``scores[i]``. Only elementwise ops and full
@@ -149,23 +150,27 @@ def select_lowest(scores: Sequence[jax.Array], n_prune: jax.Array, groups: tuple
     big = jnp.int32(2**31 - 1)
 
     def bisect_cut():
-        cut, _ = lax.while_loop(lambda lohi: jnp.any(lohi[0] < lohi[1]), index_step,
-                                (jnp.where(partial, 0, full_cut), full_cut))
+        cut, _ = lax.while_loop(
+            lambda lohi: jnp.any(lohi[0] < lohi[1]), index_step, (jnp.where(partial, 0, full_cut), full_cut)
+        )
         return cut
 
     def walk_cut():  # few ties to prune: step from one tied entry to the next (a min per pass)
         def step(c):
             pos, left = c
-            nxt = [jnp.min(jnp.where((kk == t[groups[i]]) & (index[i]() > pos[groups[i]]), index[i](), big))
-                   for i, kk in enumerate(keys)]
+            nxt = [
+                jnp.min(jnp.where((kk == t[groups[i]]) & (index[i]() > pos[groups[i]]), index[i](), big))
+                for i, kk in enumerate(keys)
+            ]
             per: list[list[jax.Array]] = [[] for _ in range(n_groups)]
             for c_, g in zip(nxt, groups):
                 per[g].append(c_)
             nxt_g = jnp.stack([functools.reduce(jnp.minimum, p) for p in per])
             return jnp.where(left > 0, nxt_g, pos), left - 1
 
-        pos, _ = lax.while_loop(lambda c: jnp.any(c[1] > 0), step,
-                                (jnp.full((n_groups,), -1, jnp.int32), jnp.where(partial, n_ties, 0)))
+        pos, _ = lax.while_loop(
+            lambda c: jnp.any(c[1] > 0), step, (jnp.full((n_groups,), -1, jnp.int32), jnp.where(partial, n_ties, 0))
+        )
         return jnp.where(partial, pos + 1, full_cut)
 
     # Continuous scores: a handful of ties at most -> walk them; many ties (e.g. zeros) -> bisect.
@@ -212,7 +217,7 @@ def host_prune_lowest(scores: Sequence[Any], n_prune: int) -> list[jax.Array]:
     out, start = [], 0
     for x in scores:
         size = int(np.prod(np.shape(x)))
-        out.append(jnp.asarray(keep[start:start + size].reshape(np.shape(x))))
+        out.append(jnp.asarray(keep[start : start + size].reshape(np.shape(x))))
         start += size
     return out
 
@@ -228,8 +233,7 @@ def prune_lowest(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Ar
     n_prune = jnp.asarray(n_prune, jnp.int32).reshape(1)
     if len(scores) > 1 and unsharded(scores):  # one device: one flat array counts fastest
         return _select_concat(tuple(scores), n_prune)
-    return select_lowest(tuple(scores), n_prune, groups=(0,) * len(scores), n_groups=1,
-                          flat=unsharded(scores))
+    return select_lowest(tuple(scores), n_prune, groups=(0,) * len(scores), n_groups=1, flat=unsharded(scores))
 
 
 @jax.jit
@@ -240,6 +244,6 @@ def _select_concat(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.
     out, start = [], 0
     for s in scores:
         size = int(np.prod(np.shape(s)))
-        out.append(mask[start:start + size].reshape(np.shape(s)))
+        out.append(mask[start : start + size].reshape(np.shape(s)))
         start += size
     return out

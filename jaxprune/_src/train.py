@@ -37,8 +37,19 @@ from jaxprune._src.sparse_optax import get_masks, sparse_optimizer
 
 PyTree = Any
 
-__all__ = ["TrainConfig", "TrainState", "FitResult", "sgdw", "scale_by_warmup_cosine", "warmup_cosine", "xla_flops",
-           "fixed_mask_pruner", "fit", "evaluate", "cross_entropy"]
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "FitResult",
+    "sgdw",
+    "scale_by_warmup_cosine",
+    "warmup_cosine",
+    "xla_flops",
+    "fixed_mask_pruner",
+    "fit",
+    "evaluate",
+    "cross_entropy",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +136,7 @@ def scale_by_warmup_cosine(peak: float, warmup: int, total: int) -> optax.Gradie
     Keeping them in the state (not in the code) lets one compiled train step serve every
     step budget and learning rate of a grid.
     """
+
     def init(params):
         del params
         f = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
@@ -156,15 +168,20 @@ def sgdw(cfg: TrainConfig, params: PyTree) -> optax.GradientTransformation:
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Mean softmax cross-entropy with optional label smoothing."""
     n = logits.shape[-1]
-    onehot = optax.smooth_labels(jax.nn.one_hot(labels, n), label_smoothing) if label_smoothing else \
-        jax.nn.one_hot(labels, n)
+    onehot = (
+        optax.smooth_labels(jax.nn.one_hot(labels, n), label_smoothing)
+        if label_smoothing
+        else jax.nn.one_hot(labels, n)
+    )
     return optax.softmax_cross_entropy(logits, onehot).mean()
 
 
 def _split_variables(variables: PyTree) -> tuple[PyTree, PyTree]:
     if not isinstance(variables, dict) and not hasattr(variables, "keys") or "params" not in variables:
-        raise ValueError("variables must be a Linen variables dict with a 'params' collection, got keys "
-                         f"{list(variables.keys()) if hasattr(variables, 'keys') else type(variables).__name__}")
+        raise ValueError(
+            "variables must be a Linen variables dict with a 'params' collection, got keys "
+            f"{list(variables.keys()) if hasattr(variables, 'keys') else type(variables).__name__}"
+        )
     return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
@@ -173,17 +190,23 @@ def _forward_params(params: PyTree, opt_state: Any, straight_through: bool) -> P
     if not straight_through:
         return params
     from jaxprune._src.algorithms.ste import straight_through_masks
+
     return straight_through_masks(params, get_masks(opt_state))
 
 
 def make_train_step(model, tx, label_smoothing, straight_through: bool = False):
     """One jit-able train step. ``straight_through``: the pruner keeps dense weights (STE) and the
     forward pass uses the masked ones, with dense gradients."""
+
     def step(state: TrainState, batch):
         def loss_fn(params):
             params = _forward_params(params, state.opt_state, straight_through)
-            out, new_ms = model.apply({"params": params, **state.model_state}, batch["image"], train=True,
-                                      mutable=list(state.model_state.keys()))
+            out, new_ms = model.apply(
+                {"params": params, **state.model_state},
+                batch["image"],
+                train=True,
+                mutable=list(state.model_state.keys()),
+            )
             return cross_entropy(out, batch["label"], label_smoothing), (out, new_ms)
 
         (loss, (logits, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -249,7 +272,7 @@ def evaluate(model, variables: PyTree, ds, batch_size: int = 512) -> dict[str, f
     bs = min(batch_size, n)
     tot = np.zeros(3)
     for i in range(0, n, bs):
-        x, y = ds.images[i:i + bs], ds.labels[i:i + bs]
+        x, y = ds.images[i : i + bs], ds.labels[i : i + bs]
         w = np.ones(len(y), np.float32)
         if len(y) < bs:  # pad the last batch to keep one compiled shape
             pad = bs - len(y)
@@ -284,9 +307,19 @@ def _signature(tree) -> tuple:
     return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
 
 
-def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
-        tx: optax.GradientTransformation | None = None, masks: PyTree = None, pruner: Pruner | None = None,
-        progress: bool = True, desc: str = "train") -> FitResult:
+def fit(
+    model,
+    variables: PyTree,
+    train_ds,
+    cfg: TrainConfig,
+    *,
+    eval_ds=None,
+    tx: optax.GradientTransformation | None = None,
+    masks: PyTree = None,
+    pruner: Pruner | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
     """Trains ``model`` from ``variables`` on ``train_ds`` for ``cfg.steps`` steps.
 
     Args:
@@ -299,6 +332,7 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
       pruner: any :class:`jaxprune.Pruner` to run during training (exclusive with ``masks``).
     """
     from jaxprune._src.data import batches  # local: data imports tensorflow-datasets
+
     if masks is not None and pruner is not None:
         raise ValueError("pass either masks= (fixed) or pruner=, not both")
     params, model_state = _split_variables(variables)
@@ -312,9 +346,17 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
     state = TrainState(params, dict(model_state), tx.init(params), jnp.zeros((), jnp.int32))
     if masks is not None:  # start from the masked weights
         from jaxprune._src.masks import apply_masks
+
         state = state._replace(params=apply_masks(params, masks))
-    it = batches(train_ds, cfg.batch_size, seed=cfg.seed, shuffle=True, epochs=None,
-                 crop_padding=4 if cfg.augment else 0, flip=cfg.augment)
+    it = batches(
+        train_ds,
+        cfg.batch_size,
+        seed=cfg.seed,
+        shuffle=True,
+        epochs=None,
+        crop_padding=4 if cfg.augment else 0,
+        flip=cfg.augment,
+    )
     first = next(it)
     t0 = time.perf_counter()
 
@@ -326,8 +368,19 @@ def fit(model, variables: PyTree, train_ds, cfg: TrainConfig, *, eval_ds=None,
     # The default optimizer keeps its schedule in the state and a fixed-mask pruner keeps its
     # masks there: one compiled step serves every fit of the same model, shapes and recipe.
     m = _hashable(model) if (own_tx and (pruner is None or masks is not None)) else None
-    key = None if m is None else (m, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.label_smoothing,
-                                  masks is not None, _signature((state, first)))
+    key = (
+        None
+        if m is None
+        else (
+            m,
+            cfg.momentum,
+            cfg.nesterov,
+            cfg.weight_decay,
+            cfg.label_smoothing,
+            masks is not None,
+            _signature((state, first)),
+        )
+    )
     compiled, step_flops = _cache_get(_STEPS, key, compile_step)
     history: list[dict[str, float]] = []
     best = (-1.0, 0, None)

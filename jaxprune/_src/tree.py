@@ -86,9 +86,7 @@ def leaves_with_paths(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
 
 def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
     """``jax.tree.map`` whose ``fn`` also receives the leaf's "/"-joined path first."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x, *r: fn(path_str(p), x, *r), tree, *rest, is_leaf=is_leaf
-    )
+    return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_str(p), x, *r), tree, *rest, is_leaf=is_leaf)
 
 
 def _compile_rules(rules: Rules | None, name: str = "rules") -> list[tuple[re.Pattern, Any]]:
@@ -124,8 +122,15 @@ def match_rules(path: str, rules: Rules | None, default: Any = None) -> Any:
     return default
 
 
-def rule_tree(tree: PyTree, rules: Rules | None, default: Any = None, *, strict: bool = False,
-              name: str = "rules", prunable: Any = None) -> PyTree:
+def rule_tree(
+    tree: PyTree,
+    rules: Rules | None,
+    default: Any = None,
+    *,
+    strict: bool = False,
+    name: str = "rules",
+    prunable: Any = None,
+) -> PyTree:
     """Pytree with, at each leaf, the value of the first matching rule (else ``default``).
 
     With ``strict=True``, a rule that matches no leaf raises ``ValueError``
@@ -212,15 +217,18 @@ def prunable_tree(params: PyTree, rules: Rules | None = None, *, strict: bool = 
         if not isinstance(rule, (bool, np.bool_)):
             raise TypeError(f"prunable rules must map to bool, got {rule!r} for leaf {path!r}")
         if rule and _is_bool_leaf(leaf):
-            raise TypeError(f"prunable rules mark leaf {path!r} prunable, but it is a boolean array "
-                            "(flags/masks are not weights and cannot be pruned)")
+            raise TypeError(
+                f"prunable rules mark leaf {path!r} prunable, but it is a boolean array "
+                "(flags/masks are not weights and cannot be pruned)"
+            )
         return bool(rule)
 
     return map_with_path(pick, params, decided)
 
 
-def check_same_structure(params: PyTree, other: PyTree, what: str = "masks", *,
-                         allow_none: bool = True, check_shapes: bool = True) -> None:
+def check_same_structure(
+    params: PyTree, other: PyTree, what: str = "masks", *, allow_none: bool = True, check_shapes: bool = True
+) -> None:
     """Raises ``ValueError`` naming the first path where ``other`` differs from ``params``.
 
     ``other`` may hold ``None`` at leaves (when ``allow_none``); array leaves
@@ -234,8 +242,7 @@ def check_same_structure(params: PyTree, other: PyTree, what: str = "masks", *,
         missing = sorted(set(p_paths) - set(o_paths))
         extra = sorted(set(o_paths) - set(p_paths))
         raise ValueError(
-            f"{what} do not have the structure of params: missing paths {missing[:10]}, "
-            f"unexpected paths {extra[:10]}"
+            f"{what} do not have the structure of params: missing paths {missing[:10]}, unexpected paths {extra[:10]}"
         )
     if check_shapes:
         for (path, p), (_, o) in zip(p_leaves, o_leaves):
@@ -255,8 +262,10 @@ def check_no_none_leaves(tree: PyTree, what: str = "params") -> None:
     """
     for path, leaf in leaves_with_paths(tree, is_leaf=is_none):
         if leaf is None:
-            raise ValueError(f"{what} leaf {path!r} is None; {what} must hold arrays at every leaf "
-                             "(remove the entry, or use an empty array)")
+            raise ValueError(
+                f"{what} leaf {path!r} is None; {what} must hold arrays at every leaf "
+                "(remove the entry, or use an empty array)"
+            )
 
 
 def first_structure_difference(a: PyTree, b: PyTree, is_leaf=None) -> str | None:

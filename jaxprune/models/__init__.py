@@ -17,6 +17,7 @@ Example:
   True
 """
 
+from jaxprune.models.bert import BertEncoder, bert_base_config, bert_tiny_test, minilm_l6_config
 from jaxprune.models.core import (
     check_widths,
     from_config,
@@ -28,7 +29,6 @@ from jaxprune.models.core import (
     sub_widths,
     width,
 )
-from jaxprune.models.bert import BertEncoder, bert_base_config, bert_tiny_test, minilm_l6_config
 from jaxprune.models.layers import Mlp, MultiHeadAttention
 from jaxprune.models.nnx_models import (
     NnxCifarResNet,
@@ -55,17 +55,48 @@ from jaxprune.models.vit import ViT, vit_b16, vit_s16, vit_ti16, vit_tiny_test
 
 __all__ = [
     # Linen models
-    "MLP", "SmallCNN", "MobileNetBlockNet", "InvertedResidual", "ConcatNet",
-    "CifarResNet", "ResNet", "BasicBlock", "Bottleneck",
-    "ViT", "BertEncoder", "MultiHeadAttention", "Mlp",
+    "MLP",
+    "SmallCNN",
+    "MobileNetBlockNet",
+    "InvertedResidual",
+    "ConcatNet",
+    "CifarResNet",
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "ViT",
+    "BertEncoder",
+    "MultiHeadAttention",
+    "Mlp",
     # configs
-    "cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_resnet34",
-    "resnet18", "resnet34", "resnet50",
-    "vit_tiny_test", "vit_ti16", "vit_s16", "vit_b16",
-    "bert_tiny_test", "minilm_l6_config", "bert_base_config",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet56",
+    "cifar_resnet34",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_tiny_test",
+    "vit_ti16",
+    "vit_s16",
+    "vit_b16",
+    "bert_tiny_test",
+    "minilm_l6_config",
+    "bert_base_config",
     # widths / configs
-    "rebuild", "get_config", "from_config", "register_model", "registered_models",
-    "layer_widths", "check_widths", "width", "sub_widths",
+    "rebuild",
+    "get_config",
+    "from_config",
+    "register_model",
+    "registered_models",
+    "layer_widths",
+    "check_widths",
+    "width",
+    "sub_widths",
     # NNX
-    "NnxSmallCNN", "NnxCifarResNet", "NnxViT", "nnx_rebuild", "load_linen_variables",
+    "NnxSmallCNN",
+    "NnxCifarResNet",
+    "NnxViT",
+    "nnx_rebuild",
+    "load_linen_variables",
 ]

@@ -71,7 +71,7 @@ def sub_widths(widths: Widths, prefix: str) -> Widths:
     (('conv1', 4),)
     """
     head = prefix + "/"
-    return tuple((k[len(head):], v) for k, v in widths if k.startswith(head))
+    return tuple((k[len(head) :], v) for k, v in widths if k.startswith(head))
 
 
 def _check_widths_field(widths: Any, owner: str) -> None:
@@ -233,7 +233,9 @@ def _collections(variables: Any) -> dict[str, Any]:
         return {k: variables[k] for k in variables}
     if isinstance(variables, Mapping):
         return {"params": variables}
-    raise TypeError(f"rebuild: variables must be a Linen variables dict or a params dict, got {type(variables).__name__}")
+    raise TypeError(
+        f"rebuild: variables must be a Linen variables dict or a params dict, got {type(variables).__name__}"
+    )
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -28,14 +28,29 @@ BN_MOMENTUM = 0.9  # torchvision's momentum=0.1 in the other convention
 BN_EPS = 1e-5
 
 
-def conv(features: int, kernel: int, strides: int = 1, *, name: str, use_bias: bool = False,
-         groups: int = 1, padding: Any = None) -> nn.Conv:
+def conv(
+    features: int,
+    kernel: int,
+    strides: int = 1,
+    *,
+    name: str,
+    use_bias: bool = False,
+    groups: int = 1,
+    padding: Any = None,
+) -> nn.Conv:
     """torchvision-style conv: explicit symmetric padding ``kernel // 2`` (not 'SAME'), no bias."""
     pad = kernel // 2 if padding is None else padding
     if isinstance(pad, int):
         pad = ((pad, pad), (pad, pad))
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=pad,
-                   use_bias=use_bias, feature_group_count=groups, name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(strides, strides),
+        padding=pad,
+        use_bias=use_bias,
+        feature_group_count=groups,
+        name=name,
+    )
 
 
 def batch_norm(train: bool, *, name: str) -> nn.BatchNorm:
@@ -66,8 +81,7 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         def proj(name):
-            return nn.DenseGeneral((self.num_heads, self.head_dim), axis=-1, kernel_init=self.kernel_init,
-                                   name=name)(x)
+            return nn.DenseGeneral((self.num_heads, self.head_dim), axis=-1, kernel_init=self.kernel_init, name=name)(x)
 
         q, k, v = proj("query"), proj("key"), proj("value")
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(self.head_dim, q.dtype))

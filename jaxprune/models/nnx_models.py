@@ -30,8 +30,7 @@ __all__ = ["NnxSmallCNN", "NnxCifarResNet", "NnxViT", "NnxHeadAttention", "nnx_r
 
 def _conv(cin: int, cout: int, k: int, strides: int = 1, *, rngs: nnx.Rngs, padding: int | None = None) -> nnx.Conv:
     p = k // 2 if padding is None else padding
-    return nnx.Conv(cin, cout, (k, k), strides=(strides, strides), padding=((p, p), (p, p)), use_bias=False,
-                    rngs=rngs)
+    return nnx.Conv(cin, cout, (k, k), strides=(strides, strides), padding=((p, p), (p, p)), use_bias=False, rngs=rngs)
 
 
 def _bn(n: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -41,8 +40,9 @@ def _bn(n: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 class NnxSmallCNN(nnx.Module):
     """NNX twin of :class:`jaxprune.models.SmallCNN` (``conv_{i}``, ``bn_{i}``, ``head``)."""
 
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_channels: int = 3, *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, channels: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_channels: int = 3, *, rngs: nnx.Rngs
+    ):
         self.num_layers = len(channels)
         cin = in_channels
         for i, c in enumerate(channels):
@@ -75,16 +75,26 @@ class _NnxBasicBlock(nnx.Module):
         y = self.bn2(self.conv2(y), use_running_average=ura)
         r = self.downsample_bn(self.downsample_conv(x), use_running_average=ura) if self.downsample else x
         if r.shape[-1] != y.shape[-1]:
-            raise ValueError(f"NnxCifarResNet block: shortcut width {r.shape[-1]} != residual branch width "
-                             f"{y.shape[-1]}; residual channels must be pruned together")
+            raise ValueError(
+                f"NnxCifarResNet block: shortcut width {r.shape[-1]} != residual branch width "
+                f"{y.shape[-1]}; residual channels must be pruned together"
+            )
         return nnx.relu(y + r)
 
 
 class NnxCifarResNet(nnx.Module):
     """NNX twin of :class:`jaxprune.models.CifarResNet` (basic blocks, same parameter names)."""
 
-    def __init__(self, stage_sizes: tuple[int, ...] = (3, 3, 3), stage_widths: tuple[int, ...] = (16, 32, 64),
-                 width_multiplier: float = 1.0, num_classes: int = 10, in_channels: int = 3, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        stage_sizes: tuple[int, ...] = (3, 3, 3),
+        stage_widths: tuple[int, ...] = (16, 32, 64),
+        width_multiplier: float = 1.0,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        rngs: nnx.Rngs,
+    ):
         widths = tuple(max(1, int(round(w * width_multiplier))) for w in stage_widths)
         self.conv1 = _conv(in_channels, widths[0], 3, rngs=rngs)
         self.bn1 = _bn(widths[0], rngs)
@@ -107,7 +117,10 @@ class NnxCifarResNet(nnx.Module):
 
 
 class _HeadProj(nnx.Module):
-    """Head-shaped projection: ``"in"`` kernel ``(D, H, Dh)`` + bias ``(H, Dh)``; ``"out"`` ``(H, Dh, D)`` + ``(D,)``."""
+    """Head-shaped projection.
+
+    ``"in"``: kernel ``(D, H, Dh)`` + bias ``(H, Dh)``; ``"out"``: ``(H, Dh, D)`` + ``(D,)``.
+    """
 
     def __init__(self, shape: tuple[int, ...], bias_shape: tuple[int, ...], fan_in: int, *, rngs: nnx.Rngs):
         self.kernel = nnx.Param(jax.random.normal(rngs.params(), shape) / jnp.sqrt(fan_in))
@@ -160,9 +173,21 @@ class _NnxEncoderBlock(nnx.Module):
 class NnxViT(nnx.Module):
     """NNX twin of :class:`jaxprune.models.ViT` (same parameter names and shapes)."""
 
-    def __init__(self, image_size: int = 224, patch_size: int = 16, hidden_size: int = 768, num_layers: int = 12,
-                 num_heads: int = 12, mlp_dim: int = 3072, head_dim: int = 0, num_classes: int = 1000,
-                 in_channels: int = 3, layer_norm_eps: float = 1e-6, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        hidden_size: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        head_dim: int = 0,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        layer_norm_eps: float = 1e-6,
+        *,
+        rngs: nnx.Rngs,
+    ):
         if image_size % patch_size:
             raise ValueError(f"NnxViT: image_size {image_size} is not divisible by patch_size {patch_size}")
         head_dim = head_dim or hidden_size // num_heads
@@ -173,8 +198,11 @@ class NnxViT(nnx.Module):
         self.pos_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, n, hidden_size)))
         self.num_layers = num_layers
         for i in range(num_layers):
-            setattr(self, f"encoder_{i}",
-                    _NnxEncoderBlock(hidden_size, num_heads, head_dim, mlp_dim, layer_norm_eps, rngs=rngs))
+            setattr(
+                self,
+                f"encoder_{i}",
+                _NnxEncoderBlock(hidden_size, num_heads, head_dim, mlp_dim, layer_norm_eps, rngs=rngs),
+            )
         self.norm = nnx.LayerNorm(hidden_size, epsilon=layer_norm_eps, rngs=rngs)
         self.head = nnx.Linear(hidden_size, num_classes, rngs=rngs)
 
@@ -204,8 +232,8 @@ def _fix_attributes(module: nnx.Module) -> None:
         elif isinstance(m, nnx.LinearGeneral):
             k = m.kernel.shape
             n_in = len(m.in_features)
-            m.in_features = tuple(k[len(k) - len(m.out_features) - n_in:len(k) - len(m.out_features)])
-            m.out_features = tuple(k[len(k) - len(m.out_features):])
+            m.in_features = tuple(k[len(k) - len(m.out_features) - n_in : len(k) - len(m.out_features)])
+            m.out_features = tuple(k[len(k) - len(m.out_features) :])
         elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm)):
             ref = m.scale if getattr(m, "scale", None) is not None else getattr(m, "mean", None)
             if ref is not None:
@@ -268,8 +296,9 @@ def load_linen_variables(module: nnx.Module, variables: Any) -> nnx.Module:
     def pick(p, leaf):
         path = path_str(p)
         if path not in flat:
-            raise ValueError(f"load_linen_variables: NNX leaf {path!r} has no Linen counterpart; "
-                             f"Linen paths: {sorted(flat)[:20]}")
+            raise ValueError(
+                f"load_linen_variables: NNX leaf {path!r} has no Linen counterpart; Linen paths: {sorted(flat)[:20]}"
+            )
         used.add(path)
         return jnp.asarray(flat[path])
 

@@ -26,9 +26,17 @@ from jaxprune.models.core import Widths, register_model, sub_widths, width
 from jaxprune.models.layers import batch_norm, check_same_width, conv
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CifarResNet", "ResNet",
-    "cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_resnet34",
-    "resnet18", "resnet34", "resnet50",
+    "BasicBlock",
+    "Bottleneck",
+    "CifarResNet",
+    "ResNet",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet56",
+    "cifar_resnet34",
+    "resnet18",
+    "resnet34",
+    "resnet50",
 ]
 
 
@@ -77,8 +85,7 @@ class Bottleneck(nn.Module):
 def _shortcut(block: Any, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
     if block.downsample:
         out = block.features * block.expansion
-        r = conv(width(block.widths, "downsample_conv", out), 1, block.strides, padding=0,
-                 name="downsample_conv")(x)
+        r = conv(width(block.widths, "downsample_conv", out), 1, block.strides, padding=0, name="downsample_conv")(x)
         r = batch_norm(train, name="downsample_bn")(r)
         check_same_width(block.name, r, y, "downsample and residual branch")
     else:
@@ -90,8 +97,16 @@ def _shortcut(block: Any, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def _stages(owner: str, widths: Widths, stage_sizes: tuple[int, ...], stage_widths: tuple[int, ...],
-            block: str, x: jax.Array, train: bool, in_width: int) -> jax.Array:
+def _stages(
+    owner: str,
+    widths: Widths,
+    stage_sizes: tuple[int, ...],
+    stage_widths: tuple[int, ...],
+    block: str,
+    x: jax.Array,
+    train: bool,
+    in_width: int,
+) -> jax.Array:
     """Runs the residual stages (call inside a compact method: blocks get that module as parent).
 
     ``downsample`` is decided by the *default* widths, so it is part of the structure and does
@@ -180,8 +195,7 @@ class ResNet(nn.Module):
         x = nn.relu(batch_norm(train, name="bn1")(x))
         if not self.small_input:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        x = _stages("ResNet", self.widths, self.stage_sizes, self.stage_widths, self.block, x, train,
-                    self.stem_width)
+        x = _stages("ResNet", self.widths, self.stage_sizes, self.stage_widths, self.block, x, train, self.stem_width)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(width(self.widths, "fc", self.num_classes), name="fc")(x)
 
@@ -203,8 +217,15 @@ def cifar_resnet56(num_classes: int = 10, **kw: Any) -> CifarResNet:
 
 def cifar_resnet34(num_classes: int = 10, image_size: int = 64, **kw: Any) -> CifarResNet:
     """Nevis'22-style CifarResNet34: ResNet-34 stages with a 3x3/1 stem and no maxpool (64x64 inputs)."""
-    return CifarResNet(**{"stage_sizes": (3, 4, 6, 3), "stage_widths": (64, 128, 256, 512),
-                          "num_classes": num_classes, "image_size": image_size, **kw})
+    return CifarResNet(
+        **{
+            "stage_sizes": (3, 4, 6, 3),
+            "stage_widths": (64, 128, 256, 512),
+            "num_classes": num_classes,
+            "image_size": image_size,
+            **kw,
+        }
+    )
 
 
 def resnet18(num_classes: int = 1000, **kw: Any) -> ResNet:

@@ -92,8 +92,10 @@ class InvertedResidual(nn.Module):
         channels = y.shape[-1]
         dw = width(w, "dw_conv", hidden)
         if dw != channels:
-            raise ValueError(f"{self.name}/dw_conv: a depthwise conv keeps its width, but widths give {dw} "
-                             f"output channels for {channels} input channels")
+            raise ValueError(
+                f"{self.name}/dw_conv: a depthwise conv keeps its width, but widths give {dw} "
+                f"output channels for {channels} input channels"
+            )
         y = conv(channels, 3, self.strides, groups=channels, name="dw_conv")(y)
         y = nn.relu6(batch_norm(train, name="dw_bn")(y))
         y = conv(width(w, "project_conv", self.out_features), 1, name="project_conv")(y)
@@ -126,8 +128,9 @@ class MobileNetBlockNet(nn.Module):
         in_f = self.stem_width
         for i, (t, out, s) in enumerate(self.block_specs):
             name = f"block_{i}"
-            x = InvertedResidual(in_f, out, t, s, s == 1 and in_f == out, sub_widths(self.widths, name),
-                                 name=name)(x, train)
+            x = InvertedResidual(in_f, out, t, s, s == 1 and in_f == out, sub_widths(self.widths, name), name=name)(
+                x, train
+            )
             in_f = out
         x = conv(width(self.widths, "last_conv", self.last_width), 1, name="last_conv")(x)
         x = nn.relu6(batch_norm(train, name="last_bn")(x))

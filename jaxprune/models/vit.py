@@ -44,8 +44,9 @@ class ViTEncoderBlock(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         w = self.widths
         y = nn.LayerNorm(epsilon=self.layer_norm_eps, name="ln1")(x)
-        y = MultiHeadAttention(width(w, "attn", self.num_heads), self.head_dim,
-                               width(w, "attn/out", self.hidden_size), name="attn")(y, mask)
+        y = MultiHeadAttention(
+            width(w, "attn", self.num_heads), self.head_dim, width(w, "attn/out", self.hidden_size), name="attn"
+        )(y, mask)
         check_same_width(f"{self.name}/attn", x, y, "residual stream and attention output")
         x = x + y
         y = nn.LayerNorm(epsilon=self.layer_norm_eps, name="ln2")(x)
@@ -78,8 +79,9 @@ class ViT(nn.Module):
         if self.head_dim:
             return self.head_dim
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"ViT: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
-                             "set head_dim")
+            raise ValueError(
+                f"ViT: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; set head_dim"
+            )
         return self.hidden_size // self.num_heads
 
     @nn.compact
@@ -88,8 +90,13 @@ class ViT(nn.Module):
         p = self.patch_size
         if x.shape[1] % p or x.shape[2] % p:
             raise ValueError(f"ViT: image size {x.shape[1:3]} is not divisible by patch_size {p}")
-        x = nn.Conv(width(self.widths, "patch_embed", self.hidden_size), (p, p), strides=(p, p),
-                    padding="VALID", name="patch_embed")(x)
+        x = nn.Conv(
+            width(self.widths, "patch_embed", self.hidden_size),
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            name="patch_embed",
+        )(x)
         b, h, w_, d = x.shape
         x = x.reshape(b, h * w_, d)
         cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d), x.dtype)
@@ -98,8 +105,15 @@ class ViT(nn.Module):
         x = x + pos
         for i in range(self.num_layers):
             name = f"encoder_{i}"
-            x = ViTEncoderBlock(self.num_heads, self._head_dim, self.mlp_dim, self.hidden_size,
-                                self.layer_norm_eps, sub_widths(self.widths, name), name=name)(x)
+            x = ViTEncoderBlock(
+                self.num_heads,
+                self._head_dim,
+                self.mlp_dim,
+                self.hidden_size,
+                self.layer_norm_eps,
+                sub_widths(self.widths, name),
+                name=name,
+            )(x)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="norm")(x)
         return nn.Dense(width(self.widths, "head", self.num_classes), name="head")(x[:, 0])
 

@@ -18,26 +18,80 @@ Example:
 """
 
 from jaxprune._src.deprecation import deprecated_attribute as _deprecated_attribute
-from jaxprune._src.transfer.upstream import (Upstream, UpstreamConfig, build_model, default_cache_dir,
-                                             load_upstream, load_upstream_data, pretrain_upstream, save_upstream)
+from jaxprune._src.transfer.upstream import (
+    Upstream,
+    UpstreamConfig,
+    build_model,
+    default_cache_dir,
+    load_upstream,
+    load_upstream_data,
+    pretrain_upstream,
+    save_upstream,
+)
 from jaxprune.transfer import study_a, study_b, study_c
 
-__all__ = ["study_a", "study_b", "study_c", "Upstream", "UpstreamConfig", "build_model", "default_cache_dir",
-           "load_upstream", "load_upstream_data", "pretrain_upstream", "save_upstream"]
+__all__ = [
+    "study_a",
+    "study_b",
+    "study_c",
+    "Upstream",
+    "UpstreamConfig",
+    "build_model",
+    "default_cache_dir",
+    "load_upstream",
+    "load_upstream_data",
+    "pretrain_upstream",
+    "save_upstream",
+]
 
 # Pre-v1 flat names (jaxprune.transfer.run_study_a, ...): now on the study modules.
 _MOVED = {
-    **{n: ("jaxprune.transfer.study_a", n) for n in (
-        "METHODS", "PrunedModel", "conv_forward_flops", "effective_step_flops", "forward_flops", "kernel_masks",
-        "trace_model_groups", "unit_scores", "with_new_head", "zero_shot_plan", "zero_shot_prune", "NEVIS_SHORT",
-        "NEVIS_TINY", "full_config", "quick_config", "short_study_a", "small_config", "summarize",
-        "write_outputs")},
+    **{
+        n: ("jaxprune.transfer.study_a", n)
+        for n in (
+            "METHODS",
+            "PrunedModel",
+            "conv_forward_flops",
+            "effective_step_flops",
+            "forward_flops",
+            "kernel_masks",
+            "trace_model_groups",
+            "unit_scores",
+            "with_new_head",
+            "zero_shot_plan",
+            "zero_shot_prune",
+            "NEVIS_SHORT",
+            "NEVIS_TINY",
+            "full_config",
+            "quick_config",
+            "short_study_a",
+            "small_config",
+            "summarize",
+            "write_outputs",
+        )
+    },
     "StudyAConfig": ("jaxprune.transfer.study_a", "Config"),
     "run_study_a": ("jaxprune.transfer.study_a", "run"),
-    **{n: ("jaxprune.transfer.study_b", n) for n in (
-        "TransferData", "TransferResult", "PAPER_DATASETS", "find_head", "feature_fn", "extract_features",
-        "with_fresh_head", "load_transfer_data", "train_linear_head", "linear_finetune", "full_finetune", "transfer",
-        "MODES", "SMALL_DATASETS", "resolve_datasets")},
+    **{
+        n: ("jaxprune.transfer.study_b", n)
+        for n in (
+            "TransferData",
+            "TransferResult",
+            "PAPER_DATASETS",
+            "find_head",
+            "feature_fn",
+            "extract_features",
+            "with_fresh_head",
+            "load_transfer_data",
+            "train_linear_head",
+            "linear_finetune",
+            "full_finetune",
+            "transfer",
+            "MODES",
+            "SMALL_DATASETS",
+            "resolve_datasets",
+        )
+    },
     "TransferConfig": ("jaxprune.transfer.study_b", "Config"),
     "run_study_b": ("jaxprune.transfer.study_b", "run"),
     "study_b_tables": ("jaxprune.transfer.study_b", "summarize"),

@@ -17,16 +17,51 @@ Example:
 """
 
 from jaxprune._src.transfer.report import write_outputs
-from jaxprune._src.transfer.study_a import NEVIS_SHORT, NEVIS_TINY
+from jaxprune._src.transfer.study_a import (
+    NEVIS_SHORT,
+    NEVIS_TINY,
+    full_config,
+    quick_config,
+    short_study_a,
+    small_config,
+    summarize,
+)
 from jaxprune._src.transfer.study_a import StudyAConfig as Config
-from jaxprune._src.transfer.study_a import full_config, quick_config, short_study_a, small_config, summarize
 from jaxprune._src.transfer.study_a import run_study_a as run
-from jaxprune._src.transfer.zero_shot_structured import (METHODS, PrunedModel, conv_forward_flops,
-                                                         effective_step_flops, forward_flops, kernel_masks,
-                                                         trace_model_groups, unit_scores, with_new_head,
-                                                         zero_shot_plan, zero_shot_prune)
+from jaxprune._src.transfer.zero_shot_structured import (
+    METHODS,
+    PrunedModel,
+    conv_forward_flops,
+    effective_step_flops,
+    forward_flops,
+    kernel_masks,
+    trace_model_groups,
+    unit_scores,
+    with_new_head,
+    zero_shot_plan,
+    zero_shot_prune,
+)
 
-__all__ = ["Config", "quick_config", "small_config", "full_config", "run", "summarize", "write_outputs",
-           "short_study_a", "NEVIS_TINY", "NEVIS_SHORT", "METHODS", "PrunedModel", "conv_forward_flops",
-           "effective_step_flops", "forward_flops", "kernel_masks", "trace_model_groups", "unit_scores",
-           "with_new_head", "zero_shot_plan", "zero_shot_prune"]
+__all__ = [
+    "Config",
+    "quick_config",
+    "small_config",
+    "full_config",
+    "run",
+    "summarize",
+    "write_outputs",
+    "short_study_a",
+    "NEVIS_TINY",
+    "NEVIS_SHORT",
+    "METHODS",
+    "PrunedModel",
+    "conv_forward_flops",
+    "effective_step_flops",
+    "forward_flops",
+    "kernel_masks",
+    "trace_model_groups",
+    "unit_scores",
+    "with_new_head",
+    "zero_shot_plan",
+    "zero_shot_prune",
+]

@@ -22,31 +22,78 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxprune._src.transfer.sparse_upstream import DEFAULT_METHODS as DEFAULT_UPSTREAM_METHODS
-from jaxprune._src.transfer.sparse_upstream import METHODS as UPSTREAM_METHODS
-from jaxprune._src.transfer.sparse_upstream import SparseUpstream as Upstream
-from jaxprune._src.transfer.sparse_upstream import SparseUpstreamConfig as UpstreamConfig
-from jaxprune._src.transfer.sparse_upstream import full_upstream_config, load_upstream_splits, prunable_sparsity
-from jaxprune._src.transfer.sparse_upstream import load_sparse_upstream as load_upstream
-from jaxprune._src.transfer.sparse_upstream import run_sparse_upstream as run_upstreams
-from jaxprune._src.transfer.sparse_upstream import save_sparse_upstream as save_upstream
-from jaxprune._src.transfer.sparse_upstream import train_sparse_upstream as train_upstream
-from jaxprune._src.transfer.sparse_upstream import write_upstream_report
-from jaxprune._src.transfer.sparse_transfer import (MODES, PAPER_DATASETS, SMALL_DATASETS, TransferData,
-                                                    TransferResult, extract_features, feature_fn, find_head,
-                                                    full_finetune, linear_finetune, load_transfer_data,
-                                                    resolve_datasets, train_linear_head, transfer, with_fresh_head)
+from jaxprune._src.transfer.sparse_transfer import (
+    MODES,
+    PAPER_DATASETS,
+    SMALL_DATASETS,
+    TransferData,
+    TransferResult,
+    extract_features,
+    feature_fn,
+    find_head,
+    full_finetune,
+    linear_finetune,
+    load_transfer_data,
+    resolve_datasets,
+    train_linear_head,
+    transfer,
+    with_fresh_head,
+)
 from jaxprune._src.transfer.sparse_transfer import TransferConfig as Config
 from jaxprune._src.transfer.sparse_transfer import run_study_b as run
 from jaxprune._src.transfer.sparse_transfer import study_b_tables as summarize
 from jaxprune._src.transfer.sparse_transfer import write_study_b as _write_study_b
+from jaxprune._src.transfer.sparse_upstream import DEFAULT_METHODS as DEFAULT_UPSTREAM_METHODS
+from jaxprune._src.transfer.sparse_upstream import METHODS as UPSTREAM_METHODS
+from jaxprune._src.transfer.sparse_upstream import SparseUpstream as Upstream
+from jaxprune._src.transfer.sparse_upstream import SparseUpstreamConfig as UpstreamConfig
+from jaxprune._src.transfer.sparse_upstream import (
+    full_upstream_config,
+    load_upstream_splits,
+    prunable_sparsity,
+    write_upstream_report,
+)
+from jaxprune._src.transfer.sparse_upstream import load_sparse_upstream as load_upstream
+from jaxprune._src.transfer.sparse_upstream import run_sparse_upstream as run_upstreams
+from jaxprune._src.transfer.sparse_upstream import save_sparse_upstream as save_upstream
+from jaxprune._src.transfer.sparse_upstream import train_sparse_upstream as train_upstream
 
-__all__ = ["Config", "quick_config", "small_config", "full_config", "run", "summarize", "write_outputs", "MODES",
-           "PAPER_DATASETS", "SMALL_DATASETS", "TransferData", "TransferResult", "extract_features", "feature_fn",
-           "find_head", "full_finetune", "linear_finetune", "load_transfer_data", "resolve_datasets",
-           "train_linear_head", "transfer", "with_fresh_head", "Upstream", "UpstreamConfig", "UPSTREAM_METHODS", "DEFAULT_UPSTREAM_METHODS",
-           "full_upstream_config", "load_upstream_splits", "prunable_sparsity", "load_upstream", "save_upstream",
-           "train_upstream", "run_upstreams", "write_upstream_report"]
+__all__ = [
+    "Config",
+    "quick_config",
+    "small_config",
+    "full_config",
+    "run",
+    "summarize",
+    "write_outputs",
+    "MODES",
+    "PAPER_DATASETS",
+    "SMALL_DATASETS",
+    "TransferData",
+    "TransferResult",
+    "extract_features",
+    "feature_fn",
+    "find_head",
+    "full_finetune",
+    "linear_finetune",
+    "load_transfer_data",
+    "resolve_datasets",
+    "train_linear_head",
+    "transfer",
+    "with_fresh_head",
+    "Upstream",
+    "UpstreamConfig",
+    "UPSTREAM_METHODS",
+    "DEFAULT_UPSTREAM_METHODS",
+    "full_upstream_config",
+    "load_upstream_splits",
+    "prunable_sparsity",
+    "load_upstream",
+    "save_upstream",
+    "train_upstream",
+    "run_upstreams",
+    "write_upstream_report",
+]
 
 
 def quick_config(**overrides: Any) -> Config:
@@ -61,8 +108,18 @@ def small_config(**overrides: Any) -> Config:
 
 def full_config(**overrides: Any) -> Config:
     """The paper's recipe: 224 px, linear lr 0.01 for 150 epochs, full lr 0.001, augmentation."""
-    return dataclasses.replace(Config(image_size=224, linear_epochs=150, linear_lr=0.01, full_lr=0.001,
-                                      full_steps=20_000, full_batch_size=64, augment=True), **overrides)
+    return dataclasses.replace(
+        Config(
+            image_size=224,
+            linear_epochs=150,
+            linear_lr=0.01,
+            full_lr=0.001,
+            full_steps=20_000,
+            full_batch_size=64,
+            augment=True,
+        ),
+        **overrides,
+    )
 
 
 def write_outputs(results: dict, out_dir: str) -> str:

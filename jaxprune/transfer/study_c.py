@@ -21,5 +21,15 @@ from jaxprune._src.transfer.study_c import run_study_c as run
 from jaxprune._src.transfer.study_c_probe import penultimate_features, ridge_head
 from jaxprune._src.transfer.study_c_report import METHODS, summarize, write_outputs
 
-__all__ = ["Config", "quick_config", "default_config", "full_config", "run", "summarize", "write_outputs", "METHODS",
-           "penultimate_features", "ridge_head"]
+__all__ = [
+    "Config",
+    "quick_config",
+    "default_config",
+    "full_config",
+    "run",
+    "summarize",
+    "write_outputs",
+    "METHODS",
+    "penultimate_features",
+    "ridge_head",
+]

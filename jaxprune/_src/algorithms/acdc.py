@@ -20,8 +20,9 @@ from jaxprune._src.schedules import Schedule
 __all__ = ["acdc_pruner", "acdc_schedule"]
 
 
-def acdc_schedule(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: int,
-                  final_begin: int) -> Schedule:
+def acdc_schedule(
+    sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: int, final_begin: int
+) -> Schedule:
     """Schedule with sparsity ``sparsity`` in compressed phases and 0 in dense ones.
 
     ``is_update`` is True at every phase change (and at ``final_begin``).
@@ -56,8 +57,15 @@ def acdc_schedule(sparsity: float, *, warmup: int, compressed_steps: int, dense_
     return Schedule(sparsity_fn, is_update, sparsity)
 
 
-def acdc_pruner(sparsity: float, *, warmup: int, compressed_steps: int, dense_steps: int, final_begin: int,
-         spec: MaskSpec = MaskSpec()) -> Pruner:
+def acdc_pruner(
+    sparsity: float,
+    *,
+    warmup: int,
+    compressed_steps: int,
+    dense_steps: int,
+    final_begin: int,
+    spec: MaskSpec = MaskSpec(),
+) -> Pruner:
     """AC/DC pruner: magnitude top-k in compressed phases, all-True masks in dense phases.
 
     Paper recipe (100 epochs): ``warmup`` 10 epochs, 5 compressed / 5 dense,
@@ -70,7 +78,8 @@ def acdc_pruner(sparsity: float, *, warmup: int, compressed_steps: int, dense_st
     True
     """
     check_spec(spec, "acdc", structures=("unstructured", "block", "channel"))  # N:M has no dense phase
-    schedule = acdc_schedule(sparsity, warmup=warmup, compressed_steps=compressed_steps,
-                             dense_steps=dense_steps, final_begin=final_begin)
+    schedule = acdc_schedule(
+        sparsity, warmup=warmup, compressed_steps=compressed_steps, dense_steps=dense_steps, final_begin=final_begin
+    )
     # Entering a dense phase the sparsity is 0, so the top-k masks are all True.
     return scored_pruner("magnitude", schedule, spec)

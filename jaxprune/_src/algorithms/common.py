@@ -23,7 +23,15 @@ from jaxprune._src.topk import prune_lowest
 
 PyTree = Any
 
-__all__ = ["fixed_mask_pruner", "keep_top", "masked_scores", "check_int", "check_fraction", "check_spec", "sparsity_of_masks"]
+__all__ = [
+    "fixed_mask_pruner",
+    "keep_top",
+    "masked_scores",
+    "check_int",
+    "check_fraction",
+    "check_spec",
+    "sparsity_of_masks",
+]
 
 
 def check_int(value: Any, name: str, minimum: int = 0) -> int:
@@ -33,8 +41,7 @@ def check_int(value: Any, name: str, minimum: int = 0) -> int:
     return value
 
 
-def check_fraction(value: Any, name: str, *, low: float = 0.0, high: float = 1.0,
-                   high_inclusive: bool = True) -> float:
+def check_fraction(value: Any, name: str, *, low: float = 0.0, high: float = 1.0, high_inclusive: bool = True) -> float:
     """``value`` as a float in ``[low, high]`` (or ``[low, high)``) or a ``ValueError``."""
     try:
         v = float(value)
@@ -47,8 +54,13 @@ def check_fraction(value: Any, name: str, *, low: float = 0.0, high: float = 1.0
     return v
 
 
-def check_spec(spec: Any, method: str, *, scopes: tuple[str, ...] = ("layerwise", "global"),
-               structures: tuple[str, ...] = ("unstructured",)) -> MaskSpec:
+def check_spec(
+    spec: Any,
+    method: str,
+    *,
+    scopes: tuple[str, ...] = ("layerwise", "global"),
+    structures: tuple[str, ...] = ("unstructured",),
+) -> MaskSpec:
     """Validates that ``spec`` is a :class:`MaskSpec` this method supports."""
     if not isinstance(spec, MaskSpec):
         raise TypeError(f"{method}: spec must be a jaxprune.MaskSpec, got {type(spec).__name__}")
@@ -75,8 +87,12 @@ def keep_top(scores: jax.Array, n_keep: jax.Array | int) -> jax.Array:
 
 def masked_scores(scores: PyTree, masks: PyTree, fill: float = -jnp.inf) -> PyTree:
     """``where(mask, score, fill)`` at masked leaves (pruned entries rank first); others unchanged."""
-    return jax.tree.map(lambda m, s: s if m is None else jnp.where(m, s, jnp.asarray(fill, s.dtype)),
-                        masks, scores, is_leaf=tree_lib.is_none)
+    return jax.tree.map(
+        lambda m, s: s if m is None else jnp.where(m, s, jnp.asarray(fill, s.dtype)),
+        masks,
+        scores,
+        is_leaf=tree_lib.is_none,
+    )
 
 
 def fixed_mask_pruner(masks: PyTree) -> Pruner:
@@ -102,8 +118,7 @@ def fixed_mask_pruner(masks: PyTree) -> Pruner:
     def init(params, key=None):
         del key
         tree_lib.check_same_structure(params, masks, what="fixed_mask_pruner masks")
-        return jax.tree.map(lambda m: None if m is None else jnp.asarray(m), masks,
-                            is_leaf=tree_lib.is_none), ()
+        return jax.tree.map(lambda m: None if m is None else jnp.asarray(m), masks, is_leaf=tree_lib.is_none), ()
 
     def update(params, grads, masks_, aux, step, key):
         del params, grads, step, key

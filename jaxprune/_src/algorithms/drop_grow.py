@@ -85,9 +85,17 @@ def _random_scores(params, grads, key):
 GROW_FNS: dict[str, Callable[..., PyTree]] = {"gradient": _abs_grads, "random": _random_scores}
 
 
-def drop_grow_pruner(sparsity: float, *, grow: str | Callable[..., PyTree], every: int, end: int,
-                     begin: int | None = None, drop_fraction: float = 0.3, distribution: str = "erk",
-                     spec: MaskSpec | None = None) -> Pruner:
+def drop_grow_pruner(
+    sparsity: float,
+    *,
+    grow: str | Callable[..., PyTree],
+    every: int,
+    end: int,
+    begin: int | None = None,
+    drop_fraction: float = 0.3,
+    distribution: str = "erk",
+    spec: MaskSpec | None = None,
+) -> Pruner:
     """The shared drop-and-grow pruner (RigL = ``grow='gradient'``, SET = ``grow='random'``).
 
     Args:
@@ -131,8 +139,9 @@ def drop_grow_pruner(sparsity: float, *, grow: str | Callable[..., PyTree], ever
     return Pruner(init=init, update=update, schedule=schedule, reset_regrown=True)
 
 
-def rigl_pruner(sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3, distribution: str = "erk",
-         **kwargs: Any) -> Pruner:
+def rigl_pruner(
+    sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3, distribution: str = "erk", **kwargs: Any
+) -> Pruner:
     """RigL (Evci et al. 2020): ERK random init, drop smallest |w|, grow largest |grad|.
 
     >>> import jax, jax.numpy as jnp, optax
@@ -143,19 +152,29 @@ def rigl_pruner(sparsity: float, *, every: int = 100, end: int, drop_fraction: f
     >>> int(state.masks['dense']['kernel'].sum()), state.masks['dense']['bias']
     (16, None)
     """
-    return drop_grow_pruner(sparsity, grow="gradient", every=every, end=end, drop_fraction=drop_fraction,
-                            distribution=distribution, **kwargs)
+    return drop_grow_pruner(
+        sparsity,
+        grow="gradient",
+        every=every,
+        end=end,
+        drop_fraction=drop_fraction,
+        distribution=distribution,
+        **kwargs,
+    )
 
 
-def set_pruner(sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3,
-               distribution: str = "erk", **kwargs: Any) -> Pruner:
+def set_pruner(
+    sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3, distribution: str = "erk", **kwargs: Any
+) -> Pruner:
     """SET (Mocanu et al. 2018): like :func:`rigl` but regrowth is random (from the step's key)."""
-    return drop_grow_pruner(sparsity, grow="random", every=every, end=end, drop_fraction=drop_fraction,
-                            distribution=distribution, **kwargs)
+    return drop_grow_pruner(
+        sparsity, grow="random", every=every, end=end, drop_fraction=drop_fraction, distribution=distribution, **kwargs
+    )
 
 
-def rigl_config(base_steps: int, multiplier: int = 1, *, every: int = 100, end_fraction: float = 0.75,
-                drop_fraction: float = 0.3) -> dict[str, int | float]:
+def rigl_config(
+    base_steps: int, multiplier: int = 1, *, every: int = 100, end_fraction: float = 0.75, drop_fraction: float = 0.3
+) -> dict[str, int | float]:
     """RigL's training-length recipes: ``multiplier=1`` (1x) or ``5`` (5x) times ``base_steps``.
 
     Returns ``{'total_steps', 'every', 'end', 'drop_fraction'}``: train for

@@ -18,9 +18,19 @@ from jaxprune._src.schedules import polynomial
 __all__ = ["gmp_pruner"]
 
 
-def gmp_pruner(sparsity: float, *, begin: int, end: int, every: int, initial_sparsity: float = 0.0,
-        power: float = 3.0, scope: str = "layerwise", distribution: str = "uniform",
-        spec: MaskSpec | None = None, score: Any = "magnitude") -> Pruner:
+def gmp_pruner(
+    sparsity: float,
+    *,
+    begin: int,
+    end: int,
+    every: int,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+    scope: str = "layerwise",
+    distribution: str = "uniform",
+    spec: MaskSpec | None = None,
+    score: Any = "magnitude",
+) -> Pruner:
     """Gradual magnitude pruning to ``sparsity`` between steps ``begin`` and ``end``.
 
     Args:
@@ -45,6 +55,5 @@ def gmp_pruner(sparsity: float, *, begin: int, end: int, every: int, initial_spa
     """
     spec = MaskSpec(scope=scope, distribution=distribution) if spec is None else spec
     check_spec(spec, "gmp", structures=("unstructured", "block", "channel"))
-    schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity,
-                          power=power)
+    schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity, power=power)
     return scored_pruner(score, schedule, spec)

@@ -41,8 +41,9 @@ def lth_sparsities(sparsity: float, rounds: int) -> list[float]:
     return [1.0 - (1.0 - sparsity) ** (r / rounds) for r in range(1, rounds + 1)]
 
 
-def lth_prune_round(params: PyTree, masks: PyTree, sparsity: float | jax.Array,
-                    spec: MaskSpec = MaskSpec(scope="global")) -> PyTree:
+def lth_prune_round(
+    params: PyTree, masks: PyTree, sparsity: float | jax.Array, spec: MaskSpec = MaskSpec(scope="global")
+) -> PyTree:
     """Magnitude masks at ``sparsity`` that keep every already-pruned weight pruned.
 
     Already-pruned weights rank below all others, so as long as ``sparsity``
@@ -68,14 +69,22 @@ def rewind(rewind_params: PyTree, masks: PyTree) -> PyTree:
 class LotteryResult(NamedTuple):
     """Output of :func:`lottery_ticket`."""
 
-    params: PyTree          # trained sparse params after the last round
-    masks: PyTree           # final masks
-    rewind_params: PyTree   # dense weights saved at ``rewind_step``
+    params: PyTree  # trained sparse params after the last round
+    masks: PyTree  # final masks
+    rewind_params: PyTree  # dense weights saved at ``rewind_step``
     sparsities: list[float]  # achieved sparsity after each round's pruning
 
 
-def lottery_ticket(train_fn: TrainFn, params: PyTree, *, sparsity: float, rounds: int, round_steps: int,
-                   rewind_step: int, spec: MaskSpec = MaskSpec(scope="global")) -> LotteryResult:
+def lottery_ticket(
+    train_fn: TrainFn,
+    params: PyTree,
+    *,
+    sparsity: float,
+    rounds: int,
+    round_steps: int,
+    rewind_step: int,
+    spec: MaskSpec = MaskSpec(scope="global"),
+) -> LotteryResult:
     """Iterative magnitude pruning with rewinding to step ``rewind_step``.
 
     Args:
@@ -96,8 +105,9 @@ def lottery_ticket(train_fn: TrainFn, params: PyTree, *, sparsity: float, rounds
     ([[0.0, 0.0], [5.0, 6.0]], [0.5])
     """
     if not callable(train_fn):
-        raise TypeError(f"train_fn must be callable (params, masks, start_step, num_steps) -> params, "
-                        f"got {type(train_fn).__name__}")
+        raise TypeError(
+            f"train_fn must be callable (params, masks, start_step, num_steps) -> params, got {type(train_fn).__name__}"
+        )
     rounds = check_int(rounds, "rounds", 1)
     round_steps = check_int(round_steps, "round_steps", 1)
     rewind_step = check_int(rewind_step, "rewind_step")

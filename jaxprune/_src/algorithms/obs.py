@@ -35,14 +35,21 @@ import jax.numpy as jnp
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.algorithms.common import check_fraction, check_int, check_spec, masked_scores
-from jaxprune._src.pruner import MaskSpec, Pruner, dense_masks, masks_from_scores
 from jaxprune._src.distributions import check_sparsity
+from jaxprune._src.pruner import MaskSpec, Pruner, dense_masks, masks_from_scores
 from jaxprune._src.schedules import polynomial
 
 PyTree = Any
 
-__all__ = ["fisher_inverse", "obs_saliency", "obs_update", "obs_prune", "woodfisher_prune",
-           "woodfisher_scores", "woodfisher_pruner"]
+__all__ = [
+    "fisher_inverse",
+    "obs_saliency",
+    "obs_update",
+    "obs_prune",
+    "woodfisher_prune",
+    "woodfisher_scores",
+    "woodfisher_pruner",
+]
 
 
 def _block(d: int, block_size: int) -> int:
@@ -100,7 +107,7 @@ def _spd_inverse_many(mats: list[jax.Array], floors: list[float]) -> list[jax.Ar
     out, start = [], 0
     for m in mats:
         b, k = m.shape[-1], m.shape[0]
-        out.append(inv[start:start + k, :b, :b])
+        out.append(inv[start : start + k, :b, :b])
         start += k
     return out
 
@@ -134,15 +141,19 @@ def _prunable(params: PyTree, prunable: Any) -> PyTree:
 
 def _check_grads(params: PyTree, grads: PyTree, ok: PyTree) -> None:
     tree_lib.check_same_structure(params, grads, what="per-sample grads", check_shapes=False)
-    for (path, w), (_, g), (_, o) in zip(tree_lib.leaves_with_paths(params), tree_lib.leaves_with_paths(grads),
-                                         tree_lib.leaves_with_paths(ok)):
+    for (path, w), (_, g), (_, o) in zip(
+        tree_lib.leaves_with_paths(params), tree_lib.leaves_with_paths(grads), tree_lib.leaves_with_paths(ok)
+    ):
         if o and (jnp.ndim(g) != jnp.ndim(w) + 1 or jnp.shape(g)[1:] != jnp.shape(w)):
-            raise ValueError(f"fisher_inverse: grads leaf {path!r} must have shape (N, *{jnp.shape(w)}) "
-                             f"(a leading sample axis), got {jnp.shape(g)}")
+            raise ValueError(
+                f"fisher_inverse: grads leaf {path!r} must have shape (N, *{jnp.shape(w)}) "
+                f"(a leading sample axis), got {jnp.shape(g)}"
+            )
 
 
-def fisher_inverse(params: PyTree, grads: PyTree, *, block_size: int = 128, damp: float = 1e-5,
-                   prunable: Any = None) -> PyTree:
+def fisher_inverse(
+    params: PyTree, grads: PyTree, *, block_size: int = 128, damp: float = 1e-5, prunable: Any = None
+) -> PyTree:
     """Inverse block-diagonal empirical Fisher per prunable leaf, ``(n_blocks, b, b)``, else ``None``.
 
     Args:
@@ -185,8 +196,9 @@ def obs_saliency(params: PyTree, finv: PyTree) -> PyTree:
     >>> float(obs_saliency({'w': jnp.array([[2.]])}, {'w': jnp.array([[[0.5]]])})['w'][0, 0])
     4.0
     """
-    return jax.tree.map(lambda f, w: jnp.abs(w) if f is None else _saliency_leaf(w, f), finv, params,
-                        is_leaf=tree_lib.is_none)
+    return jax.tree.map(
+        lambda f, w: jnp.abs(w) if f is None else _saliency_leaf(w, f), finv, params, is_leaf=tree_lib.is_none
+    )
 
 
 def _update_system(w: jax.Array, finv: jax.Array, keep: jax.Array):
@@ -229,8 +241,15 @@ def obs_update(params: PyTree, finv: PyTree, masks: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, out)
 
 
-def obs_prune(params: PyTree, finv: PyTree, sparsity: float | jax.Array, spec: MaskSpec = MaskSpec(),
-              *, masks: PyTree = None, final_sparsity: float | None = None) -> tuple[PyTree, PyTree]:
+def obs_prune(
+    params: PyTree,
+    finv: PyTree,
+    sparsity: float | jax.Array,
+    spec: MaskSpec = MaskSpec(),
+    *,
+    masks: PyTree = None,
+    final_sparsity: float | None = None,
+) -> tuple[PyTree, PyTree]:
     """OBS pruning given inverse-Hessian blocks: ``(updated_params, masks)``.
 
     Already-pruned weights (``masks``) stay pruned and are part of every block's ``Q``.
@@ -239,14 +258,20 @@ def obs_prune(params: PyTree, finv: PyTree, sparsity: float | jax.Array, spec: M
     if masks is None:
         masks = dense_masks(params, spec)
     scores = masked_scores(obs_saliency(params, finv), masks)
-    new = masks_lib.combine_masks(masks, masks_from_scores(scores, sparsity, spec,
-                                                           final_sparsity=final_sparsity))
+    new = masks_lib.combine_masks(masks, masks_from_scores(scores, sparsity, spec, final_sparsity=final_sparsity))
     return obs_update(params, finv, new), new
 
 
-def woodfisher_prune(params: PyTree, grads: PyTree, sparsity: float, *, block_size: int = 128,
-                     damp: float = 1e-5, spec: MaskSpec = MaskSpec(scope="global"),
-                     masks: PyTree = None) -> tuple[PyTree, PyTree]:
+def woodfisher_prune(
+    params: PyTree,
+    grads: PyTree,
+    sparsity: float,
+    *,
+    block_size: int = 128,
+    damp: float = 1e-5,
+    spec: MaskSpec = MaskSpec(scope="global"),
+    masks: PyTree = None,
+) -> tuple[PyTree, PyTree]:
     """One-shot WoodFisher: Fisher from per-sample ``grads`` (leading axis N), OBS selection + update.
 
     >>> import jax
@@ -269,16 +294,25 @@ def _woodfisher_jit(params, grads, sparsity, block_size, damp, spec, masks):
     return obs_prune(params, finv, sparsity, spec, masks=masks)
 
 
-def woodfisher_scores(params: PyTree, grads: PyTree, *, block_size: int = 128, damp: float = 1e-5,
-                      prunable: Any = None) -> PyTree:
+def woodfisher_scores(
+    params: PyTree, grads: PyTree, *, block_size: int = 128, damp: float = 1e-5, prunable: Any = None
+) -> PyTree:
     """OBS saliencies (shaped like params) from per-sample ``grads``, e.g. for group scores."""
-    return obs_saliency(params, fisher_inverse(params, grads, block_size=block_size, damp=damp,
-                                               prunable=prunable))
+    return obs_saliency(params, fisher_inverse(params, grads, block_size=block_size, damp=damp, prunable=prunable))
 
 
-def woodfisher_pruner(sparsity: float, *, begin: int, end: int, every: int, block_size: int = 128,
-               damp: float = 1e-5, initial_sparsity: float = 0.0, power: float = 3.0,
-               spec: MaskSpec = MaskSpec(scope="global")) -> Pruner:
+def woodfisher_pruner(
+    sparsity: float,
+    *,
+    begin: int,
+    end: int,
+    every: int,
+    block_size: int = 128,
+    damp: float = 1e-5,
+    initial_sparsity: float = 0.0,
+    power: float = 3.0,
+    spec: MaskSpec = MaskSpec(scope="global"),
+) -> Pruner:
     """Gradual WoodFisher on the polynomial schedule; Fisher from the gradients of the steps since
     the last update (per-minibatch gradients, via ``observe``).
 
@@ -289,8 +323,7 @@ def woodfisher_pruner(sparsity: float, *, begin: int, end: int, every: int, bloc
     block_size, damp = _check_args(block_size, damp)
     check_spec(spec, "woodfisher")
     check_fraction(power, "power", low=0.0, high=float("inf"))
-    schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity,
-                          power=power)
+    schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity, power=power)
 
     def zeros_aux(params, masks):
         def one(m, w):
@@ -299,8 +332,8 @@ def woodfisher_pruner(sparsity: float, *, begin: int, end: int, every: int, bloc
             b = _block(math.prod(jnp.shape(w)), block_size)
             nb = -(-math.prod(jnp.shape(w)) // b)
             return jnp.zeros((nb, b, b), jnp.float32)
-        return {"sum": jax.tree.map(one, masks, params, is_leaf=tree_lib.is_none),
-                "count": jnp.zeros((), jnp.float32)}
+
+        return {"sum": jax.tree.map(one, masks, params, is_leaf=tree_lib.is_none), "count": jnp.zeros((), jnp.float32)}
 
     def init(params, key=None):
         del key
@@ -310,19 +343,29 @@ def woodfisher_pruner(sparsity: float, *, begin: int, end: int, every: int, bloc
     def observe(params, grads, aux, step):
         del step
         acc = jax.tree.map(
-            lambda s, g, w: None if s is None else
-            s + _outer_sum(_grad_blocks(g[None], jnp.shape(w), s.shape[-1])),
-            aux["sum"], grads, params, is_leaf=tree_lib.is_none)
+            lambda s, g, w: None if s is None else s + _outer_sum(_grad_blocks(g[None], jnp.shape(w), s.shape[-1])),
+            aux["sum"],
+            grads,
+            params,
+            is_leaf=tree_lib.is_none,
+        )
         return {"sum": acc, "count": aux["count"] + 1.0}
 
     def update(params, grads, masks, aux, step, key):
         del grads, key
         n = jnp.maximum(aux["count"], 1.0)
-        finv = _map_inverse(jax.tree.map(lambda s: None if s is None else s / n + damp * jnp.eye(s.shape[-1]),
-                                         aux["sum"], is_leaf=tree_lib.is_none), damp)
+        finv = _map_inverse(
+            jax.tree.map(
+                lambda s: None if s is None else s / n + damp * jnp.eye(s.shape[-1]),
+                aux["sum"],
+                is_leaf=tree_lib.is_none,
+            ),
+            damp,
+        )
         masked = masks_lib.apply_masks(params, masks)
-        new_params, new_masks = obs_prune(masked, finv, schedule.sparsity(step), spec, masks=masks,
-                                          final_sparsity=schedule.final_sparsity)
+        new_params, new_masks = obs_prune(
+            masked, finv, schedule.sparsity(step), spec, masks=masks, final_sparsity=schedule.final_sparsity
+        )
         delta = jax.tree.map(lambda a, b: (a - b).astype(b.dtype), new_params, params)
         return new_masks, zeros_aux(params, masks), delta
 

@@ -50,7 +50,8 @@ def ste_pruner(schedule: Schedule, spec: MaskSpec = MaskSpec(), *, score: Any = 
     True
     """
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"ste: schedule must be a jaxprune.Schedule (e.g. periodic(0.9, every=10)), "
-                        f"got {type(schedule).__name__}")
+        raise TypeError(
+            f"ste: schedule must be a jaxprune.Schedule (e.g. periodic(0.9, every=10)), got {type(schedule).__name__}"
+        )
     check_spec(spec, "ste", structures=("unstructured", "nm", "block", "channel"))
     return scored_pruner(score, schedule, spec, straight_through=True)

@@ -36,8 +36,9 @@ def _check(str_params: Any) -> tuple[PyTree, PyTree]:
     return str_params["weights"], str_params["thresholds"]
 
 
-def str_init(params: PyTree, *, init_threshold: float = -5.0,
-             prunable: Sequence[tuple[str, bool]] | None = None) -> dict[str, PyTree]:
+def str_init(
+    params: PyTree, *, init_threshold: float = -5.0, prunable: Sequence[tuple[str, bool]] | None = None
+) -> dict[str, PyTree]:
     """Adds one learnable threshold parameter ``s_l = init_threshold`` per prunable leaf.
 
     >>> sp = str_init({'d': {'kernel': jnp.ones((2, 2)), 'bias': jnp.zeros(2)}})
@@ -64,16 +65,24 @@ def str_effective(str_params: dict[str, PyTree], *, gate: Gate = jax.nn.sigmoid)
     """
     weights, thresholds = _check(str_params)
     return jax.tree.map(
-        lambda s, w: w if s is None else
-        (jnp.sign(w) * jax.nn.relu(jnp.abs(w) - gate(s).astype(w.dtype))).astype(w.dtype),
-        thresholds, weights, is_leaf=tree_lib.is_none)
+        lambda s, w: (
+            w if s is None else (jnp.sign(w) * jax.nn.relu(jnp.abs(w) - gate(s).astype(w.dtype))).astype(w.dtype)
+        ),
+        thresholds,
+        weights,
+        is_leaf=tree_lib.is_none,
+    )
 
 
 def str_masks(str_params: dict[str, PyTree], *, gate: Gate = jax.nn.sigmoid) -> PyTree:
     """Masks (``|w| > g(s)``) at prunable leaves, ``None`` elsewhere."""
     weights, thresholds = _check(str_params)
-    return jax.tree.map(lambda s, w: None if s is None else jnp.abs(w) > gate(s).astype(w.dtype),
-                        thresholds, weights, is_leaf=tree_lib.is_none)
+    return jax.tree.map(
+        lambda s, w: None if s is None else jnp.abs(w) > gate(s).astype(w.dtype),
+        thresholds,
+        weights,
+        is_leaf=tree_lib.is_none,
+    )
 
 
 def str_sparsity(str_params: dict[str, PyTree], *, gate: Gate = jax.nn.sigmoid) -> jax.Array:

@@ -42,8 +42,16 @@ from jaxprune._src.pruner import MaskSpec, dense_masks, masks_from_scores
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
 
-__all__ = ["snip_scores", "grasp_scores", "synflow_scores", "synflow_prune", "activation_norms",
-           "wanda_scores", "fixed_scores", "per_output_masks"]
+__all__ = [
+    "snip_scores",
+    "grasp_scores",
+    "synflow_scores",
+    "synflow_prune",
+    "activation_norms",
+    "wanda_scores",
+    "fixed_scores",
+    "per_output_masks",
+]
 
 
 def _check_callable(fn: Any, name: str, signature: str) -> None:
@@ -86,8 +94,9 @@ def _grasp_jit(loss_fn, params, batch):
     return jax.tree.map(lambda w, h: w * h, params, hg)
 
 
-def synflow_scores(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
-                   input_shape: Sequence[int], masks: PyTree = None) -> PyTree:
+def synflow_scores(
+    apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, input_shape: Sequence[int], masks: PyTree = None
+) -> PyTree:
     """SynFlow scores ``|theta * dR/dtheta|``, ``R = sum(apply_fn(|theta| * mask, ones(input_shape)))``.
 
     Data-free: only the input *shape* is used.
@@ -106,9 +115,15 @@ def synflow_scores(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: P
     return jax.tree.map(lambda w, g: jnp.abs(w * g), lin, grads)
 
 
-def synflow_prune(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, sparsity: float,
-                  input_shape: Sequence[int], *, rounds: int = 100,
-                  spec: MaskSpec = MaskSpec(scope="global")) -> tuple[PyTree, PyTree]:
+def synflow_prune(
+    apply_fn: Callable[[PyTree, jax.Array], jax.Array],
+    params: PyTree,
+    sparsity: float,
+    input_shape: Sequence[int],
+    *,
+    rounds: int = 100,
+    spec: MaskSpec = MaskSpec(scope="global"),
+) -> tuple[PyTree, PyTree]:
     """Iterative SynFlow to ``sparsity`` in ``rounds`` rounds (one jit-compiled ``fori_loop``).
 
     Returns ``(pruned_params, masks)``. No data is used: the input is all ones.
@@ -201,10 +216,12 @@ def fixed_scores(scores: PyTree) -> Callable[..., PyTree]:
     >>> prune(p, 0.5, method=fixed_scores({'w': jnp.array([[5., 0.]])}))[1]['w'].tolist()
     [[True, False]]
     """
+
     def fn(params, *, grads=None, key=None):
         del grads, key
         tree_lib.check_same_structure(params, scores, what="fixed scores", allow_none=False)
         return scores
+
     return fn
 
 

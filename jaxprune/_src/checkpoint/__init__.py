@@ -7,9 +7,18 @@ compact sparse leaves) and ``sparse_format.py`` (bit-packed masks, kept values
 + bitmask).
 """
 
-from jaxprune._src.checkpoint.api import (ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint)
+from jaxprune._src.checkpoint.api import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
 from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
 from jaxprune._src.checkpoint.codec import Checkpoint, CheckpointError
 
-__all__ = ["save_checkpoint", "restore_checkpoint", "restore_shrunk_model", "ShrunkModel", "SparseCheckpointer",
-           "checkpoint_steps", "checkpoint_size_bytes", "Checkpoint", "CheckpointError"]
+__all__ = [
+    "save_checkpoint",
+    "restore_checkpoint",
+    "restore_shrunk_model",
+    "ShrunkModel",
+    "SparseCheckpointer",
+    "checkpoint_steps",
+    "checkpoint_size_bytes",
+    "Checkpoint",
+    "CheckpointError",
+]

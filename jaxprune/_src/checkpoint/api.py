@@ -57,6 +57,14 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from jaxprune._src.checkpoint.checkpointer import (  # noqa: F401
+    SparseCheckpointer,
+    checkpoint_size_bytes,
+    checkpoint_steps,
+    item_handlers,
+    recover_directory,
+    try_lock,
+)
 from jaxprune._src.checkpoint.codec import (  # noqa: F401
     ARRAY_ITEMS,
     COMMIT_MARKER,
@@ -66,17 +74,9 @@ from jaxprune._src.checkpoint.codec import (  # noqa: F401
     VERSION,
     Checkpoint,
     CheckpointError,
-    entry_shapes,
     check_model_config,
     check_plan_shapes,
-)
-from jaxprune._src.checkpoint.checkpointer import (  # noqa: F401
-    SparseCheckpointer,
-    item_handlers,
-    try_lock,
-    checkpoint_size_bytes,
-    checkpoint_steps,
-    recover_directory,
+    entry_shapes,
 )
 
 PyTree = Any
@@ -95,10 +95,22 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------- functional API
-def save_checkpoint(directory: str | os.PathLike, step: int, *, params: PyTree = None, masks: PyTree = None,
-                    opt_state: PyTree = None, shrunk_params: PyTree = None, plan: Any = None,
-                    model_config: Any = None, data_state: Mapping[str, Any] | None = None, compact: bool = True,
-                    overwrite: bool = False, validate: bool = True, checksums: bool = True) -> None:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    *,
+    params: PyTree = None,
+    masks: PyTree = None,
+    opt_state: PyTree = None,
+    shrunk_params: PyTree = None,
+    plan: Any = None,
+    model_config: Any = None,
+    data_state: Mapping[str, Any] | None = None,
+    compact: bool = True,
+    overwrite: bool = False,
+    validate: bool = True,
+    checksums: bool = True,
+) -> None:
     """Saves one checkpoint step synchronously (for async saves use :class:`SparseCheckpointer`).
 
     Args:
@@ -126,13 +138,28 @@ def save_checkpoint(directory: str | os.PathLike, step: int, *, params: PyTree =
     [0]
     """
     with SparseCheckpointer(directory, async_=False, compact=compact, checksums=checksums) as ckpt:
-        ckpt.save(step, params=params, masks=masks, opt_state=opt_state, shrunk_params=shrunk_params, plan=plan,
-                  model_config=model_config, data_state=data_state, overwrite=overwrite, validate=validate)
+        ckpt.save(
+            step,
+            params=params,
+            masks=masks,
+            opt_state=opt_state,
+            shrunk_params=shrunk_params,
+            plan=plan,
+            model_config=model_config,
+            data_state=data_state,
+            overwrite=overwrite,
+            validate=validate,
+        )
 
 
-def restore_checkpoint(directory: str | os.PathLike, step: int | None = None, *,
-                       template: Checkpoint | Mapping[str, Any] | None = None, items: Sequence[str] | None = None,
-                       verify: bool = True) -> Checkpoint:
+def restore_checkpoint(
+    directory: str | os.PathLike,
+    step: int | None = None,
+    *,
+    template: Checkpoint | Mapping[str, Any] | None = None,
+    items: Sequence[str] | None = None,
+    verify: bool = True,
+) -> Checkpoint:
     """Restores a checkpoint step (default: the latest complete one).
 
     Args:
@@ -210,16 +237,19 @@ def restore_shrunk_model(directory: str | os.PathLike, step: int | None = None) 
     have = list(head.manifest["items"]) + list(head.manifest["json_items"])
     missing = [n for n in ("shrunk_params", "model_config") if n not in have]
     if missing:
-        raise CheckpointError(f"step {head.step} in {directory} cannot rebuild a shrunk model: it lacks "
-                              f"{missing} (it holds {have})")
+        raise CheckpointError(
+            f"step {head.step} in {directory} cannot rebuild a shrunk model: it lacks {missing} (it holds {have})"
+        )
     wanted = ["shrunk_params", "model_config"] + (["plan"] if "plan" in have else [])
     ckpt = restore_checkpoint(directory, head.step, items=wanted)
-    model = check_model_config(ckpt.model_config, entry_shapes(ckpt.manifest["items"]["shrunk_params"]),
-                               "shrunk_params")
+    model = check_model_config(
+        ckpt.model_config, entry_shapes(ckpt.manifest["items"]["shrunk_params"]), "shrunk_params"
+    )
     plan = ckpt.plan
     if plan is not None:
         try:
             from jaxprune._src.structured.plan import PrunePlan
+
             plan = PrunePlan.from_dict(plan)
         except ImportError:  # pragma: no cover - plan stays a dict
             pass

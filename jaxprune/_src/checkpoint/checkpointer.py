@@ -51,18 +51,18 @@ from jaxprune._src.checkpoint.codec import (
     abstract_for,
     abstract_from_metadata,
     canonical_tree,
+    check_model_config,
+    check_plan_shapes,
     decode_leaf,
     encode_tree,
     entry_shapes,
     json_dict,
+    json_digest,
+    manifest_digest,
     masks_like,
     model_config_dict,
     shapes_of,
     template_fields,
-    check_model_config,
-    check_plan_shapes,
-    json_digest,
-    manifest_digest,
 )
 
 PyTree = Any
@@ -127,12 +127,16 @@ def recovery_hint(directory: str, step: int) -> str:
     staged = os.path.join(staging, str(step))
     if os.path.isdir(backup) and not _committed(step_path):
         if _committed(staged):
-            return (f"an overwrite of step {step} was interrupted after its new version was complete: finish it with "
-                    f"`rm -rf {step_path} && mv {staged} {step_path} && rm -rf {backup} {staging}`, or open a "
-                    "SparseCheckpointer on the directory (it does this)")
-        return (f"an overwrite of step {step} was interrupted; the previous version is in {backup}: restore it with "
-                f"`rm -rf {step_path} {staging} && mv {backup} {step_path}`, or open a SparseCheckpointer on the "
-                "directory (it does this)")
+            return (
+                f"an overwrite of step {step} was interrupted after its new version was complete: finish it with "
+                f"`rm -rf {step_path} && mv {staged} {step_path} && rm -rf {backup} {staging}`, or open a "
+                "SparseCheckpointer on the directory (it does this)"
+            )
+        return (
+            f"an overwrite of step {step} was interrupted; the previous version is in {backup}: restore it with "
+            f"`rm -rf {step_path} {staging} && mv {backup} {step_path}`, or open a SparseCheckpointer on the "
+            "directory (it does this)"
+        )
     return ""
 
 
@@ -241,12 +245,15 @@ def _save_error(e: BaseException, step: int, directory: str) -> CheckpointError:
     else:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         what = f"{type(e).__name__}: {msg[:300]}"
-    return CheckpointError(f"saving step {step} to {directory} failed: {what}; the partial write was removed and "
-                           "the previously saved steps are unchanged")
+    return CheckpointError(
+        f"saving step {step} to {directory} failed: {what}; the partial write was removed and "
+        "the previously saved steps are unchanged"
+    )
 
 
 def _structure_diff(meta: Any, tmpl: Any, path: str = "") -> str | None:
     """Where the orbax metadata tree and a template first differ in container type (best effort)."""
+
     def node(x):
         if isinstance(x, Mapping):
             return "dict", {str(k): v for k, v in x.items()}
@@ -266,7 +273,7 @@ def _structure_diff(meta: Any, tmpl: Any, path: str = "") -> str | None:
     if cm is None or ct is None:
         return None
     if set(cm) != set(ct):
-        return (f"at {where} the checkpoint has keys {sorted(cm)[:10]}, the template {sorted(ct)[:10]}")
+        return f"at {where} the checkpoint has keys {sorted(cm)[:10]}, the template {sorted(ct)[:10]}"
     for k in cm:
         d = _structure_diff(cm[k], ct[k], f"{path}/{k}" if path else k)
         if d:
@@ -326,8 +333,15 @@ class SparseCheckpointer:
       (5, {'step': 5})
     """
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = None, async_: bool = True,
-                 compact: bool = True, checksums: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = None,
+        async_: bool = True,
+        compact: bool = True,
+        checksums: bool = True,
+    ):
         self.directory = os.path.abspath(os.fspath(directory))
         self.compact = compact
         self.checksums = checksums
@@ -346,13 +360,15 @@ class SparseCheckpointer:
         except OSError:
             raise CheckpointError(
                 f"{self.directory} is already open for writing by another SparseCheckpointer (in this or another "
-                "process); a checkpoint directory has one writer at a time: close the other one first") from None
+                "process); a checkpoint directory has one writer at a time: close the other one first"
+            ) from None
         try:
             self.recovered = recover_directory(self.directory)
             for msg in self.recovered:
                 logging.getLogger(__name__).warning("%s: %s", self.directory, msg)
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_,
-                                                   create=True)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_, create=True
+            )
             self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=item_handlers())
         except BaseException:
             self._dir_lock.release()
@@ -371,8 +387,9 @@ class SparseCheckpointer:
         self._lock = threading.RLock()
         self._pending = None
         self._dir_lock = None
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False,
-                                               save_interval_steps=0)
+        options = ocp.CheckpointManagerOptions(
+            read_only=True, create=False, enable_async_checkpointing=False, save_interval_steps=0
+        )
         absl_logger = logging.getLogger("absl")
         level = absl_logger.level
         absl_logger.setLevel(logging.ERROR)  # orbax warns "Given directory is read only" on every read-only manager
@@ -438,8 +455,10 @@ class SparseCheckpointer:
         if pending["kind"] == "new":
             if not _committed(step_path):
                 self._cleanup_failed(step, pending)
-                raise CheckpointError(f"saving step {step} to {self.directory} did not commit (no {COMMIT_MARKER}); "
-                                      "nothing was written, the previous steps are unchanged")
+                raise CheckpointError(
+                    f"saving step {step} to {self.directory} did not commit (no {COMMIT_MARKER}); "
+                    "nothing was written, the previous steps are unchanged"
+                )
             self._apply_retention()
             return
         # overwrite: the new step is complete in staging; swap it in
@@ -448,8 +467,10 @@ class SparseCheckpointer:
         staged = os.path.join(staging, str(step))
         if not _committed(staged):
             self._cleanup_failed(step, pending)
-            raise CheckpointError(f"overwriting step {step} in {self.directory} did not commit; the previous "
-                                  f"version of step {step} is unchanged")
+            raise CheckpointError(
+                f"overwriting step {step} in {self.directory} did not commit; the previous "
+                f"version of step {step} is unchanged"
+            )
         backup = step_path + _BACKUP_SUFFIX
         os.rename(step_path, backup)
         os.rename(staged, step_path)
@@ -496,10 +517,21 @@ class SparseCheckpointer:
         return steps[-1] if steps else None
 
     # -- save --------------------------------------------------------------------------------------
-    def save(self, step: int, *, params: PyTree = None, masks: PyTree = None, opt_state: PyTree = None,
-             shrunk_params: PyTree = None, plan: Any = None, model_config: Any = None,
-             data_state: Mapping[str, Any] | None = None, compact: bool | None = None, overwrite: bool = False,
-             validate: bool = True) -> None:
+    def save(
+        self,
+        step: int,
+        *,
+        params: PyTree = None,
+        masks: PyTree = None,
+        opt_state: PyTree = None,
+        shrunk_params: PyTree = None,
+        plan: Any = None,
+        model_config: Any = None,
+        data_state: Mapping[str, Any] | None = None,
+        compact: bool | None = None,
+        overwrite: bool = False,
+        validate: bool = True,
+    ) -> None:
         """Saves the given items as step ``step`` (see :func:`save_checkpoint` for the arguments).
 
         Everything is validated before anything is written. A step that already
@@ -510,14 +542,35 @@ class SparseCheckpointer:
         from :meth:`wait` for an async save) and leaves the previous steps intact.
         """
         with self._lock:
-            self._save(step, params=params, masks=masks, opt_state=opt_state, shrunk_params=shrunk_params, plan=plan,
-                       model_config=model_config, data_state=data_state, compact=compact, overwrite=overwrite,
-                       validate=validate)
+            self._save(
+                step,
+                params=params,
+                masks=masks,
+                opt_state=opt_state,
+                shrunk_params=shrunk_params,
+                plan=plan,
+                model_config=model_config,
+                data_state=data_state,
+                compact=compact,
+                overwrite=overwrite,
+                validate=validate,
+            )
 
-    def _save(self, step: int, *, params: PyTree = None, masks: PyTree = None, opt_state: PyTree = None,
-              shrunk_params: PyTree = None, plan: Any = None, model_config: Any = None,
-              data_state: Mapping[str, Any] | None = None, compact: bool | None = None, overwrite: bool = False,
-              validate: bool = True) -> None:
+    def _save(
+        self,
+        step: int,
+        *,
+        params: PyTree = None,
+        masks: PyTree = None,
+        opt_state: PyTree = None,
+        shrunk_params: PyTree = None,
+        plan: Any = None,
+        model_config: Any = None,
+        data_state: Mapping[str, Any] | None = None,
+        compact: bool | None = None,
+        overwrite: bool = False,
+        validate: bool = True,
+    ) -> None:
         """:meth:`save`, called with ``self._lock`` held."""
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise TypeError(f"step must be a non-negative int, got {step!r}")
@@ -529,8 +582,9 @@ class SparseCheckpointer:
             tree_lib.check_same_structure(params, masks, what="masks")
         given = {"params": params, "masks": masks, "opt_state": opt_state, "shrunk_params": shrunk_params}
         if all(v is None for v in given.values()) and plan is None and model_config is None and data_state is None:
-            raise ValueError("save: nothing to save (give params, masks, opt_state, shrunk_params, plan, "
-                             "model_config or data_state)")
+            raise ValueError(
+                "save: nothing to save (give params, masks, opt_state, shrunk_params, plan, model_config or data_state)"
+            )
         plan_d = json_dict(plan, "plan")
         config_d = model_config_dict(model_config)
         if data_state is not None and not isinstance(data_state, Mapping):
@@ -539,24 +593,34 @@ class SparseCheckpointer:
 
         if validate:
             if plan_d is not None and (params is not None or shrunk_params is not None):
-                check_plan_shapes(plan_d, None if params is None else shapes_of(params),
-                                  None if shrunk_params is None else shapes_of(shrunk_params))
+                check_plan_shapes(
+                    plan_d,
+                    None if params is None else shapes_of(params),
+                    None if shrunk_params is None else shapes_of(shrunk_params),
+                )
             if config_d is not None:
                 target = shrunk_params if shrunk_params is not None else params
                 if target is not None:
-                    check_model_config(config_d, shapes_of(target),
-                                       "shrunk_params" if shrunk_params is not None else "params")
+                    check_model_config(
+                        config_d, shapes_of(target), "shrunk_params" if shrunk_params is not None else "params"
+                    )
 
-        manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": step, "items": {},
-                                    "mask_layout": "np.packbits(mask.reshape(-1), bitorder='little'), C order",
-                                    "json_items": []}
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": step,
+            "items": {},
+            "mask_layout": "np.packbits(mask.reshape(-1), bitorder='little'), C order",
+            "json_items": [],
+        }
         args: dict[str, Any] = {}
         for name in ARRAY_ITEMS:
             tree = given[name]
             if tree is None:
                 continue
-            stored, entries = encode_tree(tree, name, masks=masks if (name == "params" and compact) else None,
-                                      checksums=self.checksums)
+            stored, entries = encode_tree(
+                tree, name, masks=masks if (name == "params" and compact) else None, checksums=self.checksums
+            )
             manifest["items"][name] = entries
             args[name] = ocp.args.StandardSave(stored)
         for name, value in (("plan", plan_d), ("model_config", config_d), ("data_state", data_d)):
@@ -568,21 +632,25 @@ class SparseCheckpointer:
         args[MANIFEST] = ocp.args.JsonSave(manifest)
 
         if self._dir_lock is None:
-            raise CheckpointError(f"this SparseCheckpointer of {self.directory} is closed or read-only; open a new one "
-                                  "to save")
+            raise CheckpointError(
+                f"this SparseCheckpointer of {self.directory} is closed or read-only; open a new one to save"
+            )
         self.wait()  # one save at a time; finishes (or reports the failure of) the previous async save
         step_path = _step_dir(self.directory, step)
         committed = self.all_steps()
         exists = os.path.exists(step_path)
         if exists and not overwrite:
             state = "a complete" if step in committed else "an incomplete"
-            raise CheckpointError(f"{step_path} already holds {state} checkpoint of step {step}; refusing to "
-                                  "overwrite it (pass overwrite=True to replace it)")
+            raise CheckpointError(
+                f"{step_path} already holds {state} checkpoint of step {step}; refusing to "
+                "overwrite it (pass overwrite=True to replace it)"
+            )
         if self.max_to_keep is not None and not exists and committed and step < committed[-1]:
             raise CheckpointError(
                 f"refusing to save step {step} in {self.directory}: it is older than the newest step {committed[-1]} "
                 f"and max_to_keep={self.max_to_keep} keeps the newest steps by step number, so it would be deleted "
-                "at once (or delete newer steps); save steps in increasing order, or use max_to_keep=None")
+                "at once (or delete newer steps); save steps in increasing order, or use max_to_keep=None"
+            )
         if not os.access(self.directory, os.W_OK):
             raise CheckpointError(f"cannot save step {step}: checkpoint directory {self.directory} is not writable")
         if exists:  # overwrite: write the whole new step aside, swap it in once committed
@@ -594,8 +662,11 @@ class SparseCheckpointer:
             staging = step_path + _STAGING_SUFFIX
             shutil.rmtree(staging, ignore_errors=True)
             options = ocp.CheckpointManagerOptions(enable_async_checkpointing=self.async_, create=True)
-            pending = {"step": step, "kind": "overwrite",
-                       "staging_mngr": ocp.CheckpointManager(staging, options=options, item_handlers=item_handlers())}
+            pending = {
+                "step": step,
+                "kind": "overwrite",
+                "staging_mngr": ocp.CheckpointManager(staging, options=options, item_handlers=item_handlers()),
+            }
             mngr = pending["staging_mngr"]
         else:
             pending = {"step": step, "kind": "new"}
@@ -615,8 +686,14 @@ class SparseCheckpointer:
             self.wait()
 
     # -- restore -----------------------------------------------------------------------------------
-    def restore(self, step: int | None = None, *, template: Checkpoint | Mapping[str, Any] | None = None,
-                items: Sequence[str] | None = None, verify: bool = True) -> Checkpoint:
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        template: Checkpoint | Mapping[str, Any] | None = None,
+        items: Sequence[str] | None = None,
+        verify: bool = True,
+    ) -> Checkpoint:
         """Restores step ``step`` (default: the latest committed one); see :func:`restore_checkpoint`."""
         with self._lock:
             return self._restore(step, template=template, items=items, verify=verify)
@@ -628,37 +705,47 @@ class SparseCheckpointer:
             step = self.latest_step()
             if step is None:
                 hints = " ".join(recovery_hint(self.directory, s) for s in side)
-                raise CheckpointError(f"no complete checkpoint in {self.directory} "
-                                      f"(incomplete steps: {checkpoint_steps(self.directory, committed=False)})"
-                                      + (f"; {hints}" if hints.strip() else ""))
+                raise CheckpointError(
+                    f"no complete checkpoint in {self.directory} "
+                    f"(incomplete steps: {checkpoint_steps(self.directory, committed=False)})"
+                    + (f"; {hints}" if hints.strip() else "")
+                )
         step_path = _step_dir(self.directory, step)
         if step not in self.all_steps():
             hint = recovery_hint(self.directory, step)
             hint = f"; {hint}" if hint else ""
             if os.path.isdir(step_path):
-                raise CheckpointError(f"checkpoint step {step} in {self.directory} is incomplete (no "
-                                      f"{COMMIT_MARKER}: its save did not finish); complete steps: {self.all_steps()}"
-                                      + hint)
-            raise CheckpointError(f"no checkpoint step {step} in {self.directory}; complete steps: {self.all_steps()}"
-                                  + hint)
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} is incomplete (no "
+                    f"{COMMIT_MARKER}: its save did not finish); complete steps: {self.all_steps()}" + hint
+                )
+            raise CheckpointError(
+                f"no checkpoint step {step} in {self.directory}; complete steps: {self.all_steps()}" + hint
+            )
         templates = template_fields(template)
         manifest = self._restore_json(step, MANIFEST, "manifest")
         if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
-            raise CheckpointError(f"step {step}: {MANIFEST} is not a jaxprune manifest (checkpoint corrupted, "
-                                  "or not written by jaxprune)")
+            raise CheckpointError(
+                f"step {step}: {MANIFEST} is not a jaxprune manifest (checkpoint corrupted, or not written by jaxprune)"
+            )
         if manifest.get("version", 0) > VERSION:
-            raise CheckpointError(f"step {step}: written by format version {manifest['version']}, this jaxprune "
-                                  f"reads up to {VERSION}")
+            raise CheckpointError(
+                f"step {step}: written by format version {manifest['version']}, this jaxprune reads up to {VERSION}"
+            )
         manifest_file = os.path.join(step_path, MANIFEST, "metadata")
         if manifest.get("version", 0) >= 2 or "sha256" in manifest:
             want = manifest.get("sha256")
             got = manifest_digest(manifest)
             if want != got:
-                raise CheckpointError(f"{manifest_file}: the manifest fails its SHA-256 check (recorded {want}, "
-                                      f"computed {got}): it was edited or corrupted; refusing to restore step {step}")
+                raise CheckpointError(
+                    f"{manifest_file}: the manifest fails its SHA-256 check (recorded {want}, "
+                    f"computed {got}): it was edited or corrupted; refusing to restore step {step}"
+                )
         if manifest.get("step", step) != step:
-            raise CheckpointError(f"{manifest_file}: the manifest is of step {manifest.get('step')}, not {step} "
-                                  "(folder renamed or copied by hand?)")
+            raise CheckpointError(
+                f"{manifest_file}: the manifest is of step {manifest.get('step')}, not {step} "
+                "(folder renamed or copied by hand?)"
+            )
         stored_items = list(manifest["items"]) + list(manifest["json_items"])
         wanted = stored_items if items is None else list(items)
         for name in wanted:
@@ -668,12 +755,16 @@ class SparseCheckpointer:
             if name not in stored_items:
                 raise CheckpointError(f"step {step} has no item {name!r}; it holds {stored_items}")
             if not os.path.isdir(os.path.join(step_path, name)):
-                raise CheckpointError(f"step {step}: item {name!r} is listed in the manifest but its directory "
-                                      f"is missing from {step_path} (checkpoint truncated)")
+                raise CheckpointError(
+                    f"step {step}: item {name!r} is listed in the manifest but its directory "
+                    f"is missing from {step_path} (checkpoint truncated)"
+                )
         out = Checkpoint(step=step, manifest=dict(manifest))
         mask_at: dict[str, Any] = {}
-        if "masks" in manifest["items"] and ("masks" in wanted or (
-                "params" in wanted and any(e["enc"] == "compact" for e in manifest["items"]["params"].values()))):
+        if "masks" in manifest["items"] and (
+            "masks" in wanted
+            or ("params" in wanted and any(e["enc"] == "compact" for e in manifest["items"]["params"].values()))
+        ):
             masks_template = templates.get("masks")
             if masks_template is None and templates.get("params") is not None:
                 masks_template = masks_like(templates["params"], manifest["items"]["masks"])
@@ -683,8 +774,11 @@ class SparseCheckpointer:
                 out.masks = masks
         for name in ("params", "opt_state", "shrunk_params"):
             if name in wanted:
-                setattr(out, name, self._restore_array(step, name, manifest["items"][name], templates.get(name),
-                                                       mask_at, verify))
+                setattr(
+                    out,
+                    name,
+                    self._restore_array(step, name, manifest["items"][name], templates.get(name), mask_at, verify),
+                )
         edited = []
         for name in JSON_ITEMS:
             if name in wanted:
@@ -694,18 +788,21 @@ class SparseCheckpointer:
                     edited.append(name)
                 setattr(out, name, value)
         if verify and out.plan is not None:
-            check_plan_shapes(out.plan, entry_shapes(manifest["items"]["params"]) if "params" in manifest["items"]
-                              else None,
-                              entry_shapes(manifest["items"]["shrunk_params"]) if "shrunk_params" in
-                              manifest["items"] else None)
+            check_plan_shapes(
+                out.plan,
+                entry_shapes(manifest["items"]["params"]) if "params" in manifest["items"] else None,
+                entry_shapes(manifest["items"]["shrunk_params"]) if "shrunk_params" in manifest["items"] else None,
+            )
         if edited:  # after the plan and model-config checks, whose messages are more specific
             if "model_config" in edited and isinstance(out.model_config, Mapping):
                 which = "shrunk_params" if "shrunk_params" in manifest["items"] else "params"
                 if which in manifest["items"]:
                     check_model_config(out.model_config, entry_shapes(manifest["items"][which]), which)
             name = edited[0]
-            raise CheckpointError(f"{os.path.join(step_path, name, 'metadata')}: item {name!r} fails its SHA-256 "
-                                  "check (edited or corrupted); refusing to restore it")
+            raise CheckpointError(
+                f"{os.path.join(step_path, name, 'metadata')}: item {name!r} fails its SHA-256 "
+                "check (edited or corrupted); refusing to restore it"
+            )
         return out
 
     def _restore_json(self, step: int, name: str, what: str) -> Any:
@@ -715,8 +812,9 @@ class SparseCheckpointer:
             raise _wrap(e, f"step {step}: cannot read {what}") from e
         return res[name]
 
-    def _restore_array(self, step: int, name: str, entries: dict, template: PyTree, mask_at: Mapping[str, Any],
-                       verify: bool) -> PyTree:
+    def _restore_array(
+        self, step: int, name: str, entries: dict, template: PyTree, mask_at: Mapping[str, Any], verify: bool
+    ) -> PyTree:
         item_dir = os.path.join(_step_dir(self.directory, step), name)
 
         def metadata():
@@ -735,23 +833,28 @@ class SparseCheckpointer:
         except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many types; name the item
             if template is not None and "tree structures do not match" in str(e):
                 diff = _structure_diff(metadata(), template) or "(containers differ; leaf paths are equal)"
-                raise CheckpointError(f"step {step} item {name!r}: the template's tree structure does not match the "
-                                      f"checkpoint's: {diff}") from None
+                raise CheckpointError(
+                    f"step {step} item {name!r}: the template's tree structure does not match the checkpoint's: {diff}"
+                ) from None
             raise _wrap(e, f"step {step}: cannot read item {name!r} ({item_dir})") from e
         stored = res[name]
         canon = lambda p: canonical_tree(p, entries)  # noqa: E731
         found = {canon(p) for p, _ in tree_lib.leaves_with_paths(stored)}
         if found != set(entries):
-            raise CheckpointError(f"step {step} item {name!r}: stored leaves differ from the manifest: missing "
-                                  f"{sorted(set(entries) - found)[:10]}, unexpected {sorted(found - set(entries))[:10]}"
-                                  " (checkpoint corrupted)")
+            raise CheckpointError(
+                f"step {step} item {name!r}: stored leaves differ from the manifest: missing "
+                f"{sorted(set(entries) - found)[:10]}, unexpected {sorted(found - set(entries))[:10]}"
+                " (checkpoint corrupted)"
+            )
         targets = dict(tree_lib.leaves_with_paths(template)) if template is not None else {}
         return tree_lib.map_with_path(
-            lambda p, x: decode_leaf(name, canon(p), x, entries[canon(p)], mask_at, verify, targets.get(p)), stored)
+            lambda p, x: decode_leaf(name, canon(p), x, entries[canon(p)], mask_at, verify, targets.get(p)), stored
+        )
 
 
 def _masks_of_opt_state(opt_state: PyTree) -> PyTree:
     from jaxprune._src.sparse_optax import find_sparse_state
+
     try:
         return find_sparse_state(opt_state).masks
     except ValueError:

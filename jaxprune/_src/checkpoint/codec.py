@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.checkpoint import sparse_format as sf
 from jaxprune._src import tree as tree_lib
+from jaxprune._src.checkpoint import sparse_format as sf
 
 PyTree = Any
 
@@ -94,8 +94,9 @@ def _crc(x: Any) -> int | None:
 
 def encode_tree(tree: PyTree, item: str, masks: PyTree = None, checksums: bool = True) -> tuple[PyTree, dict]:
     """Storable tree + manifest entries ``{path: {...}}`` (see the module docstring)."""
-    mask_at = {p: m for p, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none)} if masks is not None \
-        else {}
+    mask_at = (
+        {p: m for p, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none)} if masks is not None else {}
+    )
     entries: dict[str, dict] = {}
 
     def enc(path, x):
@@ -130,22 +131,29 @@ def encode_tree(tree: PyTree, item: str, masks: PyTree = None, checksums: bool =
     return tree_lib.map_with_path(enc, tree), entries
 
 
-def decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mapping[str, Any], verify: bool,
-                 target: Any = None) -> Any:
+def decode_leaf(
+    item: str, path: str, stored: Any, entry: dict, mask_at: Mapping[str, Any], verify: bool, target: Any = None
+) -> Any:
     where = f"item {item!r} leaf {path!r}"
     if entry.get("empty"):
         stored = np.zeros(tuple(entry["stored_shape"]), np.dtype(entry["stored_dtype"]))
     if tuple(np.shape(stored)) != tuple(entry["stored_shape"]):
-        raise CheckpointError(f"{where}: stored array has shape {tuple(np.shape(stored))}, the manifest says "
-                              f"{tuple(entry['stored_shape'])} (checkpoint corrupted)")
+        raise CheckpointError(
+            f"{where}: stored array has shape {tuple(np.shape(stored))}, the manifest says "
+            f"{tuple(entry['stored_shape'])} (checkpoint corrupted)"
+        )
     if hasattr(stored, "dtype") and not entry.get("empty") and not _same_dtype(stored.dtype, entry["stored_dtype"]):
-        raise CheckpointError(f"{where}: stored array has dtype {stored.dtype}, the manifest says "
-                              f"{entry['stored_dtype']} (checkpoint corrupted or edited)")
+        raise CheckpointError(
+            f"{where}: stored array has dtype {stored.dtype}, the manifest says "
+            f"{entry['stored_dtype']} (checkpoint corrupted or edited)"
+        )
     if verify and entry.get("crc32") is not None:
         got = _crc(stored)
         if got is not None and got != entry["crc32"]:
-            raise CheckpointError(f"{where}: data fails its CRC-32 check (stored {entry['crc32']}, read {got}); "
-                                  "the checkpoint file is corrupted")
+            raise CheckpointError(
+                f"{where}: data fails its CRC-32 check (stored {entry['crc32']}, read {got}); "
+                "the checkpoint file is corrupted"
+            )
     enc = entry["enc"]
     shape = tuple(entry["shape"])
     if enc == "dense":
@@ -155,8 +163,10 @@ def decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mapping
     elif enc == "compact":
         m = mask_at.get(path)
         if m is None:
-            raise CheckpointError(f"{where} is stored compactly but the checkpoint has no mask for it "
-                                  "(the 'masks' item is missing or incomplete)")
+            raise CheckpointError(
+                f"{where} is stored compactly but the checkpoint has no mask for it "
+                "(the 'masks' item is missing or incomplete)"
+            )
         try:
             out = jnp.asarray(sf.scatter_values(np.asarray(stored), np.asarray(m), np.dtype(entry["dtype"])))
         except ValueError as e:
@@ -167,8 +177,10 @@ def decode_leaf(item: str, path: str, stored: Any, entry: dict, mask_at: Mapping
         raise CheckpointError(f"{where}: unknown encoding {enc!r} (written by a newer jaxprune?)")
     if target is not None:
         if enc != "key" and hasattr(target, "dtype") and not _same_dtype(out.dtype, target.dtype):
-            raise CheckpointError(f"{where}: the checkpoint stores dtype {out.dtype}, the template expects "
-                                  f"{target.dtype}; refusing to cast (restore without a template and cast explicitly)")
+            raise CheckpointError(
+                f"{where}: the checkpoint stores dtype {out.dtype}, the template expects "
+                f"{target.dtype}; refusing to cast (restore without a template and cast explicitly)"
+            )
         sharding = getattr(target, "sharding", None)
         if sharding is not None and enc != "dense":
             out = jax.device_put(out, sharding)
@@ -183,7 +195,8 @@ def _check_template(item: str, template: PyTree, entries: Mapping[str, dict]) ->
     if missing or extra:
         raise CheckpointError(
             f"item {item!r}: the template does not have the checkpoint's structure: leaves in the checkpoint "
-            f"but not in the template {missing[:10]}, in the template but not in the checkpoint {extra[:10]}")
+            f"but not in the template {missing[:10]}, in the template but not in the checkpoint {extra[:10]}"
+        )
     for path, leaf in leaves:
         want = tuple(np.shape(leaf))
         got = tuple(entries[path]["shape"])
@@ -191,14 +204,21 @@ def _check_template(item: str, template: PyTree, entries: Mapping[str, dict]) ->
             hint = ""
             if int(np.prod(got)) < int(np.prod(want)):
                 hint = " (is this a shrunk checkpoint restored into a dense template?)"
-            raise CheckpointError(f"item {item!r} leaf {path!r}: the checkpoint holds shape {got}, "
-                                  f"the template expects {want}{hint}")
+            raise CheckpointError(
+                f"item {item!r} leaf {path!r}: the checkpoint holds shape {got}, the template expects {want}{hint}"
+            )
         stored_dtype = entries[path].get("dtype")
-        if (hasattr(leaf, "dtype") and stored_dtype not in (None, "key") and not _is_key(leaf)
-                and not _same_dtype(leaf.dtype, stored_dtype)):
-            raise CheckpointError(f"item {item!r} leaf {path!r}: the checkpoint stores dtype {stored_dtype}, the "
-                                  f"template expects {np.dtype(leaf.dtype) if not _is_key(leaf) else leaf.dtype}; "
-                                  "refusing to cast (restore without a template and cast explicitly)")
+        if (
+            hasattr(leaf, "dtype")
+            and stored_dtype not in (None, "key")
+            and not _is_key(leaf)
+            and not _same_dtype(leaf.dtype, stored_dtype)
+        ):
+            raise CheckpointError(
+                f"item {item!r} leaf {path!r}: the checkpoint stores dtype {stored_dtype}, the "
+                f"template expects {np.dtype(leaf.dtype) if not _is_key(leaf) else leaf.dtype}; "
+                "refusing to cast (restore without a template and cast explicitly)"
+            )
     return leaves
 
 
@@ -221,8 +241,11 @@ def abstract_from_metadata(meta_tree: PyTree) -> PyTree:
     """Restore target from orbax's stored metadata: every array on this process's first device."""
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev) if is_meta(m) else m,
-                        meta_tree, is_leaf=is_meta)
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev) if is_meta(m) else m,
+        meta_tree,
+        is_leaf=is_meta,
+    )
 
 
 # --------------------------------------------------------------------------------- JSON metadata
@@ -239,8 +262,7 @@ def json_dict(value: Any, name: str) -> dict:
         except json.JSONDecodeError as e:
             raise ValueError(f"{name}: not valid JSON: {e}") from None
     if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a dict, a JSON string or an object with to_json(), "
-                        f"got {type(value).__name__}")
+        raise TypeError(f"{name} must be a dict, a JSON string or an object with to_json(), got {type(value).__name__}")
     try:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as e:
@@ -252,8 +274,10 @@ def model_config_dict(model_config: Any) -> dict | None:
         return None
     try:
         from flax import linen as nn
+
         if isinstance(model_config, nn.Module):
             from jaxprune import models
+
             return json_dict(models.get_config(model_config), "model_config")
     except ImportError:  # pragma: no cover
         pass
@@ -268,12 +292,14 @@ def entry_shapes(entries: Mapping[str, dict]) -> dict[str, tuple[int, ...]]:
     return {p: tuple(e["shape"]) for p, e in entries.items()}
 
 
-def check_plan_shapes(plan: Mapping[str, Any], dense: Mapping[str, tuple] | None,
-                      shrunk: Mapping[str, tuple] | None) -> None:
+def check_plan_shapes(
+    plan: Mapping[str, Any], dense: Mapping[str, tuple] | None, shrunk: Mapping[str, tuple] | None
+) -> None:
     """Checks dense / shrunk leaf shapes (``{path: shape}``) against a plan dict (``PrunePlan.to_dict()``)."""
     if not isinstance(plan.get("shapes"), Mapping):
-        raise CheckpointError("plan: expected a PrunePlan dict with a 'shapes' entry {path: [original, new]}, "
-                              f"got keys {sorted(plan)}")
+        raise CheckpointError(
+            f"plan: expected a PrunePlan dict with a 'shapes' entry {{path: [original, new]}}, got keys {sorted(plan)}"
+        )
     changed = {p: (tuple(o), tuple(n)) for p, (o, n) in plan["shapes"].items()}
     original = {p: tuple(s) for p, s in plan.get("leaf_shapes", {}).items()} or {p: o for p, (o, _) in changed.items()}
     for name, have, pick in (("params", dense, 0), ("shrunk_params", shrunk, 1)):
@@ -282,11 +308,14 @@ def check_plan_shapes(plan: Mapping[str, Any], dense: Mapping[str, tuple] | None
         want = {p: (changed[p][pick] if p in changed else s) for p, s in original.items()}
         for path, shape in want.items():
             if path not in have:
-                raise CheckpointError(f"the plan does not match {name}: the plan names leaf {path!r} "
-                                      f"(shape {shape}), which {name} lack; {name} leaves: {sorted(have)[:10]}")
+                raise CheckpointError(
+                    f"the plan does not match {name}: the plan names leaf {path!r} "
+                    f"(shape {shape}), which {name} lack; {name} leaves: {sorted(have)[:10]}"
+                )
             if have[path] != shape:
-                raise CheckpointError(f"the plan does not match {name}: leaf {path!r} has shape {have[path]}, "
-                                      f"the plan expects {shape}")
+                raise CheckpointError(
+                    f"the plan does not match {name}: leaf {path!r} has shape {have[path]}, the plan expects {shape}"
+                )
         if plan.get("leaf_shapes"):
             extra = sorted(set(have) - set(original))
             if extra:
@@ -309,8 +338,9 @@ def check_model_config(config: Mapping[str, Any], shapes: Mapping[str, tuple], w
     try:
         variables = jax.eval_shape(model.init, jax.random.key(0), model.example_input(1))
     except Exception as e:  # noqa: BLE001 - any failure to build the model is a bad config
-        raise CheckpointError(f"wrong model config: {config.get('class')} cannot be initialized: "
-                              f"{type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"wrong model config: {config.get('class')} cannot be initialized: {type(e).__name__}: {e}"
+        ) from None
     candidates = [shapes_of(variables)]
     if isinstance(variables, Mapping) and "params" in variables:
         candidates.append(shapes_of(variables["params"]))
@@ -320,12 +350,14 @@ def check_model_config(config: Mapping[str, Any], shapes: Mapping[str, tuple], w
                 if want[path] != shapes[path]:
                     raise CheckpointError(
                         f"wrong model config: {config.get('class')} built from it has leaf {path!r} of shape "
-                        f"{want[path]}, but the checkpoint's {what} hold {shapes[path]}")
+                        f"{want[path]}, but the checkpoint's {what} hold {shapes[path]}"
+                    )
             return model
     want = candidates[-1]
     raise CheckpointError(
         f"wrong model config: the variables of {config.get('class')} do not have the paths of the checkpoint's "
-        f"{what}: missing {sorted(set(want) - set(shapes))[:10]}, unexpected {sorted(set(shapes) - set(want))[:10]}")
+        f"{what}: missing {sorted(set(want) - set(shapes))[:10]}, unexpected {sorted(set(shapes) - set(want))[:10]}"
+    )
 
 
 # --------------------------------------------------------------------------------- restore templates
@@ -338,8 +370,11 @@ def canonical_tree(path: str, entries: Mapping[str, Any]) -> str:
 
 def masks_like(params_template: PyTree, entries: Mapping[str, dict]) -> PyTree:
     return tree_lib.map_with_path(
-        lambda p, x: jax.ShapeDtypeStruct(np.shape(x), np.bool_, sharding=getattr(x, "sharding", None))
-        if p in entries else None, params_template)
+        lambda p, x: (
+            jax.ShapeDtypeStruct(np.shape(x), np.bool_, sharding=getattr(x, "sharding", None)) if p in entries else None
+        ),
+        params_template,
+    )
 
 
 def template_fields(template: Checkpoint | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -349,6 +384,8 @@ def template_fields(template: Checkpoint | Mapping[str, Any] | None) -> dict[str
         return {k: getattr(template, k) for k in ARRAY_ITEMS}
     if isinstance(template, Mapping) and set(template) <= set(ARRAY_ITEMS):
         return dict(template)
-    raise TypeError("template must be a jaxprune Checkpoint or a dict with keys among "
-                    f"{ARRAY_ITEMS}, got {type(template).__name__}"
-                    + (f" with keys {sorted(template)}" if isinstance(template, Mapping) else ""))
+    raise TypeError(
+        "template must be a jaxprune Checkpoint or a dict with keys among "
+        f"{ARRAY_ITEMS}, got {type(template).__name__}"
+        + (f" with keys {sorted(template)}" if isinstance(template, Mapping) else "")
+    )

@@ -58,8 +58,10 @@ __all__ = [
 
 def _host(x: Any, what: str) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        raise ValueError(f"{what}: array is not fully addressable from this process (multi-host sharding); "
-                         "compact encoding needs the whole array on the host")
+        raise ValueError(
+            f"{what}: array is not fully addressable from this process (multi-host sharding); "
+            "compact encoding needs the whole array on the host"
+        )
     return np.asarray(x)
 
 
@@ -87,8 +89,9 @@ def unpack_mask(bits: Any, shape: Sequence[int]) -> np.ndarray:
     if b.dtype != np.uint8 or b.ndim != 1:
         raise TypeError(f"unpack_mask: bits must be a 1-D uint8 array, got {b.dtype}{list(b.shape)}")
     if b.size != (n + 7) // 8:
-        raise ValueError(f"unpack_mask: {b.size} bytes cannot hold a mask of shape {shape} "
-                         f"(expected {(n + 7) // 8} bytes)")
+        raise ValueError(
+            f"unpack_mask: {b.size} bytes cannot hold a mask of shape {shape} (expected {(n + 7) // 8} bytes)"
+        )
     return np.unpackbits(b, count=n, bitorder="little").astype(bool).reshape(shape)
 
 
@@ -171,7 +174,8 @@ def compact_leaf(path: str, w: Any, m: Any, *, strict: bool = True) -> np.ndarra
         if strict:
             raise ValueError(
                 f"leaf {path!r}: {int(np.count_nonzero(dropped))} pruned coordinates hold non-zero values, "
-                "so the compact form would lose them (apply the masks first, or pass strict=False)")
+                "so the compact form would lose them (apply the masks first, or pass strict=False)"
+            )
         return None
     return np.ascontiguousarray(w.reshape(-1)[m.reshape(-1)])
 

@@ -25,8 +25,10 @@ __all__ = ["main", "build_parser", "CliError"]
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxprune._src.cli import evaluate, finetune, prune
-    parser = argparse.ArgumentParser(prog="jaxprune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    parser = argparse.ArgumentParser(
+        prog="jaxprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", metavar="{prune,finetune,evaluate}")
     sub.required = True
     prune.add_parser(sub)
@@ -45,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     from jaxprune._src.checkpoint.api import CheckpointError
+
     try:
         return int(args.run(args) or 0)
     except (CliError, CheckpointError) as e:
@@ -53,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         if os.environ.get("JAXPRUNE_DEBUG"):
             raise
-        print(f"jaxprune {args.command}: error: {type(e).__name__}: {e}\n(set JAXPRUNE_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(
+            f"jaxprune {args.command}: error: {type(e).__name__}: {e}\n(set JAXPRUNE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 2

@@ -28,8 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import tree as tree_lib
-from jaxprune._src.checkpoint.api import (CheckpointError, check_model_config, checkpoint_steps, restore_checkpoint,
-                                      restore_shrunk_model)
+from jaxprune._src.checkpoint.api import (
+    CheckpointError,
+    check_model_config,
+    checkpoint_steps,
+    restore_checkpoint,
+    restore_shrunk_model,
+)
 
 PyTree = Any
 
@@ -44,19 +49,43 @@ class CliError(Exception):
 # ------------------------------------------------------------------------------------------ models by name
 def _model_table() -> dict[str, Callable[..., Any]]:
     from jaxprune import models
+
     return {
-        "small_cnn": models.SmallCNN, "mlp": models.MLP, "mobilenet_block_net": models.MobileNetBlockNet,
-        "concat_net": models.ConcatNet, "cifar_resnet20": models.cifar_resnet20,
-        "cifar_resnet32": models.cifar_resnet32, "cifar_resnet56": models.cifar_resnet56,
-        "cifar_resnet34": models.cifar_resnet34, "resnet18": models.resnet18, "resnet34": models.resnet34,
-        "resnet50": models.resnet50, "vit_tiny_test": models.vit_tiny_test, "vit_ti16": models.vit_ti16,
-        "vit_s16": models.vit_s16, "vit_b16": models.vit_b16,
+        "small_cnn": models.SmallCNN,
+        "mlp": models.MLP,
+        "mobilenet_block_net": models.MobileNetBlockNet,
+        "concat_net": models.ConcatNet,
+        "cifar_resnet20": models.cifar_resnet20,
+        "cifar_resnet32": models.cifar_resnet32,
+        "cifar_resnet56": models.cifar_resnet56,
+        "cifar_resnet34": models.cifar_resnet34,
+        "resnet18": models.resnet18,
+        "resnet34": models.resnet34,
+        "resnet50": models.resnet50,
+        "vit_tiny_test": models.vit_tiny_test,
+        "vit_ti16": models.vit_ti16,
+        "vit_s16": models.vit_s16,
+        "vit_b16": models.vit_b16,
     }
 
 
-MODEL_NAMES = ("small_cnn", "mlp", "mobilenet_block_net", "concat_net", "cifar_resnet20", "cifar_resnet32",
-               "cifar_resnet56", "cifar_resnet34", "resnet18", "resnet34", "resnet50", "vit_tiny_test",
-               "vit_ti16", "vit_s16", "vit_b16")
+MODEL_NAMES = (
+    "small_cnn",
+    "mlp",
+    "mobilenet_block_net",
+    "concat_net",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet56",
+    "cifar_resnet34",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_tiny_test",
+    "vit_ti16",
+    "vit_s16",
+    "vit_b16",
+)
 
 
 def build_model(name: str, num_classes: int, image_size: int | None = None, **kwargs: Any):
@@ -86,6 +115,7 @@ def _fits(value: Any, hint: Any) -> bool:
     import collections.abc
     import types
     import typing
+
     if hint is Any:
         return True
     if hint is bool:
@@ -108,8 +138,11 @@ def _fits(value: Any, hint: Any) -> bool:
             return all(_fits(v, args[0]) for v in value)
         return not args or (len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args)))
     if origin in (list, collections.abc.Sequence):
-        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else \
-            isinstance(value, (list, tuple))
+        return (
+            isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+            if args
+            else isinstance(value, (list, tuple))
+        )
     return True
 
 
@@ -120,6 +153,7 @@ def check_model_args(model: Any, kwargs: dict) -> None:
     plain types, tuples, sequences and unions are not checked.
     """
     import typing
+
     try:
         hints = typing.get_type_hints(type(model))
     except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
@@ -129,8 +163,10 @@ def check_model_args(model: Any, kwargs: dict) -> None:
         if hint is not None and not _fits(value, hint):
             what = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
             what = what or str(hint).replace("typing.", "")
-            raise CliError(f"model argument {key!r} of {type(model).__name__} expects {what} "
-                           f"(ints >= 0; a JSON list for a tuple), got {value!r}")
+            raise CliError(
+                f"model argument {key!r} of {type(model).__name__} expects {what} "
+                f"(ints >= 0; a JSON list for a tuple), got {value!r}"
+            )
 
 
 def apply_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:
@@ -159,6 +195,7 @@ class LoadedModel:
     @property
     def model_config(self) -> dict:
         from jaxprune import models
+
         return models.get_config(self.model)
 
 
@@ -175,8 +212,10 @@ def resolve_checkpoint(path: str) -> str:
     for candidate in (path, os.path.join(path, CHECKPOINT)):
         if checkpoint_steps(candidate):
             return candidate
-    raise CliError(f"{path!r} holds no complete checkpoint (expected an orbax checkpoint folder with step "
-                   f"folders, or a jaxprune run folder with a '{CHECKPOINT}/' inside)")
+    raise CliError(
+        f"{path!r} holds no complete checkpoint (expected an orbax checkpoint folder with step "
+        f"folders, or a jaxprune run folder with a '{CHECKPOINT}/' inside)"
+    )
 
 
 def load_checkpoint_model(path: str, model_name: str | None = None) -> LoadedModel:
@@ -187,6 +226,7 @@ def load_checkpoint_model(path: str, model_name: str | None = None) -> LoadedMod
     layer widths are then read from the params' shapes (``jaxprune.models.rebuild``).
     """
     from jaxprune import models
+
     root = resolve_checkpoint(path)
     try:
         head = restore_checkpoint(root, items=[])
@@ -218,9 +258,11 @@ def load_checkpoint_model(path: str, model_name: str | None = None) -> LoadedMod
         except (ValueError, TypeError) as e:
             raise CliError(f"checkpoint {root!r} does not fit model {model_name!r}: {e}") from None
     else:
-        raise CliError(f"checkpoint {root!r} has no model_config (it was saved without "
-                       f"model_config=); pass --model NAME to say which model the weights belong to "
-                       f"(one of {', '.join(MODEL_NAMES)})")
+        raise CliError(
+            f"checkpoint {root!r} has no model_config (it was saved without "
+            f"model_config=); pass --model NAME to say which model the weights belong to "
+            f"(one of {', '.join(MODEL_NAMES)})"
+        )
     kind = "sparse" if masks is not None else "dense"
     return LoadedModel(model, variables, kind, root, masks=masks, step=ckpt.step)
 
@@ -231,8 +273,9 @@ def _fill_masks(variables: PyTree, masks: PyTree) -> PyTree:
     return tree_lib.map_with_path(lambda p, x: None if p not in at else jnp.asarray(at[p], bool), variables)
 
 
-def init_model(name: str, num_classes: int, image_size: int | None, seed: int = 0,
-               model_args: dict | None = None) -> LoadedModel:
+def init_model(
+    name: str, num_classes: int, image_size: int | None, seed: int = 0, model_args: dict | None = None
+) -> LoadedModel:
     """A freshly initialised registered model (a dense starting point, no checkpoint needed)."""
     model = build_model(name, num_classes, image_size, **(model_args or {}))
     try:
@@ -242,24 +285,38 @@ def init_model(name: str, num_classes: int, image_size: int | None, seed: int = 
     return LoadedModel(model, dict(variables), "dense", f"init:{name}", step=0)
 
 
-def save_model(directory: str, step: int, loaded: LoadedModel, data_state: dict | None = None,
-               overwrite: bool = False) -> None:
+def save_model(
+    directory: str, step: int, loaded: LoadedModel, data_state: dict | None = None, overwrite: bool = False
+) -> None:
     """Writes ``loaded`` as one checkpoint step (params+masks, or shrunk params+plan) with its model config."""
     from jaxprune._src.checkpoint.api import SparseCheckpointer
+
     with SparseCheckpointer(directory, max_to_keep=1, async_=False) as ckpt:
         if loaded.kind == "shrunk":
-            ckpt.save(step, shrunk_params=loaded.variables, plan=loaded.plan, model_config=loaded.model,
-                      data_state=data_state, overwrite=overwrite)
+            ckpt.save(
+                step,
+                shrunk_params=loaded.variables,
+                plan=loaded.plan,
+                model_config=loaded.model,
+                data_state=data_state,
+                overwrite=overwrite,
+            )
         else:
-            ckpt.save(step, params=loaded.variables, masks=loaded.masks, model_config=loaded.model,
-                      data_state=data_state, overwrite=overwrite)
+            ckpt.save(
+                step,
+                params=loaded.variables,
+                masks=loaded.masks,
+                model_config=loaded.model,
+                data_state=data_state,
+                overwrite=overwrite,
+            )
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_data(name: str, split: str, image_size: int, *, data_dir: str | None = None,
-              max_examples: int | None = None):
+def load_data(name: str, split: str, image_size: int, *, data_dir: str | None = None, max_examples: int | None = None):
     """``jaxprune.data.load_dataset`` with errors turned into :class:`CliError`."""
     from jaxprune._src.data import load_dataset
+
     try:
         return load_dataset(name, split, image_size=image_size, data_dir=data_dir, max_examples=max_examples)
     except (ValueError, RuntimeError) as e:
@@ -269,6 +326,7 @@ def load_data(name: str, split: str, image_size: int, *, data_dir: str | None = 
 def check_dataset_name(name: str, data_dir: str | None = None) -> None:
     """Fails fast (before any work) on a dataset name that is neither offline nor in tensorflow-datasets."""
     from jaxprune._src.data import get_builder
+
     try:
         get_builder(name, data_dir)
     except (ValueError, RuntimeError) as e:
@@ -278,23 +336,30 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
 def check_classes(loaded: LoadedModel, num_classes: int, dataset: str) -> None:
     out = jax.eval_shape(apply_fn(loaded.model), loaded.variables, loaded.model.example_input(1))
     if out.shape[-1] != num_classes:
-        raise CliError(f"the model has {out.shape[-1]} outputs but dataset {dataset!r} has {num_classes} "
-                       "classes")
+        raise CliError(f"the model has {out.shape[-1]} outputs but dataset {dataset!r} has {num_classes} classes")
 
 
 # ------------------------------------------------------------------------------------------ stats
 def model_stats(loaded: LoadedModel) -> dict:
     """XLA FLOPs of one forward pass (batch 1), parameter count/bytes, zeros among prunable weights."""
     from jaxprune._src.flops import flops, param_bytes, param_count
+
     params = loaded.variables["params"]
     if loaded.masks is not None:
         pm = loaded.masks["params"]
         total = sum(int(np.size(m)) for m in jax.tree.leaves(pm))
-        zeros = sum(int(np.sum(np.asarray(w) == 0)) for w, m in zip(
-            *(jax.tree.leaves(t, is_leaf=tree_lib.is_none) for t in (params, pm))) if m is not None)
+        zeros = sum(
+            int(np.sum(np.asarray(w) == 0))
+            for w, m in zip(*(jax.tree.leaves(t, is_leaf=tree_lib.is_none) for t in (params, pm)))
+            if m is not None
+        )
     else:
-        kern = [np.asarray(x) for x in jax.tree.leaves(tree_lib.map_with_path(
-            lambda p, x, ok: x if ok else None, params, tree_lib.prunable_tree(params)))]
+        kern = [
+            np.asarray(x)
+            for x in jax.tree.leaves(
+                tree_lib.map_with_path(lambda p, x, ok: x if ok else None, params, tree_lib.prunable_tree(params))
+            )
+        ]
         total, zeros = sum(k.size for k in kern), sum(int(np.sum(k == 0)) for k in kern)
     n = param_count(params)
     return {
@@ -308,8 +373,10 @@ def model_stats(loaded: LoadedModel) -> dict:
 
 # ------------------------------------------------------------------------------------------ output folders
 def holds_checkpoint(out: str) -> bool:
-    return any(checkpoint_steps(d, committed=False) for d in (out, os.path.join(out, CHECKPOINT),
-                                                               os.path.join(out, TRAIN_STATE)))
+    return any(
+        checkpoint_steps(d, committed=False)
+        for d in (out, os.path.join(out, CHECKPOINT), os.path.join(out, TRAIN_STATE))
+    )
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:
@@ -317,8 +384,9 @@ def check_out_dir(out: str, overwrite: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise CliError(f"--out {out!r} exists and is not a folder")
     if holds_checkpoint(out) and not overwrite:
-        raise CliError(f"--out {out!r} already holds a checkpoint; pass --overwrite to replace it, "
-                       "or choose another folder")
+        raise CliError(
+            f"--out {out!r} already holds a checkpoint; pass --overwrite to replace it, or choose another folder"
+        )
 
 
 def prepare_out_dir(out: str, overwrite: bool) -> None:

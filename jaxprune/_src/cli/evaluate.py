@@ -25,8 +25,12 @@ RESULTS = ("results.json", "results.md", "results.png")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("evaluate", help="evaluate and compare checkpoints", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate and compare checkpoints",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("checkpoints", nargs="+", help="checkpoints (orbax folders or jaxprune run folders)")
     p.add_argument("--labels", help="comma-separated names for the checkpoints (default: folder names)")
     p.add_argument("--model", help="model name, for checkpoints without a stored model config")
@@ -64,35 +68,77 @@ def latency_ms(loaded: LoadedModel, batch_size: int, repeats: int) -> float:
 def evaluate_model(loaded: LoadedModel, ds, *, batch_size: int = 64, repeats: int = 20, label: str = "") -> dict:
     """One results row: top-1/top-5/loss on ``ds`` plus sparsity, params, XLA FLOPs and latency."""
     from jaxprune._src.train import evaluate
+
     ev = evaluate(loaded.model, loaded.variables, ds, batch_size=batch_size)
     stats = common.model_stats(loaded)
-    return dict(label=label, checkpoint=loaded.source, kind=loaded.kind, step=loaded.step,
-                top1=float(ev["accuracy"]), top5=float(ev["top5"]), loss=float(ev["loss"]), **stats,
-                latency_ms=latency_ms(loaded, batch_size, repeats), batch_size=batch_size,
-                examples=len(ds), model_config=loaded.model_config)
+    return dict(
+        label=label,
+        checkpoint=loaded.source,
+        kind=loaded.kind,
+        step=loaded.step,
+        top1=float(ev["accuracy"]),
+        top5=float(ev["top5"]),
+        loss=float(ev["loss"]),
+        **stats,
+        latency_ms=latency_ms(loaded, batch_size, repeats),
+        batch_size=batch_size,
+        examples=len(ds),
+        model_config=loaded.model_config,
+    )
 
 
 def results_markdown(rows: Sequence[dict], dataset: str, split: str) -> str:
-    head = ["checkpoint", "kind", "top-1", "top-5", "loss", "sparsity", "params", "non-zero", "XLA FLOPs",
-            f"latency ms (batch {rows[0]['batch_size']})"]
-    body = [[r["label"], r["kind"], f"{r['top1']:.4f}", f"{r['top5']:.4f}", f"{r['loss']:.4f}",
-             f"{r['sparsity']:.1%}", f"{r['params']:,}", f"{r['nonzero_params']:,}", common.fmt_count(r["flops"]),
-             f"{r['latency_ms']:.2f}"] for r in rows]
-    return (f"# jaxprune evaluate: {dataset} / {split} ({rows[0]['examples']} examples)\n\n"
-            + common.markdown_table(head, body)
-            + "\n\nXLA FLOPs: one forward pass of one example. Masked (sparse) weights are zeros inside dense "
-              "tensors, so only structured pruning lowers FLOPs and latency.\n")
+    head = [
+        "checkpoint",
+        "kind",
+        "top-1",
+        "top-5",
+        "loss",
+        "sparsity",
+        "params",
+        "non-zero",
+        "XLA FLOPs",
+        f"latency ms (batch {rows[0]['batch_size']})",
+    ]
+    body = [
+        [
+            r["label"],
+            r["kind"],
+            f"{r['top1']:.4f}",
+            f"{r['top5']:.4f}",
+            f"{r['loss']:.4f}",
+            f"{r['sparsity']:.1%}",
+            f"{r['params']:,}",
+            f"{r['nonzero_params']:,}",
+            common.fmt_count(r["flops"]),
+            f"{r['latency_ms']:.2f}",
+        ]
+        for r in rows
+    ]
+    return (
+        f"# jaxprune evaluate: {dataset} / {split} ({rows[0]['examples']} examples)\n\n"
+        + common.markdown_table(head, body)
+        + "\n\nXLA FLOPs: one forward pass of one example. Masked (sparse) weights are zeros inside dense "
+        "tensors, so only structured pruning lowers FLOPs and latency.\n"
+    )
 
 
 def plot_results(rows: Sequence[dict], path: str) -> None:
     """Top-1 accuracy vs XLA FLOPs, one labelled point per checkpoint."""
     from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
+
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     markers = {"dense": "o", "sparse": "s", "shrunk": "^"}
     for r in rows:
-        ax.scatter(r["flops"] / 1e6, r["top1"], s=50, marker=markers.get(r["kind"], "o"), alpha=0.8,
-                   label=f"{r['label']} ({r['kind']})")
+        ax.scatter(
+            r["flops"] / 1e6,
+            r["top1"],
+            s=50,
+            marker=markers.get(r["kind"], "o"),
+            alpha=0.8,
+            label=f"{r['label']} ({r['kind']})",
+        )
     ax.set(xlabel="XLA MFLOPs per example (forward pass)", ylabel="top-1 accuracy", title="accuracy vs FLOPs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -108,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--batch-size and --repeats must be >= 1, got {args.batch_size} and {args.repeats}")
     existing = [n for n in RESULTS if os.path.exists(os.path.join(args.out, n))]
     if (existing or common.holds_checkpoint(args.out)) and not args.overwrite:
-        raise CliError(f"--out {args.out!r} already holds {existing or 'a checkpoint'}; pass --overwrite to "
-                       "replace, or choose another folder")
+        raise CliError(
+            f"--out {args.out!r} already holds {existing or 'a checkpoint'}; pass --overwrite to "
+            "replace, or choose another folder"
+        )
     loaded = [common.load_checkpoint_model(c, args.model) for c in args.checkpoints]
     common.check_dataset_name(args.dataset, args.data_dir)
     max_examples = 256 if args.quick else None
@@ -119,16 +167,22 @@ def run(args: argparse.Namespace) -> int:
     for lm, label in zip(loaded, labels):
         size = common.input_size(lm.model)
         if size not in data:
-            data[size] = common.load_data(args.dataset, args.split, size, data_dir=args.data_dir,
-                                          max_examples=max_examples)
+            data[size] = common.load_data(
+                args.dataset, args.split, size, data_dir=args.data_dir, max_examples=max_examples
+            )
         common.check_classes(lm, data[size].num_classes, args.dataset)
     for lm, label in zip(loaded, labels):
-        rows.append(evaluate_model(lm, data[common.input_size(lm.model)], batch_size=args.batch_size,
-                                   repeats=repeats, label=label))
+        rows.append(
+            evaluate_model(
+                lm, data[common.input_size(lm.model)], batch_size=args.batch_size, repeats=repeats, label=label
+            )
+        )
     os.makedirs(args.out, exist_ok=True)
     md = results_markdown(rows, args.dataset, args.split)
-    common.write_json(os.path.join(args.out, "results.json"),
-                      dict(dataset=args.dataset, split=args.split, backend=jax.default_backend(), rows=rows))
+    common.write_json(
+        os.path.join(args.out, "results.json"),
+        dict(dataset=args.dataset, split=args.split, backend=jax.default_backend(), rows=rows),
+    )
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     plot_results(rows, os.path.join(args.out, "results.png"))

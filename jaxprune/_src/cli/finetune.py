@@ -31,20 +31,42 @@ from jaxprune._src.cli import common
 from jaxprune._src.cli.common import CHECKPOINT, TRAIN_STATE, CliError, LoadedModel
 from jaxprune._src.cli.recipe import apply_overrides
 
-TRAIN_FIELDS = ("steps", "batch_size", "learning_rate", "momentum", "nesterov", "weight_decay", "warmup_steps",
-                "label_smoothing", "eval_every", "patience", "augment", "seed")
+TRAIN_FIELDS = (
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "warmup_steps",
+    "label_smoothing",
+    "eval_every",
+    "patience",
+    "augment",
+    "seed",
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("finetune", help="finetune a checkpoint (or train a fresh model)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "finetune",
+        help="finetune a checkpoint (or train a fresh model)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="dense, sparse or shrunk checkpoint (orbax folder or run folder)")
     src.add_argument("--model", help=f"start from a random init of this model: {', '.join(common.MODEL_NAMES)}")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model constructor argument with --model, e.g. --model-arg channels=[16,32]")
-    p.add_argument("--dataset", default="digits_offline", help="offline task or prepared tfds name "
-                   "(default digits_offline)")
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra model constructor argument with --model, e.g. --model-arg channels=[16,32]",
+    )
+    p.add_argument(
+        "--dataset", default="digits_offline", help="offline task or prepared tfds name (default digits_offline)"
+    )
     p.add_argument("--data-dir", help="tensorflow-datasets data_dir for real dataset names")
     p.add_argument("--image-size", type=int, help="input size for --model (default: the model's)")
     p.add_argument("--train-split", default="train")
@@ -70,8 +92,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def train_config(args: argparse.Namespace, from_init: bool):
     """The :class:`TrainConfig` of the command line: defaults < --config < flags < --set."""
     from jaxprune._src.train import TrainConfig
-    cfg = dict(steps=20 if args.quick else 300, batch_size=64, learning_rate=0.05 if from_init else 0.01,
-               weight_decay=5e-4)
+
+    cfg = dict(
+        steps=20 if args.quick else 300, batch_size=64, learning_rate=0.05 if from_init else 0.01, weight_decay=5e-4
+    )
     if args.config:
         try:
             with open(args.config) as f:
@@ -79,11 +103,18 @@ def train_config(args: argparse.Namespace, from_init: bool):
         except (OSError, json.JSONDecodeError) as e:
             raise CliError(f"--config {args.config!r}: {e}") from None
         if not isinstance(loaded, dict):
-            raise CliError(f"--config {args.config!r} must hold a JSON object of training fields, "
-                           f"got {type(loaded).__name__}")
+            raise CliError(
+                f"--config {args.config!r} must hold a JSON object of training fields, got {type(loaded).__name__}"
+            )
         cfg.update(loaded)
-    flags = dict(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                 weight_decay=args.weight_decay, eval_every=args.eval_every, seed=args.seed)
+    flags = dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
     cfg.update({k: v for k, v in flags.items() if v is not None})
     cfg = apply_overrides(cfg, args.set)
     unknown = sorted(set(cfg) - set(TRAIN_FIELDS))
@@ -151,18 +182,33 @@ def find_resume(out: str, run_config: dict, overwrite: bool) -> int | None:
         raise CliError(f"--out {out!r}: cannot read the saved training state ({e}); pass --overwrite") from None
     state = head.data_state or {}
     if state.get("finished"):
-        raise CliError(f"--out {out!r} already holds a finished finetune run (step {head.step}); pass --overwrite "
-                       "to start over, or choose another folder")
+        raise CliError(
+            f"--out {out!r} already holds a finished finetune run (step {head.step}); pass --overwrite "
+            "to start over, or choose another folder"
+        )
     old, new = _flat(state.get("run", {})), _flat(json.loads(json.dumps(run_config)))
     diff = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     if diff:
-        raise CliError(f"--out {out!r} holds an unfinished run with other settings {json.dumps(diff)} "
-                       "(saved vs now); rerun with the same arguments to resume, or pass --overwrite")
+        raise CliError(
+            f"--out {out!r} holds an unfinished run with other settings {json.dumps(diff)} "
+            "(saved vs now); rerun with the same arguments to resume, or pass --overwrite"
+        )
     return head.step
 
 
-def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config: dict, resume_step: int | None = None,
-             save_every: int | None = None, max_steps_this_run: int | None = None, progress: bool = True) -> dict:
+def finetune(
+    loaded: LoadedModel,
+    train_ds,
+    dev_ds,
+    cfg,
+    out: str,
+    *,
+    run_config: dict,
+    resume_step: int | None = None,
+    save_every: int | None = None,
+    max_steps_this_run: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Trains ``loaded`` (masks fixed if sparse), checkpointing into ``out``; returns the summary dict."""
     from tqdm.auto import tqdm
 
@@ -170,7 +216,7 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
     from jaxprune._src.data import batches
     from jaxprune._src.masks import apply_masks
     from jaxprune._src.sparse_optax import sparse_optimizer
-    from jaxprune._src.train import TrainState, make_train_step, evaluate, sgdw, xla_flops
+    from jaxprune._src.train import TrainState, evaluate, make_train_step, sgdw, xla_flops
 
     model, variables = loaded.model, loaded.variables
     params = variables["params"]
@@ -187,16 +233,27 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
     else:
         template = {"opt_state": jax.eval_shape(tx.init, params)}
         ck = restore_checkpoint(ts_dir, resume_step, template=template, items=["params", "opt_state", "data_state"])
-        state = TrainState(ck.params["params"], {k: v for k, v in ck.params.items() if k != "params"},
-                           ck.opt_state, jnp.asarray(resume_step, jnp.int32))
+        state = TrainState(
+            ck.params["params"],
+            {k: v for k, v in ck.params.items() if k != "params"},
+            ck.opt_state,
+            jnp.asarray(resume_step, jnp.int32),
+        )
         d = ck.data_state
         history, best_acc, best_step, bad_evals = d["history"], d["best_accuracy"], d["best_step"], d["bad_evals"]
         start = resume_step
         for s in checkpoint_steps(ck_dir, committed=False):  # best checkpoints of the lost part of the run
             if s > resume_step:
                 shutil.rmtree(os.path.join(ck_dir, str(s)), ignore_errors=True)
-    it = batches(train_ds, cfg.batch_size, seed=cfg.seed, shuffle=True, epochs=None,
-                 crop_padding=4 if cfg.augment else 0, flip=cfg.augment)
+    it = batches(
+        train_ds,
+        cfg.batch_size,
+        seed=cfg.seed,
+        shuffle=True,
+        epochs=None,
+        crop_padding=4 if cfg.augment else 0,
+        flip=cfg.augment,
+    )
     it = itertools.islice(it, start, None)
     batch = next(it)
     step_fn = make_train_step(model, tx, cfg.label_smoothing)
@@ -207,11 +264,23 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
         return dataclasses.replace(loaded, variables={"params": st.params, **st.model_state})
 
     def save_state(st, step, finished):
-        data_state = dict(run=run_config, history=history, best_accuracy=best_acc, best_step=best_step,
-                          bad_evals=bad_evals, finished=finished)
+        data_state = dict(
+            run=run_config,
+            history=history,
+            best_accuracy=best_acc,
+            best_step=best_step,
+            bad_evals=bad_evals,
+            finished=finished,
+        )
         with SparseCheckpointer(ts_dir, max_to_keep=1, async_=False) as ckpt:
-            ckpt.save(step, params=current(st).variables, masks=loaded.masks, opt_state=st.opt_state,
-                      data_state=data_state, overwrite=True)
+            ckpt.save(
+                step,
+                params=current(st).variables,
+                masks=loaded.masks,
+                opt_state=st.opt_state,
+                data_state=data_state,
+                overwrite=True,
+            )
 
     eval_every = cfg.eval_every or cfg.steps
     save_every = save_every or eval_every
@@ -233,8 +302,13 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
                 history.append({"step": step, "train_loss": float(metrics["loss"]), **ev})
                 if ev["accuracy"] > best_acc:
                     best_acc, best_step, bad_evals = ev["accuracy"], step, 0
-                    common.save_model(ck_dir, step, current(state), overwrite=True,
-                                      data_state={"source": loaded.source, "step": step, "dev_accuracy": best_acc})
+                    common.save_model(
+                        ck_dir,
+                        step,
+                        current(state),
+                        overwrite=True,
+                        data_state={"source": loaded.source, "step": step, "dev_accuracy": best_acc},
+                    )
                 else:
                     bad_evals += 1
                     early = cfg.patience is not None and bad_evals > cfg.patience
@@ -250,16 +324,29 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
     bar.close()
     finished = step == cfg.steps or early
     if dev_ds is None and finished:
-        common.save_model(ck_dir, step, current(state), overwrite=True, data_state={"source": loaded.source,
-                                                                                      "step": step})
+        common.save_model(
+            ck_dir, step, current(state), overwrite=True, data_state={"source": loaded.source, "step": step}
+        )
     final = current(state)
-    summary = dict(source=loaded.source, kind=loaded.kind, run=run_config, step=step, steps=cfg.steps,
-                   finished=finished, early_stopped=early, interrupted=interrupted, steps_this_run=step - start,
-                   best_step=best_step if dev_ds is not None else step,
-                   best_dev_accuracy=best_acc if dev_ds is not None and best_acc >= 0 else None, history=history,
-                   step_flops=step_flops, step_ms=1e3 * float(np.median(times[1:] or times or [0.0])),
-                   seconds=time.perf_counter() - t0, final=common.model_stats(final),
-                   model_config=final.model_config)
+    summary = dict(
+        source=loaded.source,
+        kind=loaded.kind,
+        run=run_config,
+        step=step,
+        steps=cfg.steps,
+        finished=finished,
+        early_stopped=early,
+        interrupted=interrupted,
+        steps_this_run=step - start,
+        best_step=best_step if dev_ds is not None else step,
+        best_dev_accuracy=best_acc if dev_ds is not None and best_acc >= 0 else None,
+        history=history,
+        step_flops=step_flops,
+        step_ms=1e3 * float(np.median(times[1:] or times or [0.0])),
+        seconds=time.perf_counter() - t0,
+        final=common.model_stats(final),
+        model_config=final.model_config,
+    )
     common.write_json(os.path.join(out, "summary.json"), summary)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(summary_markdown(summary))
@@ -269,14 +356,32 @@ def finetune(loaded: LoadedModel, train_ds, dev_ds, cfg, out: str, *, run_config
 def summary_markdown(s: dict) -> str:
     state = "finished" if s["finished"] else f"stopped at step {s['step']} of {s['steps']} (rerun to resume)"
     best = "-" if s["best_dev_accuracy"] is None else f"{s['best_dev_accuracy']:.4f}"
-    lines = [f"# jaxprune finetune: {s['kind']} model, {state}", "", f"source: `{s['source']}`", "",
-             f"best dev accuracy {best} "
-             f"at step {s['best_step']}; train step {s['step_ms']:.1f} ms, {common.fmt_count(s['step_flops'])} "
-             f"XLA FLOPs; sparsity {s['final']['sparsity']:.1%}, params {s['final']['params']:,}", ""]
+    lines = [
+        f"# jaxprune finetune: {s['kind']} model, {state}",
+        "",
+        f"source: `{s['source']}`",
+        "",
+        f"best dev accuracy {best} "
+        f"at step {s['best_step']}; train step {s['step_ms']:.1f} ms, {common.fmt_count(s['step_flops'])} "
+        f"XLA FLOPs; sparsity {s['final']['sparsity']:.1%}, params {s['final']['params']:,}",
+        "",
+    ]
     if s["history"]:
-        lines.append(common.markdown_table(["step", "train loss", "dev top-1", "dev top-5", "dev loss"], [
-            [h["step"], f"{h['train_loss']:.4f}", f"{h['accuracy']:.4f}", f"{h['top5']:.4f}", f"{h['loss']:.4f}"]
-            for h in s["history"]]))
+        lines.append(
+            common.markdown_table(
+                ["step", "train loss", "dev top-1", "dev top-5", "dev loss"],
+                [
+                    [
+                        h["step"],
+                        f"{h['train_loss']:.4f}",
+                        f"{h['accuracy']:.4f}",
+                        f"{h['top5']:.4f}",
+                        f"{h['loss']:.4f}",
+                    ]
+                    for h in s["history"]
+                ],
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -299,24 +404,40 @@ def run(args: argparse.Namespace) -> int:
     train = common.load_data(args.dataset, args.train_split, image_size, data_dir=args.data_dir)
     dev = None
     if args.dev_split.lower() != "none":
-        dev = common.load_data(args.dataset, args.dev_split, image_size, data_dir=args.data_dir,
-                               max_examples=128 if args.quick else None)
+        dev = common.load_data(
+            args.dataset, args.dev_split, image_size, data_dir=args.data_dir, max_examples=128 if args.quick else None
+        )
     if args.model is not None:
         loaded = common.init_model(args.model, train.num_classes, image_size, cfg.seed, model_args)
     common.check_classes(loaded, train.num_classes, args.dataset)
     if len(train) < cfg.batch_size:
         raise CliError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train)} examples)")
-    run_config = dict(source=os.path.abspath(args.checkpoint) if args.checkpoint else f"init:{args.model}",
-                      model_args=model_args, dataset=args.dataset, train_split=args.train_split,
-                      dev_split=args.dev_split, image_size=image_size, train=dataclasses.asdict(cfg))
+    run_config = dict(
+        source=os.path.abspath(args.checkpoint) if args.checkpoint else f"init:{args.model}",
+        model_args=model_args,
+        dataset=args.dataset,
+        train_split=args.train_split,
+        dev_split=args.dev_split,
+        image_size=image_size,
+        train=dataclasses.asdict(cfg),
+    )
     resume = find_resume(args.out, run_config, args.overwrite)
     if resume is None:
         common.prepare_out_dir(args.out, args.overwrite)
     else:
         print(f"resuming the run in {args.out} from step {resume}")
-    s = finetune(loaded, train, dev, cfg, args.out, run_config=run_config, resume_step=resume,
-                 save_every=args.save_every, max_steps_this_run=args.max_steps_this_run,
-                 progress=not args.no_progress)
+    s = finetune(
+        loaded,
+        train,
+        dev,
+        cfg,
+        args.out,
+        run_config=run_config,
+        resume_step=resume,
+        save_every=args.save_every,
+        max_steps_this_run=args.max_steps_this_run,
+        progress=not args.no_progress,
+    )
     print(summary_markdown(s))
     if s["finished"]:
         print(f"wrote {os.path.join(args.out, CHECKPOINT)} (best dev model), summary.json, summary.md")

@@ -50,6 +50,7 @@ def sparse_methods() -> tuple[str, ...]:
     """Score names ``jaxprune.prune`` knows (built-in and registered with ``jaxprune.register_score``)."""
     import jaxprune  # noqa: F401  (registers the zero-shot scores)
     from jaxprune._src.scores import SCORE_FNS
+
     return tuple(sorted(SCORE_FNS))
 
 
@@ -140,8 +141,9 @@ def load_recipe(path: str | None, overrides: Sequence[str] = ()) -> Recipe:
 def _rules(value: Any, name: str) -> tuple | None:
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)) or not all(isinstance(r, (list, tuple)) and len(r) == 2
-                                                       and isinstance(r[0], str) for r in value):
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], str) for r in value
+    ):
         raise CliError(f"recipe field {name!r} must be a list of [regex, value] pairs, got {value!r}")
     for r in value:
         try:
@@ -194,7 +196,7 @@ def recipe_from_dict(config: dict, overrides: Sequence[str] = ()) -> Recipe:
         if kind != "structured":
             raise CliError("recipe field 'budget' applies to kind 'structured' only")
         if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in ("flops", "param_bytes"):
-            raise CliError(f"recipe field 'budget' must be {{\"flops\": f}} or {{\"param_bytes\": f}}, got {budget!r}")
+            raise CliError(f'recipe field \'budget\' must be {{"flops": f}} or {{"param_bytes": f}}, got {budget!r}')
         key, value = next(iter(budget.items()))
         kw["budget"] = {key: _fraction(value, f"budget.{key}", hi_open=False)}
     for name in ("n", "m", "round_to", "min_keep", "seed", "calibration_examples"):
@@ -217,8 +219,11 @@ def recipe_from_dict(config: dict, overrides: Sequence[str] = ()) -> Recipe:
         raise CliError(f"N:M needs 0 < n <= m, got n={kw.get('n', 2)}, m={kw.get('m', 4)}")
     if "block" in kw:
         kw["block"] = tuple(kw["block"]) if isinstance(kw["block"], (list, tuple)) else kw["block"]
-        if not (isinstance(kw["block"], tuple) and len(kw["block"]) == 2
-                and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in kw["block"])):
+        if not (
+            isinstance(kw["block"], tuple)
+            and len(kw["block"]) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in kw["block"])
+        ):
             raise CliError(f"recipe field 'block' must be [rows, cols] (positive integers), got {config['block']!r}")
     for name in ("ignore", "kinds"):
         if kw.get(name) is not None:
@@ -254,10 +259,23 @@ def apply_recipe(recipe: Recipe, loaded: LoadedModel, *, grads=None) -> LoadedMo
 def _sparse(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     import jaxprune as jp
     from jaxprune._src import tree as tree_lib
+
     structure = recipe.kind
-    kw = dict(method=recipe.score, scope=recipe.scope, distribution=recipe.distribution, structure=structure,
-              prunable=recipe.prunable, rules=recipe.rules, n=recipe.n, m=recipe.m, block=recipe.block,
-              grads=grads, key=jax.random.key(recipe.seed), masks=loaded.masks, strict=True)
+    kw = dict(
+        method=recipe.score,
+        scope=recipe.scope,
+        distribution=recipe.distribution,
+        structure=structure,
+        prunable=recipe.prunable,
+        rules=recipe.rules,
+        n=recipe.n,
+        m=recipe.m,
+        block=recipe.block,
+        grads=grads,
+        key=jax.random.key(recipe.seed),
+        masks=loaded.masks,
+        strict=True,
+    )
     try:
         pruned, masks = jp.prune(loaded.variables, recipe.sparsity, **kw)
     except (ValueError, TypeError) as e:
@@ -265,8 +283,10 @@ def _sparse(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
             raise CliError(f"the recipe matches no layer (check 'prunable' and 'rules'): {e}") from None
         raise CliError(f"recipe cannot be applied: {e}") from None
     if not [m for m in jax.tree.leaves(masks) if m is not None]:
-        raise CliError("the recipe matches no layer: no parameter would be pruned (check 'prunable' and 'rules'; "
-                       f"layers: {[p for p, _ in tree_lib.leaves_with_paths(loaded.variables)][:20]})")
+        raise CliError(
+            "the recipe matches no layer: no parameter would be pruned (check 'prunable' and 'rules'; "
+            f"layers: {[p for p, _ in tree_lib.leaves_with_paths(loaded.variables)][:20]})"
+        )
     return dataclasses.replace(loaded, variables=pruned, masks=masks, kind="sparse", plan=None)
 
 
@@ -274,9 +294,12 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     from jaxprune import models
     from jaxprune._src.structured import flops_budget, make_plan, param_bytes_budget, shrink, trace_groups
     from jaxprune._src.structured.plan import DEFAULT_KINDS, EMPTY_HINT, eligible_groups
+
     if loaded.masks is not None:
-        raise CliError("structured pruning of a sparse (masked) checkpoint is not supported: start from the "
-                       "dense or a shrunk checkpoint")
+        raise CliError(
+            "structured pruning of a sparse (masked) checkpoint is not supported: start from the "
+            "dense or a shrunk checkpoint"
+        )
     model, variables = loaded.model, loaded.variables
     try:
         graph = trace_groups(apply_fn(model), variables, model.example_input(1))
@@ -285,8 +308,10 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
     kinds = recipe.kinds if recipe.kinds is not None else DEFAULT_KINDS
     eligible = eligible_groups(graph, kinds, recipe.ignore)
     if not eligible:
-        raise CliError(f"the recipe matches no layer: no prunable group of kinds {list(kinds)} is left "
-                       f"(ignore={list(recipe.ignore or ())})")
+        raise CliError(
+            f"the recipe matches no layer: no prunable group of kinds {list(kinds)} is left "
+            f"(ignore={list(recipe.ignore or ())})"
+        )
     names = [m.path for g in graph.groups if g.prunable for m in (g.roots or g.members)]
     for rx in [r for r, _ in recipe.rules or ()] + list(recipe.ignore or ()):
         if not any(re.search(rx, n) for n in names):
@@ -298,12 +323,24 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
             raise CliError("structured 'rules' need scope 'layerwise'")
     budget = None
     if recipe.budget:
-        (bkind, frac), = recipe.budget.items()
+        ((bkind, frac),) = recipe.budget.items()
         budget = (flops_budget if bkind == "flops" else param_bytes_budget)(frac, relative=True)
     try:
-        plan = make_plan(variables, graph, ratio, scope=recipe.scope, method=recipe.score, grads=grads,
-                         key=jax.random.key(recipe.seed), round_to=recipe.round_to, min_keep=recipe.min_keep,
-                         max_ratio=recipe.max_ratio, ignore=recipe.ignore, kinds=kinds, budget=budget)
+        plan = make_plan(
+            variables,
+            graph,
+            ratio,
+            scope=recipe.scope,
+            method=recipe.score,
+            grads=grads,
+            key=jax.random.key(recipe.seed),
+            round_to=recipe.round_to,
+            min_keep=recipe.min_keep,
+            max_ratio=recipe.max_ratio,
+            ignore=recipe.ignore,
+            kinds=kinds,
+            budget=budget,
+        )
         small = shrink(variables, plan)
         small_model = models.rebuild(model, small)
     except (ValueError, TypeError) as e:

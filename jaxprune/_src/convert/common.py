@@ -91,7 +91,7 @@ def strip_prefix(state_dict: StateDict, prefix: str) -> dict[str, Any]:
     >>> strip_prefix({'bert.a': 1, 'cls.b': 2}, 'bert.')
     {'a': 1, 'cls.b': 2}
     """
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -162,17 +162,27 @@ def _set(tree: dict, path: str, value: Any) -> None:
 def _check_weight(raw: np.ndarray, key: str, dst: str, what: str) -> None:
     """Raises naming ``key`` if a used source array is not floating point or holds NaN/inf."""
     if not jax.numpy.issubdtype(raw.dtype, jax.numpy.floating):  # (bfloat16 counts as floating)
-        raise TypeError(f"{what}: key {key!r} (for {dst}) has dtype {raw.dtype}; weights must be floating "
-                        "point (an integer/bool tensor here is a wrong or quantized checkpoint)")
+        raise TypeError(
+            f"{what}: key {key!r} (for {dst}) has dtype {raw.dtype}; weights must be floating "
+            "point (an integer/bool tensor here is a wrong or quantized checkpoint)"
+        )
     if raw.size and not np.isfinite(raw).all():
         n_nan, n_inf = int(np.isnan(raw).sum()), int(np.isinf(raw).sum())
-        raise ValueError(f"{what}: key {key!r} (for {dst}) holds {n_nan} NaN and {n_inf} inf value(s); "
-                         "the checkpoint is corrupted or diverged")
+        raise ValueError(
+            f"{what}: key {key!r} (for {dst}) holds {n_nan} NaN and {n_inf} inf value(s); "
+            "the checkpoint is corrupted or diverged"
+        )
 
 
-def assemble(source: StateDict, entries: Iterable[Entry],
-             expected: Mapping[str, tuple[int, ...]] | Callable[[], Mapping[str, tuple[int, ...]]] | None = None,
-             *, ignore: Sequence[str] = (), what: str = "checkpoint", dtype: Any = None) -> dict:
+def assemble(
+    source: StateDict,
+    entries: Iterable[Entry],
+    expected: Mapping[str, tuple[int, ...]] | Callable[[], Mapping[str, tuple[int, ...]]] | None = None,
+    *,
+    ignore: Sequence[str] = (),
+    what: str = "checkpoint",
+    dtype: Any = None,
+) -> dict:
     """Builds a nested Flax variables dict from ``source`` according to ``entries``, with full checking.
 
     Args:
@@ -200,8 +210,9 @@ def assemble(source: StateDict, entries: Iterable[Entry],
     ig = [re.compile(r) for r in ignore]
     unexpected = sorted(k for k in source if k not in used and not any(r.search(k) for r in ig))
     if unexpected:
-        raise ValueError(f"{what}: {len(unexpected)} unexpected key(s) not used by the converter: "
-                         f"{_listing(unexpected)}")
+        raise ValueError(
+            f"{what}: {len(unexpected)} unexpected key(s) not used by the converter: {_listing(unexpected)}"
+        )
     if callable(expected):
         expected = expected()
     out: dict = {}
@@ -211,8 +222,9 @@ def assemble(source: StateDict, entries: Iterable[Entry],
         try:
             arr = np.asarray(e.fn(raw))
         except Exception as err:
-            raise ValueError(f"{what}: key {e.src!r} with shape {raw.shape} cannot be converted to {e.dst}: "
-                             f"{err}") from None
+            raise ValueError(
+                f"{what}: key {e.src!r} with shape {raw.shape} cannot be converted to {e.dst}: {err}"
+            ) from None
         if dtype is not None:
             arr = arr.astype(dtype)
         elif arr.dtype == np.float64:
@@ -244,10 +256,12 @@ def model_shapes(model: Any, *args: Any, **kwargs: Any) -> dict[str, tuple[int, 
 
 def attn_out_kernel(heads: int) -> Callable[[np.ndarray], np.ndarray]:
     """Converter of an attention output weight ``(D, H*Dh)`` (torch layout) to ``(H, Dh, D)``."""
+
     def fn(w: np.ndarray) -> np.ndarray:
         if w.ndim != 2 or w.shape[1] % heads:
             raise ValueError(f"expected an attention output weight (D, H*Dh) with H={heads}, got shape {w.shape}")
         return w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
+
     return fn
 
 
@@ -258,8 +272,10 @@ def layer_norm_entries(flax: str, torch: str) -> list[Entry]:
 
 def dense_entries(flax: str, torch: str) -> list[Entry]:
     """torch Linear ``weight (out, in)``/``bias`` -> Flax Dense ``kernel (in, out)``/``bias``."""
-    return [Entry(f"params/{flax}/kernel", f"{torch}.weight", linear_kernel),
-            Entry(f"params/{flax}/bias", f"{torch}.bias")]
+    return [
+        Entry(f"params/{flax}/kernel", f"{torch}.weight", linear_kernel),
+        Entry(f"params/{flax}/bias", f"{torch}.bias"),
+    ]
 
 
 def count_layers(state_dict: Mapping[str, Any], prefix: str, what: str) -> int:

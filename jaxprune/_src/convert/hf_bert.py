@@ -38,16 +38,33 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxprune._src.convert.common import (Entry, assemble, attn_out_kernel, count_layers, dense_entries,
-                                          layer_norm_entries, linear_kernel, model_shapes, to_numpy)
+from jaxprune._src.convert.common import (
+    Entry,
+    assemble,
+    attn_out_kernel,
+    count_layers,
+    dense_entries,
+    layer_norm_entries,
+    linear_kernel,
+    model_shapes,
+    to_numpy,
+)
 from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["hf_bert_config", "convert_hf_bert", "from_hf_bert", "flax_to_hf_bert", "normalize_hf_bert_keys"]
 
 DEFAULT_IGNORE = (r"(^|\.)position_ids$", r"^cls\.")
 
-_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+)
 
 
 def normalize_hf_bert_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,7 +75,7 @@ def normalize_hf_bert_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """
     out = {}
     for k, v in state_dict.items():
-        k2 = k[len("bert."):] if k.startswith("bert.") else k
+        k2 = k[len("bert.") :] if k.startswith("bert.") else k
         k2 = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", k2)
         k2 = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k2)
         if k2 in out:
@@ -72,6 +89,7 @@ def _heads_kernel(heads: int) -> Callable[[np.ndarray], np.ndarray]:
         if w.ndim != 2 or w.shape[0] % heads:
             raise ValueError(f"expected a (H*Dh, D) projection weight with H={heads}, got shape {w.shape}")
         return w.T.reshape(w.shape[1], heads, w.shape[0] // heads)
+
     return fn
 
 
@@ -80,19 +98,11 @@ def _heads_bias(heads: int) -> Callable[[np.ndarray], np.ndarray]:
         if b.ndim != 1 or b.shape[0] % heads:
             raise ValueError(f"expected a (H*Dh,) projection bias with H={heads}, got shape {b.shape}")
         return b.reshape(heads, b.shape[0] // heads)
+
     return fn
 
 
-
-
-
-
-
-
-
-
-def hf_bert_config(state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None,
-                   **overrides: Any) -> dict:
+def hf_bert_config(state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None, **overrides: Any) -> dict:
     """Keyword arguments of :class:`jaxprune.models.BertEncoder` from a state dict and an optional HF config dict.
 
     Values in ``config`` (a parsed ``config.json``) win over shapes; ``overrides`` win over both.
@@ -109,16 +119,27 @@ def hf_bert_config(state_dict: Mapping[str, Any], config: Mapping[str, Any] | No
     2
     """
     sd = normalize_hf_bert_keys(state_dict)
-    need = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
-            "embeddings.token_type_embeddings.weight", "encoder.layer.0.intermediate.dense.weight")
+    need = (
+        "embeddings.word_embeddings.weight",
+        "embeddings.position_embeddings.weight",
+        "embeddings.token_type_embeddings.weight",
+        "encoder.layer.0.intermediate.dense.weight",
+    )
     for k in need:
         if k not in sd:
             raise ValueError(f"HF BERT: missing key {k!r} (is this a BertModel state dict?)")
     shape = lambda k: tuple(np.shape(to_numpy(sd[k], k)))  # noqa: E731
     vocab, d = shape(need[0])
-    cfg = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=count_layers(sd, r"encoder\.layer", "HF BERT"),
-               num_attention_heads=max(1, d // 64), intermediate_size=shape(need[3])[0],
-               max_position_embeddings=shape(need[1])[0], type_vocab_size=shape(need[2])[0], layer_norm_eps=1e-12)
+    cfg = dict(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=count_layers(sd, r"encoder\.layer", "HF BERT"),
+        num_attention_heads=max(1, d // 64),
+        intermediate_size=shape(need[3])[0],
+        max_position_embeddings=shape(need[1])[0],
+        type_vocab_size=shape(need[2])[0],
+        layer_norm_eps=1e-12,
+    )
     if config is not None:
         act = config.get("hidden_act", "gelu")
         if act not in ("gelu",):
@@ -137,28 +158,39 @@ def hf_bert_config(state_dict: Mapping[str, Any], config: Mapping[str, Any] | No
 
 def _entries(num_layers: int, heads: int, pooler: bool) -> list[Entry]:
     e = "embeddings"
-    entries = [Entry(f"params/{e}/{n}/embedding", f"{e}.{n}.weight")
-               for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+    entries = [
+        Entry(f"params/{e}/{n}/embedding", f"{e}.{n}.weight")
+        for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ]
     entries += layer_norm_entries(f"{e}/LayerNorm", f"{e}.LayerNorm")
     for i in range(num_layers):
         t, f = f"encoder.layer.{i}", f"layer_{i}"
         for n in ("query", "key", "value"):
-            entries += [Entry(f"params/{f}/attention/{n}/kernel", f"{t}.attention.self.{n}.weight",
-                              _heads_kernel(heads)),
-                        Entry(f"params/{f}/attention/{n}/bias", f"{t}.attention.self.{n}.bias", _heads_bias(heads))]
-        entries += [Entry(f"params/{f}/attention/out/kernel", f"{t}.attention.output.dense.weight",
-                          attn_out_kernel(heads)),
-                    Entry(f"params/{f}/attention/out/bias", f"{t}.attention.output.dense.bias")]
+            entries += [
+                Entry(f"params/{f}/attention/{n}/kernel", f"{t}.attention.self.{n}.weight", _heads_kernel(heads)),
+                Entry(f"params/{f}/attention/{n}/bias", f"{t}.attention.self.{n}.bias", _heads_bias(heads)),
+            ]
+        entries += [
+            Entry(f"params/{f}/attention/out/kernel", f"{t}.attention.output.dense.weight", attn_out_kernel(heads)),
+            Entry(f"params/{f}/attention/out/bias", f"{t}.attention.output.dense.bias"),
+        ]
         entries += layer_norm_entries(f"{f}/attention_norm", f"{t}.attention.output.LayerNorm")
-        entries += dense_entries(f"{f}/mlp/fc1", f"{t}.intermediate.dense") + dense_entries(f"{f}/mlp/fc2", f"{t}.output.dense")
+        entries += dense_entries(f"{f}/mlp/fc1", f"{t}.intermediate.dense") + dense_entries(
+            f"{f}/mlp/fc2", f"{t}.output.dense"
+        )
         entries += layer_norm_entries(f"{f}/output_norm", f"{t}.output.LayerNorm")
     if pooler:
         entries += dense_entries("pooler", "pooler.dense")
     return entries
 
 
-def convert_hf_bert(state_dict: Mapping[str, Any], model: Any = None, *, config: Mapping[str, Any] | None = None,
-                    ignore: Sequence[str] = DEFAULT_IGNORE) -> dict:
+def convert_hf_bert(
+    state_dict: Mapping[str, Any],
+    model: Any = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    ignore: Sequence[str] = DEFAULT_IGNORE,
+) -> dict:
     """Flax variables ``{'params': ...}`` for a :class:`~jaxprune.models.BertEncoder` from a HF BERT state dict.
 
     ``model`` defaults to the encoder described by :func:`hf_bert_config`
@@ -175,8 +207,9 @@ def convert_hf_bert(state_dict: Mapping[str, Any], model: Any = None, *, config:
     return assemble(sd, entries, lambda: model_shapes(model), ignore=ignore, what="HF BERT state dict")
 
 
-def from_hf_bert(state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None,
-                 **overrides: Any) -> tuple[Any, dict]:
+def from_hf_bert(
+    state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None, **overrides: Any
+) -> tuple[Any, dict]:
     """``(model, variables)`` for a HF BERT state dict (e.g. ``safetensors.numpy.load_file('model.safetensors')``).
 
     ``model.apply(variables, input_ids, attention_mask)`` returns

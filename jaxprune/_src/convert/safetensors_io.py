@@ -43,12 +43,15 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return dict(stn.load_file(path))
     except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError on bad files
         size = os.path.getsize(path)
-        raise ValueError(f"{path!r} ({size} bytes) is not a valid .safetensors file (truncated or corrupted?): "
-                         f"{type(e).__name__}: {str(e)[:300]}") from None
+        raise ValueError(
+            f"{path!r} ({size} bytes) is not a valid .safetensors file (truncated or corrupted?): "
+            f"{type(e).__name__}: {str(e)[:300]}"
+        ) from None
 
 
-def save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
-                     metadata: Mapping[str, str] | None = None) -> None:
+def save_safetensors(
+    tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> None:
     """Writes ``{name: array}`` (NumPy / JAX arrays or torch tensors) to a ``.safetensors`` file."""
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict_to_numpy(tensors).items()}
     _require_safetensors().save_file(arrays, os.fspath(path), metadata=dict(metadata) if metadata else None)
@@ -62,17 +65,21 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading {os.fspath(path)!r} needs PyTorch (optional extra): "
-                          "pip install 'jaxprune[torch]', or convert it to .safetensors") from e
+        raise ImportError(
+            f"reading {os.fspath(path)!r} needs PyTorch (optional extra): "
+            "pip install 'jaxprune[torch]', or convert it to .safetensors"
+        ) from e
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"no torch checkpoint at {p!r}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        raise ValueError(f"{p!r} ({os.path.getsize(p)} bytes) is not a readable torch checkpoint (truncated, "
-                         f"corrupted, or not a state dict saved with torch.save): {type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+        raise ValueError(
+            f"{p!r} ({os.path.getsize(p)} bytes) is not a readable torch checkpoint (truncated, "
+            f"corrupted, or not a state dict saved with torch.save): {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -89,5 +96,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return load_safetensors(p)
     if ext in (".pt", ".pth", ".bin", ".ckpt"):
         return load_torch_state_dict(p)
-    raise ValueError(f"load_state_dict: unknown checkpoint extension {ext!r} of {p!r} "
-                     "(expected .safetensors, .pt, .pth, .bin or .ckpt)")
+    raise ValueError(
+        f"load_state_dict: unknown checkpoint extension {ext!r} of {p!r} "
+        "(expected .safetensors, .pt, .pth, .bin or .ckpt)"
+    )

@@ -39,8 +39,18 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from jaxprune._src.convert.common import (Entry, assemble, attn_out_kernel, conv_kernel, count_layers, dense_entries,
-                                          layer_norm_entries, linear_kernel, model_shapes, to_numpy)
+from jaxprune._src.convert.common import (
+    Entry,
+    assemble,
+    attn_out_kernel,
+    conv_kernel,
+    count_layers,
+    dense_entries,
+    layer_norm_entries,
+    linear_kernel,
+    model_shapes,
+    to_numpy,
+)
 from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["timm_vit_config", "convert_timm_vit", "from_timm_vit", "flax_to_timm_vit", "STANDARD_VIT_HEADS"]
@@ -49,8 +59,10 @@ __all__ = ["timm_vit_config", "convert_timm_vit", "from_timm_vit", "flax_to_timm
 STANDARD_VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 _UNSUPPORTED = {
-    "reg_token": "register tokens", "fc_norm.weight": "fc_norm (average pooling head)",
-    "blocks.0.ls1.gamma": "layer scale", "dist_token": "a distillation token (DeiT distilled)",
+    "reg_token": "register tokens",
+    "fc_norm.weight": "fc_norm (average pooling head)",
+    "blocks.0.ls1.gamma": "layer scale",
+    "dist_token": "a distillation token (DeiT distilled)",
 }
 
 
@@ -59,7 +71,8 @@ def _qkv_kernel(j: int, heads: int) -> Callable[[np.ndarray], np.ndarray]:
         if w.ndim != 2 or w.shape[0] % 3 or (w.shape[0] // 3) % heads:
             raise ValueError(f"expected a fused qkv weight (3*H*Dh, D) with H={heads}, got shape {w.shape}")
         n = w.shape[0] // 3
-        return w[j * n:(j + 1) * n].T.reshape(w.shape[1], heads, n // heads)
+        return w[j * n : (j + 1) * n].T.reshape(w.shape[1], heads, n // heads)
+
     return fn
 
 
@@ -68,16 +81,9 @@ def _qkv_bias(j: int, heads: int) -> Callable[[np.ndarray], np.ndarray]:
         if b.ndim != 1 or b.shape[0] % 3 or (b.shape[0] // 3) % heads:
             raise ValueError(f"expected a fused qkv bias (3*H*Dh,) with H={heads}, got shape {b.shape}")
         n = b.shape[0] // 3
-        return b[j * n:(j + 1) * n].reshape(heads, n // heads)
+        return b[j * n : (j + 1) * n].reshape(heads, n // heads)
+
     return fn
-
-
-
-
-
-
-
-
 
 
 def timm_vit_config(state_dict: Mapping[str, Any], num_heads: int | None = None, **overrides: Any) -> dict:
@@ -100,33 +106,48 @@ def timm_vit_config(state_dict: Mapping[str, Any], num_heads: int | None = None,
     n_tokens = int(np.shape(to_numpy(state_dict["pos_embed"]))[1])
     side = math.isqrt(n_tokens - 1)
     if side * side != n_tokens - 1:
-        raise ValueError(f"timm ViT: pos_embed has {n_tokens} tokens, not 1 + a square number of patches "
-                         "(only square images with a class token are supported)")
+        raise ValueError(
+            f"timm ViT: pos_embed has {n_tokens} tokens, not 1 + a square number of patches "
+            "(only square images with a class token are supported)"
+        )
     if num_heads is None:
         if d not in STANDARD_VIT_HEADS:
-            raise ValueError(f"timm ViT: embedding width {d} is not a standard ViT size "
-                             f"{sorted(STANDARD_VIT_HEADS)}; pass num_heads")
+            raise ValueError(
+                f"timm ViT: embedding width {d} is not a standard ViT size {sorted(STANDARD_VIT_HEADS)}; pass num_heads"
+            )
         num_heads = STANDARD_VIT_HEADS[d]
-    cfg = dict(image_size=side * p, patch_size=p, hidden_size=d, num_layers=count_layers(state_dict, "blocks", "timm ViT"),
-               num_heads=int(num_heads), mlp_dim=int(np.shape(to_numpy(state_dict["blocks.0.mlp.fc1.weight"]))[0]),
-               num_classes=int(np.shape(to_numpy(state_dict["head.weight"]))[0]), in_channels=c,
-               layer_norm_eps=1e-6)
+    cfg = dict(
+        image_size=side * p,
+        patch_size=p,
+        hidden_size=d,
+        num_layers=count_layers(state_dict, "blocks", "timm ViT"),
+        num_heads=int(num_heads),
+        mlp_dim=int(np.shape(to_numpy(state_dict["blocks.0.mlp.fc1.weight"]))[0]),
+        num_classes=int(np.shape(to_numpy(state_dict["head.weight"]))[0]),
+        in_channels=c,
+        layer_norm_eps=1e-6,
+    )
     cfg.update(overrides)
     return cfg
 
 
 def _entries(num_layers: int, heads: int) -> list[Entry]:
-    entries = [Entry("params/cls_token", "cls_token"), Entry("params/pos_embedding", "pos_embed"),
-               Entry("params/patch_embed/kernel", "patch_embed.proj.weight", conv_kernel),
-               Entry("params/patch_embed/bias", "patch_embed.proj.bias")]
+    entries = [
+        Entry("params/cls_token", "cls_token"),
+        Entry("params/pos_embedding", "pos_embed"),
+        Entry("params/patch_embed/kernel", "patch_embed.proj.weight", conv_kernel),
+        Entry("params/patch_embed/bias", "patch_embed.proj.bias"),
+    ]
     for i in range(num_layers):
         t, f = f"blocks.{i}", f"encoder_{i}"
         entries += layer_norm_entries(f"{f}/ln1", f"{t}.norm1") + layer_norm_entries(f"{f}/ln2", f"{t}.norm2")
         for j, name in enumerate(("query", "key", "value")):
             entries.append(Entry(f"params/{f}/attn/{name}/kernel", f"{t}.attn.qkv.weight", _qkv_kernel(j, heads)))
             entries.append(Entry(f"params/{f}/attn/{name}/bias", f"{t}.attn.qkv.bias", _qkv_bias(j, heads)))
-        entries += [Entry(f"params/{f}/attn/out/kernel", f"{t}.attn.proj.weight", attn_out_kernel(heads)),
-                    Entry(f"params/{f}/attn/out/bias", f"{t}.attn.proj.bias")]
+        entries += [
+            Entry(f"params/{f}/attn/out/kernel", f"{t}.attn.proj.weight", attn_out_kernel(heads)),
+            Entry(f"params/{f}/attn/out/bias", f"{t}.attn.proj.bias"),
+        ]
         entries += dense_entries(f"{f}/mlp/fc1", f"{t}.mlp.fc1") + dense_entries(f"{f}/mlp/fc2", f"{t}.mlp.fc2")
     entries += layer_norm_entries("norm", "norm") + dense_entries("head", "head")
     return entries
@@ -143,12 +164,12 @@ def convert_timm_vit(state_dict: Mapping[str, Any], model: Any = None, *, num_he
 
         model = ViT(**timm_vit_config(state_dict, num_heads))
     heads = model.num_heads
-    return assemble(state_dict, _entries(model.num_layers, heads), lambda: model_shapes(model),
-                    what="timm ViT state dict")
+    return assemble(
+        state_dict, _entries(model.num_layers, heads), lambda: model_shapes(model), what="timm ViT state dict"
+    )
 
 
-def from_timm_vit(state_dict: Mapping[str, Any], num_heads: int | None = None,
-                  **overrides: Any) -> tuple[Any, dict]:
+def from_timm_vit(state_dict: Mapping[str, Any], num_heads: int | None = None, **overrides: Any) -> tuple[Any, dict]:
     """``(model, variables)`` for a timm ViT state dict, e.g. ``timm.create_model('vit_tiny_patch16_224')``.
 
     Inputs of the Flax model are NHWC (``x_nchw.transpose(0, 2, 3, 1)``).

@@ -36,17 +36,24 @@ import numpy as np
 from jaxprune._src.convert.common import Entry, assemble, conv_kernel, linear_kernel, model_shapes, to_numpy
 from jaxprune._src.tree import leaves_with_paths
 
-__all__ = ["torchvision_resnet_config", "convert_torchvision_resnet", "from_torchvision_resnet",
-           "flax_to_torchvision_resnet"]
+__all__ = [
+    "torchvision_resnet_config",
+    "convert_torchvision_resnet",
+    "from_torchvision_resnet",
+    "flax_to_torchvision_resnet",
+]
 
 _IGNORE = (r"num_batches_tracked$",)
 _BLOCK_RE = re.compile(r"^layer(\d+)\.(\d+)\.")
 
 
 def _bn_entries(flax: str, torch: str) -> list[Entry]:
-    return [Entry(f"params/{flax}/scale", f"{torch}.weight"), Entry(f"params/{flax}/bias", f"{torch}.bias"),
-            Entry(f"batch_stats/{flax}/mean", f"{torch}.running_mean"),
-            Entry(f"batch_stats/{flax}/var", f"{torch}.running_var")]
+    return [
+        Entry(f"params/{flax}/scale", f"{torch}.weight"),
+        Entry(f"params/{flax}/bias", f"{torch}.bias"),
+        Entry(f"batch_stats/{flax}/mean", f"{torch}.running_mean"),
+        Entry(f"batch_stats/{flax}/var", f"{torch}.running_var"),
+    ]
 
 
 def _block_layout(state_dict: Mapping[str, Any]) -> dict[int, int]:
@@ -91,10 +98,16 @@ def torchvision_resnet_config(state_dict: Mapping[str, Any], **overrides: Any) -
         if k not in state_dict:
             raise ValueError(f"torchvision ResNet: missing key {k!r}")
         stage_widths.append(int(np.shape(to_numpy(state_dict[k], k))[0]))
-    cfg = dict(stage_sizes=tuple(layout.values()), block="bottleneck" if bottleneck else "basic",
-               stage_widths=tuple(stage_widths), stem_width=int(conv1.shape[0]), in_channels=int(conv1.shape[1]),
-               num_classes=int(np.shape(to_numpy(state_dict["fc.weight"]))[0]),
-               small_input=conv1.shape[-1] == 3, image_size=224)
+    cfg = dict(
+        stage_sizes=tuple(layout.values()),
+        block="bottleneck" if bottleneck else "basic",
+        stage_widths=tuple(stage_widths),
+        stem_width=int(conv1.shape[0]),
+        in_channels=int(conv1.shape[1]),
+        num_classes=int(np.shape(to_numpy(state_dict["fc.weight"]))[0]),
+        small_input=conv1.shape[-1] == 3,
+        image_size=224,
+    )
     cfg.update(overrides)
     return cfg
 
@@ -134,8 +147,13 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any], model: Any = None)
         from jaxprune.models import ResNet
 
         model = ResNet(**torchvision_resnet_config(state_dict))
-    return assemble(state_dict, _entries(state_dict), lambda: model_shapes(model), ignore=_IGNORE,
-                    what="torchvision ResNet state dict")
+    return assemble(
+        state_dict,
+        _entries(state_dict),
+        lambda: model_shapes(model),
+        ignore=_IGNORE,
+        what="torchvision ResNet state dict",
+    )
 
 
 def from_torchvision_resnet(state_dict: Mapping[str, Any], **overrides: Any) -> tuple[Any, dict]:

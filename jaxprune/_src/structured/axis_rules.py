@@ -63,9 +63,12 @@ def reduction(w, eqn, ins, outs, key):
             if shape[ax] > 1 and through:
                 w.flag(b + ax, "norm")  # prunable: the shrunk model sums over the kept channels
             elif shape[ax] > 1:
-                w.mark(b + ax, f"reduced over by {eqn.primitive.name} (a norm's statistics, a pooling or "
-                               f"max over features: shrinking would change the result, "
-                               f"trace_groups(..., through_norms=True) allows it for reduce_sum)")
+                w.mark(
+                    b + ax,
+                    f"reduced over by {eqn.primitive.name} (a norm's statistics, a pooling or "
+                    f"max over features: shrinking would change the result, "
+                    f"trace_groups(..., through_norms=True) allows it for reduce_sum)",
+                )
         else:
             w.union(b + ax, o + j)
             j += 1
@@ -95,8 +98,12 @@ def track_normalizer(w, eqn, ins, outs, key) -> None:
             if isinstance(eqn.invars[pos], jcore.Literal) and np.ndim(eqn.invars[pos].val) == 0:
                 w.counts[eqn.outvars[0]] = (key, pos, float(eqn.invars[pos].val), eqn.invars[1 - pos])
         return
-    if name == "div" and not isinstance(eqn.invars[1], jcore.Literal) and eqn.invars[1] in w.counts \
-            and ins[0] in w.sums:
+    if (
+        name == "div"
+        and not isinstance(eqn.invars[1], jcore.Literal)
+        and eqn.invars[1] in w.counts
+        and ins[0] in w.sums
+    ):
         ckey, cpos, value, _ = w.counts[eqn.invars[1]]
         nodes = w.sums[ins[0]]
         if nodes and value == float(np.prod([w.uf.size[x] for x in nodes])):
@@ -105,7 +112,7 @@ def track_normalizer(w, eqn, ins, outs, key) -> None:
         return
     if name not in ("div", "mul"):
         return
-    for pos in ((1,) if name == "div" else (0, 1)):
+    for pos in (1,) if name == "div" else (0, 1):
         lit, other = eqn.invars[pos], ins[1 - pos]
         if not isinstance(lit, jcore.Literal) or other not in w.sums or np.ndim(lit.val) != 0:
             continue
@@ -165,9 +172,13 @@ def reshape_blocks(in_shape, out_shape):
         b, pb, j = [outs[j]], out_shape[outs[j]], j + 1
         while pa != pb:
             if pa < pb and i < len(ins):
-                a.append(ins[i]); pa *= in_shape[ins[i]]; i += 1  # noqa: E702
+                a.append(ins[i])
+                pa *= in_shape[ins[i]]
+                i += 1  # noqa: E702
             elif pb < pa and j < len(outs):
-                b.append(outs[j]); pb *= out_shape[outs[j]]; j += 1  # noqa: E702
+                b.append(outs[j])
+                pb *= out_shape[outs[j]]
+                j += 1  # noqa: E702
             else:
                 return None
         blocks.append((a, b))
@@ -334,10 +345,13 @@ def reduce_window(w, eqn, ins, outs, key):
     shape = _shape(eqn.invars[0])
     pads = p.get("padding") or ((0, 0),) * len(shape)
     for ax in range(len(shape)):
-        trivial = (p["window_dimensions"][ax] == 1 and p["window_strides"][ax] == 1
-                   and tuple(pads[ax]) == (0, 0)
-                   and all(d == 1 for d in (p.get("base_dilation") or (1,) * len(shape))[ax:ax + 1])
-                   and all(d == 1 for d in (p.get("window_dilation") or (1,) * len(shape))[ax:ax + 1]))
+        trivial = (
+            p["window_dimensions"][ax] == 1
+            and p["window_strides"][ax] == 1
+            and tuple(pads[ax]) == (0, 0)
+            and all(d == 1 for d in (p.get("base_dilation") or (1,) * len(shape))[ax : ax + 1])
+            and all(d == 1 for d in (p.get("window_dilation") or (1,) * len(shape))[ax : ax + 1])
+        )
         if trivial:
             w.union(b + ax, o + ax)
         elif shape[ax] > 1:
@@ -418,28 +432,30 @@ def iota(w, eqn, ins, outs, key):
 
 RULES = {name: elementwise for name in ELEMENTWISE}
 RULES.update({name: reduction for name in REDUCTIONS})
-RULES.update({
-    "transpose": transpose,
-    "squeeze": squeeze,
-    "expand_dims": expand_dims,
-    "broadcast_in_dim": broadcast_in_dim,
-    "reshape": reshape,
-    "dot_general": dot_general,
-    "conv_general_dilated": conv,
-    "concatenate": concatenate,
-    "split": split,
-    "slice": slice_,
-    "pad": pad,
-    "reduce_window_sum": reduce_window,
-    "reduce_window_max": reduce_window,
-    "reduce_window_min": reduce_window,
-    "reduce_window": reduce_window,
-    "dynamic_slice": dynamic_slice,
-    "dynamic_update_slice": dynamic_update_slice,
-    "gather": gather,
-    "iota": iota,
-    "rev": rev,
-})
+RULES.update(
+    {
+        "transpose": transpose,
+        "squeeze": squeeze,
+        "expand_dims": expand_dims,
+        "broadcast_in_dim": broadcast_in_dim,
+        "reshape": reshape,
+        "dot_general": dot_general,
+        "conv_general_dilated": conv,
+        "concatenate": concatenate,
+        "split": split,
+        "slice": slice_,
+        "pad": pad,
+        "reduce_window_sum": reduce_window,
+        "reduce_window_max": reduce_window,
+        "reduce_window_min": reduce_window,
+        "reduce_window": reduce_window,
+        "dynamic_slice": dynamic_slice,
+        "dynamic_update_slice": dynamic_update_slice,
+        "gather": gather,
+        "iota": iota,
+        "rev": rev,
+    }
+)
 
 # Higher-order primitives whose body is walked inline: name -> param holding the jaxpr.
 CALLS = {

@@ -61,8 +61,9 @@ def plan_for_budget(params, graph, budget: Budget, plan_for, total: int, meta: d
         plan = plan_for(k)
         sig = tuple((g["id"], len(g["kept"])) for g in plan.groups)
         if sig not in cache:
-            cache[sig] = (budget.cost_fn(plan) if budget.cost_fn is not None
-                          else plan_cost(params, graph, plan, budget.kind))
+            cache[sig] = (
+                budget.cost_fn(plan) if budget.cost_fn is not None else plan_cost(params, graph, plan, budget.kind)
+            )
         return plan, cache[sig]
 
     dense_plan, dense = cost(0)
@@ -72,8 +73,10 @@ def plan_for_budget(params, graph, budget: Budget, plan_for, total: int, meta: d
     lo, hi = 0, total  # cost(lo) > target
     hi_plan, hi_cost = cost(hi)
     if hi_cost > target:
-        raise ValueError(f"{budget.kind} budget {target:.4g} is unreachable: pruning every eligible unit "
-                         f"(within min_keep/max_ratio/round_to) still costs {hi_cost:.4g} (dense {dense:.4g})")
+        raise ValueError(
+            f"{budget.kind} budget {target:.4g} is unreachable: pruning every eligible unit "
+            f"(within min_keep/max_ratio/round_to) still costs {hi_cost:.4g} (dense {dense:.4g})"
+        )
     while hi - lo > 1:
         mid = (lo + hi) // 2
         plan, c = cost(mid)
@@ -81,5 +84,6 @@ def plan_for_budget(params, graph, budget: Budget, plan_for, total: int, meta: d
             hi, hi_plan, hi_cost = mid, plan, c
         else:
             lo = mid
-    return dataclasses.replace(hi_plan, meta=dict(meta, budget=budget.kind, target=target, cost=hi_cost,
-                                                  dense_cost=dense, pruned_units=hi))
+    return dataclasses.replace(
+        hi_plan, meta=dict(meta, budget=budget.kind, target=target, cost=hi_cost, dense_cost=dense, pruned_units=hi)
+    )

@@ -133,10 +133,20 @@ def _resolve_p(method: str, p: float | None) -> float | None:
     raise ValueError(f"p= applies to the magnitude methods ('l1', 'l2', 'magnitude'), not method={method!r}")
 
 
-def group_scores(params: Any, graph: DependencyGraph, method: str = "l1", *, grads: Any = None,
-                 key: jax.Array | None = None, scores: Any = None, reduce: str = "mean",
-                 normalize: str | None = "mean", only_prunable: bool = True, p: float | None = None,
-                 bias: bool = True) -> dict[int, np.ndarray]:
+def group_scores(
+    params: Any,
+    graph: DependencyGraph,
+    method: str = "l1",
+    *,
+    grads: Any = None,
+    key: jax.Array | None = None,
+    scores: Any = None,
+    reduce: str = "mean",
+    normalize: str | None = "mean",
+    only_prunable: bool = True,
+    p: float | None = None,
+    bias: bool = True,
+) -> dict[int, np.ndarray]:
     """Per-unit score of each group: ``{group.id: float array of shape (group.size,)}``.
 
     Args:
@@ -222,7 +232,7 @@ def group_scores(params: Any, graph: DependencyGraph, method: str = "l1", *, gra
             if power == 2.0:
                 e = w * w
             elif power != 1.0:
-                e = e ** power
+                e = e**power
         elif method == "taylor":
             if path not in extra:
                 raise ValueError(f"grads has no leaf {path!r}")
@@ -259,8 +269,11 @@ def _group_vector(g: Group, axis_vector, leaves, method: str, reduce: str, bias:
     if not bias:
         members = [m for m in members if not _BIAS.search(m.path)] or members
     if method == "bn_scale":
-        scales = [m for m in members if _SCALE.search(m.path) and m.index_map.shape[1] >= 1
-                  and np.ndim(leaves.get(m.path)) == 1]
+        scales = [
+            m
+            for m in members
+            if _SCALE.search(m.path) and m.index_map.shape[1] >= 1 and np.ndim(leaves.get(m.path)) == 1
+        ]
         members = scales or members
     # a unit's indices in one member (index_map row: one channel, a head's block, a flattened
     # channel's positions) are summed, as Torch-Pruning's scatter_add does for 'mean' and 'sum'
@@ -270,5 +283,6 @@ def _group_vector(g: Group, axis_vector, leaves, method: str, reduce: str, bias:
     if not scored:
         return np.zeros(g.size)
     stack = np.stack([v for _, v in scored])
-    return {"sum": stack.sum, "mean": stack.mean, "max": stack.max, "prod": stack.prod,
-            "first": stack.sum}[reduce](axis=0)
+    return {"sum": stack.sum, "mean": stack.mean, "max": stack.max, "prod": stack.prod, "first": stack.sum}[reduce](
+        axis=0
+    )

@@ -114,8 +114,10 @@ def _orig_shape(plan: PrunePlan | None, module: nn.Module, leaf: str) -> tuple[i
 
 
 def _err(module: nn.Module, attr: str, why: str) -> ValueError:
-    return ValueError(f"shrunk_linen_apply: cannot set {type(module).__name__}.{attr} at module '{_path(module)}': "
-                      f"{why} (or pass fixes={{{type(module).__name__}: fn}} returning {{'{attr}': ...}})")
+    return ValueError(
+        f"shrunk_linen_apply: cannot set {type(module).__name__}.{attr} at module '{_path(module)}': "
+        f"{why} (or pass fixes={{{type(module).__name__}: fn}} returning {{'{attr}': ...}})"
+    )
 
 
 # ----------------------------------------------------------------------------- built-in fixes
@@ -126,7 +128,7 @@ def _dense(m, vs, args, kwargs, plan):
 
 def _dense_general(m, vs, args, kwargs, plan):
     k, f = _var(vs, "kernel"), m.features
-    return {} if k is None else {"features": k[-1] if isinstance(f, int) else tuple(k[len(k) - len(f):])}
+    return {} if k is None else {"features": k[-1] if isinstance(f, int) else tuple(k[len(k) - len(f) :])}
 
 
 def _einsum(m, vs, args, kwargs, plan):
@@ -165,14 +167,26 @@ def _group_norm(m, vs, args, kwargs, plan):
     have = [leaf for leaf in ("scale", "bias") if _var(vs, leaf) is not None]
     old = next((s for s in (_orig_shape(plan, m, leaf) for leaf in have) if s is not None), None)
     if old is None:
-        why = ("no plan was given" if plan is None and have else
-               "it has no scale/bias" if not have else "the plan does not have its scale/bias")
-        raise _err(m, "num_groups", f"the original channel count is unknown ({why}); pass the plan, or use "
-                                    "GroupNorm(num_groups=None, group_size=...)")
+        why = (
+            "no plan was given"
+            if plan is None and have
+            else "it has no scale/bias"
+            if not have
+            else "the plan does not have its scale/bias"
+        )
+        raise _err(
+            m,
+            "num_groups",
+            f"the original channel count is unknown ({why}); pass the plan, or use "
+            "GroupNorm(num_groups=None, group_size=...)",
+        )
     size, cin = old[-1] // m.num_groups, np.shape(x)[-1]
     if old[-1] % m.num_groups or cin % size:
-        raise _err(m, "num_groups", f"{cin} channels are not whole groups of {size} (was {old[-1]} channels "
-                                    f"in {m.num_groups} groups)")
+        raise _err(
+            m,
+            "num_groups",
+            f"{cin} channels are not whole groups of {size} (was {old[-1]} channels in {m.num_groups} groups)",
+        )
     return {"num_groups": cin // size}
 
 
@@ -196,8 +210,14 @@ def _attention(m, vs, args, kwargs, plan):
 
 
 _BUILTIN: dict[type, Callable] = {
-    nn.Dense: _dense, nn.DenseGeneral: _dense_general, nn.Einsum: _einsum, nn.Embed: _embed,
-    nn.Conv: _conv, nn.ConvLocal: _conv, nn.ConvTranspose: _conv_transpose, nn.GroupNorm: _group_norm,
+    nn.Dense: _dense,
+    nn.DenseGeneral: _dense_general,
+    nn.Einsum: _einsum,
+    nn.Embed: _embed,
+    nn.Conv: _conv,
+    nn.ConvLocal: _conv,
+    nn.ConvTranspose: _conv_transpose,
+    nn.GroupNorm: _group_norm,
     nn.MultiHeadDotProductAttention: _attention,
 }
 
@@ -209,17 +229,20 @@ def _shape_error(module: nn.Module, e: Exception, fixed: bool) -> ValueError:
             f"shrunk_linen_apply: {t} at module '{where}' creates a variable whose shape does not match its shrunk "
             f"variables even after its width attributes were set. Does the model choose its layers from activation "
             f"widths (e.g. `if x.shape[-1] != self.width: <projection>`), or do the variables not come from this "
-            f"model? Flax said: {e}")
+            f"model? Flax said: {e}"
+        )
     return ValueError(
         f"shrunk_linen_apply: {t} at module '{where}' creates a variable at a width its shrunk variables do not "
         f"have, and jaxprune cannot derive {t}'s width attributes. Pass shrunk_linen_apply(model, plan, "
         f"fixes={{{t}: fn}}) (or register_linen_fix({t}, fn)) where fn(module, variables, args, kwargs) returns the "
-        f"attributes to set, e.g. {{'width': variables['params']['w'].shape[-1]}}. Flax said: {e}")
+        f"attributes to set, e.g. {{'width': variables['params']['w'].shape[-1]}}. Flax said: {e}"
+    )
 
 
 # ----------------------------------------------------------------------------- the interceptor
-def shrunk_linen_apply(model: nn.Module, plan: PrunePlan | None = None, *,
-                       fixes: Mapping[type, Fix] | None = None, method: Any = None) -> Callable[..., Any]:
+def shrunk_linen_apply(
+    model: nn.Module, plan: PrunePlan | None = None, *, fixes: Mapping[type, Fix] | None = None, method: Any = None
+) -> Callable[..., Any]:
     """Returns ``apply(variables, *args, **kwargs)`` that runs ``model`` with shrunk variables.
 
     ``apply`` calls ``model.apply(variables, *args, method=method, **kwargs)``
@@ -277,8 +300,10 @@ def shrunk_linen_apply(model: nn.Module, plan: PrunePlan | None = None, *,
             saved = originals.setdefault(id(module), (module, {}))[1]
             for name, value in dict(attrs or {}).items():
                 if not hasattr(module, name):
-                    raise ValueError(f"shrunk_linen_apply: {who} for module '{_path(module)}' returned unknown "
-                                     f"attribute {name!r} of {type(module).__name__}")
+                    raise ValueError(
+                        f"shrunk_linen_apply: {who} for module '{_path(module)}' returned unknown "
+                        f"attribute {name!r} of {type(module).__name__}"
+                    )
                 saved.setdefault(name, getattr(module, name))
                 object.__setattr__(module, name, value)
 

@@ -30,8 +30,20 @@ __all__ = ["shrink_nnx", "fix_nnx_attributes"]
 _NORMS = (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.InstanceNorm)
 _CONTAINERS = tuple(c for c in (getattr(nnx, n, None) for n in ("Sequential", "List", "Dict")) if c is not None)
 #: classes whose width attributes :func:`fix_nnx_attributes` derives itself
-_BUILTINS = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose, nnx.Einsum, nnx.Embed, nnx.GroupNorm,
-             nnx.MultiHeadAttention) + _NORMS + _CONTAINERS
+_BUILTINS = (
+    (
+        nnx.Linear,
+        nnx.LinearGeneral,
+        nnx.Conv,
+        nnx.ConvTranspose,
+        nnx.Einsum,
+        nnx.Embed,
+        nnx.GroupNorm,
+        nnx.MultiHeadAttention,
+    )
+    + _NORMS
+    + _CONTAINERS
+)
 _HEAD_ATTRS = ("num_heads", "head_dim", "num_kv_heads")
 
 
@@ -66,10 +78,10 @@ def _groups_under(plan: PrunePlan | None, path: str, kind: str) -> list[dict]:
 # ------------------------------------------------------------------------- per-module rules
 def _fix_conv(m, path, plan) -> None:
     k, groups = _shape(m, "kernel"), m.feature_group_count
-    kept = (plan.leaves.get(_join(path, "kernel"), {}).get(len(k) - 1) if plan else None)
+    kept = plan.leaves.get(_join(path, "kernel"), {}).get(len(k) - 1) if plan else None
     if groups > 1:
         per_group = m.out_features // groups  # the old attributes: nnx.merge does not touch them
-        groups = (len({i // per_group for i in kept}) if kept is not None else max(1, k[-1] // per_group))
+        groups = len({i // per_group for i in kept}) if kept is not None else max(1, k[-1] // per_group)
     if getattr(m, "mask", None) is not None and plan and tuple(np.shape(m.mask)) != k:  # a static mask array
         mask = m.mask
         for ax, idx in plan.leaves.get(_join(path, "kernel"), {}).items():
@@ -86,8 +98,14 @@ def _fix_group_norm(m, path, plan) -> str | None:
     if c is None:
         return "GroupNorm without scale or bias: its width cannot be read from params"
     gs = m.group_size  # the old one: nnx.merge does not touch attributes
-    kept = next((plan.leaves[p][0] for p in (_join(path, "scale"), _join(path, "bias"))
-                 if plan and 0 in plan.leaves.get(p, {})), None)
+    kept = next(
+        (
+            plan.leaves[p][0]
+            for p in (_join(path, "scale"), _join(path, "bias"))
+            if plan and 0 in plan.leaves.get(p, {})
+        ),
+        None,
+    )
     per_group = np.bincount(np.asarray(kept) // gs, minlength=m.num_groups) if kept is not None else None
     if per_group is not None and len(set(per_group[per_group > 0].tolist())) == 1:
         new_gs = int(per_group.max())  # whole groups dropped (the tracer's case) or each group thinned alike
@@ -130,8 +148,10 @@ def _fix_heads(m, path, plan) -> str | None:
         if len(counts) == 1:
             new[attr] = counts.pop()
         elif groups and not (attr == "num_heads" and gqa):
-            notes.append(f"{attr}={old[attr]}: ambiguous, the pruned {kind} groups under it have (size, kept) "
-                         f"{[(g['size'], len(g['kept'])) for g in groups]}")
+            notes.append(
+                f"{attr}={old[attr]}: ambiguous, the pruned {kind} groups under it have (size, kept) "
+                f"{[(g['size'], len(g['kept'])) for g in groups]}"
+            )
     if gqa and "num_kv_heads" in new and "num_heads" not in new:
         new["num_heads"] = old["num_heads"] // old["num_kv_heads"] * new["num_kv_heads"]
     for a, v in new.items():
@@ -152,7 +172,7 @@ def _fix_one(m, path, plan) -> str | None:
     elif isinstance(m, nnx.LinearGeneral):
         k, nb = _shape(m, "kernel"), len(m.batch_axis)
         n_in = len(m.in_features)
-        m.in_features, m.out_features = k[nb:nb + n_in], k[nb + n_in:]
+        m.in_features, m.out_features = k[nb : nb + n_in], k[nb + n_in :]
         if nb:
             m.batch_axis = type(m.batch_axis)(zip(m.batch_axis.keys(), k[:nb]))
     elif isinstance(m, nnx.Linear):
@@ -180,8 +200,9 @@ def _find_fix(fixes: Mapping[type, Callable] | None, m) -> Callable | None:
     return None
 
 
-def fix_nnx_attributes(root: nnx.Module, plan: PrunePlan | None = None, *,
-                       fixes: Mapping[type, Callable] | None = None) -> dict[str, str]:
+def fix_nnx_attributes(
+    root: nnx.Module, plan: PrunePlan | None = None, *, fixes: Mapping[type, Callable] | None = None
+) -> dict[str, str]:
     """Re-derives the width attributes of every sub-module of a shrunk ``root`` from its params, in place.
 
     ``root`` is ``nnx.merge(graphdef, shrink(state, plan))``: its attributes
@@ -224,8 +245,9 @@ def _suspects(new: nnx.Module, plan: PrunePlan, before: dict, notes: dict, fixes
     for path_t, m in nnx.iter_modules(new):
         path = "/".join(map(str, path_t))
         pre = _join(path, "")
-        old_sizes = {o[a] for p, (o, n) in plan.shapes.items() if p.startswith(pre) for a in range(len(o))
-                     if o[a] != n[a]}
+        old_sizes = {
+            o[a] for p, (o, n) in plan.shapes.items() if p.startswith(pre) for a in range(len(o)) if o[a] != n[a]
+        }
         if not old_sizes or type(m) in _BUILTINS or path in notes:
             continue  # no param under it was shrunk, or a module whose attributes were derived
         old_sizes |= {g["size"] for g in plan.groups if _group_path(g).startswith(pre)}
@@ -236,17 +258,24 @@ def _suspects(new: nnx.Module, plan: PrunePlan, before: dict, notes: dict, fixes
             stale.append(f"{name}: {', '.join(bad)} (an old size of a shrunk axis or group)")
         else:
             done = [f"{a} {before[path][a]}->{v}" for a, v in now.items() if before[path].get(a, v) != v]
-            unknown.append(f"{name}: custom module" + (f", set: {', '.join(done)}" if done else "")
-                           + (", has a fixes= entry" if _find_fix(fixes, m) else ""))
+            unknown.append(
+                f"{name}: custom module"
+                + (f", set: {', '.join(done)}" if done else "")
+                + (", has a fixes= entry" if _find_fix(fixes, m) else "")
+            )
     if stale:
         return "\n  ".join(["Width attributes that could not be derived:"] + stale)
     if unknown:
-        head = ("No stale width attribute found; custom modules whose params were shrunk (their code may "
-                "compute a width another way, e.g. from an input shape):")
+        head = (
+            "No stale width attribute found; custom modules whose params were shrunk (their code may "
+            "compute a width another way, e.g. from an input shape):"
+        )
         return "\n  ".join([head] + unknown)
-    return ("No module with underivable width attributes was found; the difference may come from the plan "
-            "itself (pruning 'head_dim' changes the 1/sqrt(head_dim) attention scale; pruning through a "
-            "normalization changes its statistics).")
+    return (
+        "No module with underivable width attributes was found; the difference may come from the plan "
+        "itself (pruning 'head_dim' changes the 1/sqrt(head_dim) attention scale; pruning through a "
+        "normalization changes its statistics)."
+    )
 
 
 def _compare(out, ref, atol, rtol, shape_only) -> str | None:
@@ -276,9 +305,16 @@ def _run(graphdef, state, args, kwargs):
     return jax.jit(call)(state, [v for v, t in zip(leaves, is_arr) if t])
 
 
-def shrink_nnx(module: nnx.Module, plan: PrunePlan, *example_args: Any, fix: Callable[[nnx.Module], None] | None = None,
-               fixes: Mapping[type, Callable[[nnx.Module, str, PrunePlan], None]] | None = None,
-               atol: float = 1e-4, rtol: float = 1e-4, **example_kwargs: Any) -> nnx.Module:
+def shrink_nnx(
+    module: nnx.Module,
+    plan: PrunePlan,
+    *example_args: Any,
+    fix: Callable[[nnx.Module], None] | None = None,
+    fixes: Mapping[type, Callable[[nnx.Module, str, PrunePlan], None]] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    **example_kwargs: Any,
+) -> nnx.Module:
     """A new, smaller NNX module: ``module``'s state shrunk by ``plan``, its width attributes updated.
 
     ``module`` is not modified. The plan must address the leaves of
@@ -320,9 +356,12 @@ def shrink_nnx(module: nnx.Module, plan: PrunePlan, *example_args: Any, fix: Cal
     if fix is not None:
         fix(new)
     if not example_args and not example_kwargs:
-        warnings.warn("shrink_nnx: the shrunk module was not verified; pass example inputs, "
-                      "shrink_nnx(module, plan, x), to compare it with the masked dense model", UserWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "shrink_nnx: the shrunk module was not verified; pass example inputs, "
+            "shrink_nnx(module, plan, x), to compare it with the masked dense model",
+            UserWarning,
+            stacklevel=2,
+        )
         return new
     ref = _run(graphdef, apply_masks(state, plan_to_masks(state, plan)), example_args, example_kwargs)
     try:
@@ -334,6 +373,8 @@ def shrink_nnx(module: nnx.Module, plan: PrunePlan, *example_args: Any, fix: Cal
     if problem is None:
         return new
     where = _suspects(new, plan, before, notes, fixes)
-    raise ValueError(f"shrink_nnx: the shrunk module does not match the masked dense model: {problem}\n{where}\n"
-                     "Pass fixes={ModuleType: fn(module, path, plan)} to shrink_nnx to set such attributes "
-                     "(and call model.eval() first if it uses dropout).") from cause
+    raise ValueError(
+        f"shrink_nnx: the shrunk module does not match the masked dense model: {problem}\n{where}\n"
+        "Pass fixes={ModuleType: fn(module, path, plan)} to shrink_nnx to set such attributes "
+        "(and call model.eval() first if it uses dropout)."
+    ) from cause

@@ -41,8 +41,18 @@ from jaxprune._src.tree import leaves_with_paths
 
 # PrunePlan / plan_from_kept (prune_plan.py) and the budgets (budget.py) are re-exported: this module is the
 # planning entry point.
-__all__ = ["PrunePlan", "make_plan", "plan_from_kept", "Budget", "flops_budget", "param_bytes_budget",
-           "DEFAULT_KINDS", "EMPTY_HINT", "eligible_groups", "plan_cost"]
+__all__ = [
+    "PrunePlan",
+    "make_plan",
+    "plan_from_kept",
+    "Budget",
+    "flops_budget",
+    "param_bytes_budget",
+    "DEFAULT_KINDS",
+    "EMPTY_HINT",
+    "eligible_groups",
+    "plan_cost",
+]
 
 #: Group kinds pruned by default. ``'head_dim'`` (the per-head feature size) is
 #: left out: most attention code keeps ``head_dim`` fixed and prunes heads.
@@ -68,13 +78,29 @@ def _keep_count(n: int, pruned: int, min_keep: int, max_ratio: float, round_to: 
     return keep
 
 
-def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple[str, float]] = 0.5, *,
-              scope: str = "layerwise", method: str = "l1", grads: Any = None, key: Any = None,
-              scores: Any = None, reduce: str = "mean", normalize: str | None = "mean", round_to: int = 1,
-              min_keep: int = 1, max_ratio: float = 1.0, ignore: Sequence[str] | None = None,
-              kinds: Sequence[str] | None = DEFAULT_KINDS, budget: Budget | None = None,
-              unit_scores: Mapping[str, Any] | None = None, p: float | None = None,
-              bias: bool = True, allow_empty: bool = False) -> PrunePlan:
+def make_plan(
+    params: Any,
+    graph: DependencyGraph,
+    ratio: float | Sequence[tuple[str, float]] = 0.5,
+    *,
+    scope: str = "layerwise",
+    method: str = "l1",
+    grads: Any = None,
+    key: Any = None,
+    scores: Any = None,
+    reduce: str = "mean",
+    normalize: str | None = "mean",
+    round_to: int = 1,
+    min_keep: int = 1,
+    max_ratio: float = 1.0,
+    ignore: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = DEFAULT_KINDS,
+    budget: Budget | None = None,
+    unit_scores: Mapping[str, Any] | None = None,
+    p: float | None = None,
+    bias: bool = True,
+    allow_empty: bool = False,
+) -> PrunePlan:
     """Chooses the units to keep in every prunable group.
 
     Args:
@@ -121,22 +147,40 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
       (2, 3)
     """
     _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, kinds, budget, allow_empty)
-    ratio, round_to, min_keep, max_ratio = (x.item() if isinstance(x, (np.integer, np.floating)) else x
-                                            for x in (ratio, round_to, min_keep, max_ratio))  # JSON-able meta
+    ratio, round_to, min_keep, max_ratio = (
+        x.item() if isinstance(x, (np.integer, np.floating)) else x for x in (ratio, round_to, min_keep, max_ratio)
+    )  # JSON-able meta
     _check_params(params, graph)
     eligible = eligible_groups(graph, kinds, ignore)
     _check_finite(graph, eligible, params=params, grads=grads, scores=scores)
     if unit_scores is None:
-        sc = group_scores(params, graph, method, grads=grads, key=key, scores=scores, reduce=reduce,
-                          normalize=normalize, p=p, bias=bias)
+        sc = group_scores(
+            params,
+            graph,
+            method,
+            grads=grads,
+            key=key,
+            scores=scores,
+            reduce=reduce,
+            normalize=normalize,
+            p=p,
+            bias=bias,
+        )
     else:
         if scores is not None:
             raise ValueError("make_plan: pass scores= (a pytree like params) or unit_scores=, not both")
         sc = _named_unit_scores(graph, eligible, unit_scores, normalize)
         eligible = [g for g in eligible if g.id in sc]
     method = "unit_scores" if unit_scores is not None else method if scores is None else "custom"
-    meta = dict(method=method, scope=scope, round_to=round_to,
-                min_keep=min_keep, max_ratio=max_ratio, reduce=reduce, normalize=normalize)
+    meta = dict(
+        method=method,
+        scope=scope,
+        round_to=round_to,
+        min_keep=min_keep,
+        max_ratio=max_ratio,
+        reduce=reduce,
+        normalize=normalize,
+    )
     if unit_scores is None and (p is not None or not bias):  # non-default scoring options only
         meta.update(p=p, bias=bias)
 
@@ -150,8 +194,9 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
             r = ratio if isinstance(ratio, (int, float)) else _match_ratio(g, ratio)
             if not 0.0 <= r <= 1.0:
                 raise ValueError(f"ratio for group {g.name} must be in [0, 1], got {r}")
-            kept[g.id] = keep_top(g, _keep_count(g.size, int(math.floor(g.size * r + 1e-9)),
-                                                    min_keep, max_ratio, round_to))
+            kept[g.id] = keep_top(
+                g, _keep_count(g.size, int(math.floor(g.size * r + 1e-9)), min_keep, max_ratio, round_to)
+            )
         return plan_from_kept(graph, kept, dict(meta, ratio=ratio), allow_empty=allow_empty)
 
     # global ranking: units sorted by normalised score, pruned lowest first
@@ -166,8 +211,10 @@ def make_plan(params: Any, graph: DependencyGraph, ratio: float | Sequence[tuple
 
     def plan_for(k: int) -> PrunePlan:
         counts = np.bincount(ranked_group[:k], minlength=len(eligible))
-        kept = {g.id: keep_top(g, _keep_count(g.size, int(c), min_keep, max_ratio, round_to))
-                for g, c in zip(eligible, counts)}
+        kept = {
+            g.id: keep_top(g, _keep_count(g.size, int(c), min_keep, max_ratio, round_to))
+            for g, c in zip(eligible, counts)
+        }
         return plan_from_kept(graph, kept, meta, allow_empty=allow_empty)
 
     if budget is None:
@@ -192,8 +239,9 @@ def _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, k
     if min_keep < 0:
         raise ValueError(f"make_plan: min_keep must be an int >= 0, got {min_keep!r}")
     if not _is_number(max_ratio):
-        raise TypeError(f"make_plan: max_ratio must be a number in [0, 1], got {type(max_ratio).__name__} "
-                        f"{max_ratio!r}")
+        raise TypeError(
+            f"make_plan: max_ratio must be a number in [0, 1], got {type(max_ratio).__name__} {max_ratio!r}"
+        )
     if not 0.0 <= max_ratio <= 1.0:
         raise ValueError(f"make_plan: max_ratio must be in [0, 1], got {max_ratio!r}")
     if not isinstance(allow_empty, (bool, np.bool_)):
@@ -202,16 +250,24 @@ def _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, k
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"make_plan: ratio must be in [0, 1], got {ratio!r}")
     elif isinstance(ratio, (str, bytes)) or not isinstance(ratio, Sequence):
-        raise TypeError(f"make_plan: ratio must be a number in [0, 1] or a list of (regex, ratio) pairs, "
-                        f"got {type(ratio).__name__} {ratio!r}")
+        raise TypeError(
+            f"make_plan: ratio must be a number in [0, 1] or a list of (regex, ratio) pairs, "
+            f"got {type(ratio).__name__} {ratio!r}"
+        )
     else:
         for i, rule in enumerate(ratio):
-            if isinstance(rule, (str, bytes)) or not isinstance(rule, Sequence) or len(rule) != 2 \
-                    or not isinstance(rule[0], str) or not _is_number(rule[1]):
+            if (
+                isinstance(rule, (str, bytes))
+                or not isinstance(rule, Sequence)
+                or len(rule) != 2
+                or not isinstance(rule[0], str)
+                or not _is_number(rule[1])
+            ):
                 raise TypeError(f"make_plan: ratio rule {i} must be a (regex string, number) pair, got {rule!r}")
             if not 0.0 <= rule[1] <= 1.0:
-                raise ValueError(f"make_plan: ratio rule {i} ({rule[0]!r}) must have a ratio in [0, 1], "
-                                 f"got {rule[1]!r}")
+                raise ValueError(
+                    f"make_plan: ratio rule {i} ({rule[0]!r}) must have a ratio in [0, 1], got {rule[1]!r}"
+                )
             try:
                 re.compile(rule[0])
             except re.error as e:
@@ -219,8 +275,11 @@ def _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, k
     for name, v in (("ignore", ignore), ("kinds", kinds)):
         if v is None:
             continue
-        if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, set, frozenset)) \
-                or not all(isinstance(x, str) for x in v):
+        if (
+            isinstance(v, (str, bytes))
+            or not isinstance(v, (Sequence, set, frozenset))
+            or not all(isinstance(x, str) for x in v)
+        ):
             raise TypeError(f"make_plan: {name} must be a list of strings (or None), got {v!r}")
     for rx in ignore or ():
         try:
@@ -249,33 +308,40 @@ def _check_finite(graph: DependencyGraph, eligible: list[Group], **trees: Any) -
                 a = a.astype(np.float32)
             if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
                 if np.isnan(a).any():
-                    raise ValueError(f"make_plan: {what} leaf {path!r} contains NaN (group {g.name}); cannot rank "
-                                     "its units")
+                    raise ValueError(
+                        f"make_plan: {what} leaf {path!r} contains NaN (group {g.name}); cannot rank its units"
+                    )
 
 
-def _named_unit_scores(graph: DependencyGraph, eligible: list[Group], unit_scores: Mapping[str, Any],
-                       normalize: str | None) -> dict[int, np.ndarray]:
+def _named_unit_scores(
+    graph: DependencyGraph, eligible: list[Group], unit_scores: Mapping[str, Any], normalize: str | None
+) -> dict[int, np.ndarray]:
     """``{group id: normalised float64 scores}`` of the eligible groups named in ``unit_scores``."""
     if not isinstance(unit_scores, Mapping):
-        raise TypeError(f"make_plan: unit_scores must be a mapping {{group name: 1-D scores}}, "
-                        f"got {type(unit_scores).__name__}")
+        raise TypeError(
+            f"make_plan: unit_scores must be a mapping {{group name: 1-D scores}}, got {type(unit_scores).__name__}"
+        )
     by_name = {g.name: g for g in graph.groups}
     for name, v in unit_scores.items():
         g = by_name.get(name)
         if g is None:
-            raise ValueError(f"make_plan: unit_scores group {name!r} is not in the traced model "
-                             f"(prunable groups: {[x.name for x in graph.prunable][:6]}...)")
+            raise ValueError(
+                f"make_plan: unit_scores group {name!r} is not in the traced model "
+                f"(prunable groups: {[x.name for x in graph.prunable][:6]}...)"
+            )
         if np.shape(v) != (g.size,):
-            raise ValueError(f"make_plan: unit_scores[{name!r}] has shape {np.shape(v)}, "
-                             f"group has {g.size} units")
+            raise ValueError(f"make_plan: unit_scores[{name!r}] has shape {np.shape(v)}, group has {g.size} units")
         try:
             nan = bool(np.isnan(np.asarray(v, np.float64)).any())
         except (TypeError, ValueError):
             raise TypeError(f"make_plan: unit_scores[{name!r}] must be numbers, got {v!r}") from None
         if nan:
             raise ValueError(f"make_plan: unit_scores[{name!r}] contains NaN; cannot rank the group's units")
-    return {g.id: normalize_scores(np.asarray(unit_scores[g.name], np.float64), normalize)
-            for g in eligible if g.name in unit_scores}
+    return {
+        g.id: normalize_scores(np.asarray(unit_scores[g.name], np.float64), normalize)
+        for g in eligible
+        if g.name in unit_scores
+    }
 
 
 def _match_ratio(g: Group, rules) -> float:

@@ -62,10 +62,11 @@ class PrunePlan:
         try:
             plan = cls(
                 groups=tuple(_group_from_dict(g) for g in d["groups"]),
-                leaves={p: {_int(int(a) if isinstance(a, str) else a): tuple(_int(i) for i in k)
-                            for a, k in ax.items()} for p, ax in d["leaves"].items()},
-                shapes={p: (tuple(_int(i) for i in o), tuple(_int(i) for i in n))
-                        for p, (o, n) in d["shapes"].items()},
+                leaves={
+                    p: {_int(int(a) if isinstance(a, str) else a): tuple(_int(i) for i in k) for a, k in ax.items()}
+                    for p, ax in d["leaves"].items()
+                },
+                shapes={p: (tuple(_int(i) for i in o), tuple(_int(i) for i in n)) for p, (o, n) in d["shapes"].items()},
                 leaf_shapes={p: tuple(_int(i) for i in s) for p, s in d["leaf_shapes"].items()},
                 meta=dict(d.get("meta", {})),
             )
@@ -161,8 +162,11 @@ def _check_indices(idx: Sequence[int], n: int, what: str) -> None:
 
 def _validate_plan(plan: "PrunePlan") -> None:
     where = "invalid PrunePlan"
-    if not isinstance(plan.leaf_shapes, Mapping) or not isinstance(plan.leaves, Mapping) \
-            or not isinstance(plan.shapes, Mapping):
+    if (
+        not isinstance(plan.leaf_shapes, Mapping)
+        or not isinstance(plan.leaves, Mapping)
+        or not isinstance(plan.shapes, Mapping)
+    ):
         raise ValueError(f"{where}: leaves, shapes and leaf_shapes must be dicts keyed by leaf path")
     for path, shape in plan.leaf_shapes.items():
         if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
@@ -190,19 +194,20 @@ def _validate_plan(plan: "PrunePlan") -> None:
         orig = tuple(plan.leaf_shapes[path])
         for axis, kept in axes.items():
             if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis < len(orig):
-                raise ValueError(f"{where}: leaf {path!r}: axis {axis!r} is out of range for its "
-                                 f"{len(orig)}-d shape {orig}")
+                raise ValueError(
+                    f"{where}: leaf {path!r}: axis {axis!r} is out of range for its {len(orig)}-d shape {orig}"
+                )
             _check_indices(kept, orig[axis], f"{where}: leaf {path!r} axis {axis}")
         if path not in plan.shapes:
             raise ValueError(f"{where}: leaf {path!r} is shrunk but has no entry in shapes")
         o, n = plan.shapes[path]
         want = tuple(len(axes[a]) if a in axes else d for a, d in enumerate(orig))
         if tuple(o) != orig:
-            raise ValueError(f"{where}: leaf {path!r}: shapes gives original shape {tuple(o)}, "
-                             f"leaf_shapes gives {orig}")
+            raise ValueError(
+                f"{where}: leaf {path!r}: shapes gives original shape {tuple(o)}, leaf_shapes gives {orig}"
+            )
         if tuple(n) != want:
-            raise ValueError(f"{where}: leaf {path!r}: shapes gives new shape {tuple(n)}, its kept indices "
-                             f"give {want}")
+            raise ValueError(f"{where}: leaf {path!r}: shapes gives new shape {tuple(n)}, its kept indices give {want}")
     extra = sorted(set(plan.shapes) - set(plan.leaves))
     if extra:
         raise ValueError(f"{where}: leaf {extra[0]!r} has an entry in shapes but is not shrunk (no kept indices)")
@@ -211,8 +216,10 @@ def _validate_plan(plan: "PrunePlan") -> None:
         raise ValueError(f"{where}: leaf {next(iter(plan.leaves))!r} is shrunk but the plan prunes no group")
     if plan.groups and not plan.leaves and any(len(g["kept"]) < g["size"] for g in plan.groups):
         g = next(g for g in plan.groups if len(g["kept"]) < g["size"])
-        raise ValueError(f"{where}: group {g['id']} ({g['name']}) keeps {len(g['kept'])} of {g['size']} units "
-                         "but the plan shrinks no leaf")
+        raise ValueError(
+            f"{where}: group {g['id']} ({g['name']}) keeps {len(g['kept'])} of {g['size']} units "
+            "but the plan shrinks no leaf"
+        )
     if not plan.groups or not all("members" in g for g in plan.groups):
         return
     cover: dict[tuple[str, int], list[tuple[dict, int]]] = {}
@@ -222,24 +229,32 @@ def _validate_plan(plan: "PrunePlan") -> None:
     for path, axes in plan.leaves.items():
         for axis, kept in axes.items():
             if (path, axis) not in cover:
-                raise ValueError(f"{where}: leaf {path!r} axis {axis} is shrunk but belongs to no group of the plan "
-                                 "(a group deleted from the plan?)")
+                raise ValueError(
+                    f"{where}: leaf {path!r} axis {axis} is shrunk but belongs to no group of the plan "
+                    "(a group deleted from the plan?)"
+                )
     for (path, axis), gs in cover.items():
         removed = [(g, (g["size"] - len(g["kept"])) * k) for g, k in gs]
         if path not in plan.leaf_shapes:
-            raise ValueError(f"{where}: group {gs[0][0]['id']} ({gs[0][0]['name']}): member leaf {path!r} is not "
-                             "in the plan's leaf_shapes")
+            raise ValueError(
+                f"{where}: group {gs[0][0]['id']} ({gs[0][0]['name']}): member leaf {path!r} is not "
+                "in the plan's leaf_shapes"
+            )
         n = plan.leaf_shapes[path][axis] if 0 <= axis < len(plan.leaf_shapes[path]) else None
         kept = plan.leaves.get(path, {}).get(axis)
         dropped = 0 if kept is None else (n or 0) - len(kept)
         g0, most = max(removed, key=lambda t: t[1])
         if dropped < most:
-            raise ValueError(f"{where}: group {g0['id']} ({g0['name']}) drops {g0['size'] - len(g0['kept'])} "
-                             f"units, but its member leaf {path!r} axis {axis} has {dropped} indices dropped "
-                             f"(expected at least {most})")
+            raise ValueError(
+                f"{where}: group {g0['id']} ({g0['name']}) drops {g0['size'] - len(g0['kept'])} "
+                f"units, but its member leaf {path!r} axis {axis} has {dropped} indices dropped "
+                f"(expected at least {most})"
+            )
         if all(k > 0 for _, k in gs) and dropped > sum(r for _, r in removed):
-            raise ValueError(f"{where}: leaf {path!r} axis {axis} has {dropped} indices dropped, but its groups "
-                             f"{[g['name'] for g, _ in gs]} drop only {sum(r for _, r in removed)}")
+            raise ValueError(
+                f"{where}: leaf {path!r} axis {axis} has {dropped} indices dropped, but its groups "
+                f"{[g['name'] for g, _ in gs]} drop only {sum(r for _, r in removed)}"
+            )
 
 
 def _validate_against_graph(plan: "PrunePlan", graph: DependencyGraph) -> None:
@@ -248,17 +263,23 @@ def _validate_against_graph(plan: "PrunePlan", graph: DependencyGraph) -> None:
     for pg in plan.groups:
         g = by_id.get(pg["id"])
         if g is None:
-            raise ValueError(f"{where}: group {pg['id']} ({pg['name']}) does not exist in the traced model "
-                             f"({len(graph.groups)} groups)")
+            raise ValueError(
+                f"{where}: group {pg['id']} ({pg['name']}) does not exist in the traced model "
+                f"({len(graph.groups)} groups)"
+            )
         if g.name != pg["name"] or g.size != pg["size"]:
-            raise ValueError(f"{where}: plan group {pg['id']} is {pg['name']} with {pg['size']} units, the traced "
-                             f"model's group {g.id} is {g.name} with {g.size} units")
+            raise ValueError(
+                f"{where}: plan group {pg['id']} is {pg['name']} with {pg['size']} units, the traced "
+                f"model's group {g.id} is {g.name} with {g.size} units"
+            )
         if not g.prunable and len(pg["kept"]) < g.size:
             raise ValueError(f"{where}: group {g.id} ({g.name}) is pruned by the plan but not prunable: {g.reason}")
     for path, shape in graph.leaf_shapes.items():
         if tuple(plan.leaf_shapes.get(path, ())) != tuple(shape):
-            raise ValueError(f"{where}: leaf {path!r}: the plan expects shape {plan.leaf_shapes.get(path)}, the "
-                             f"traced model has {tuple(shape)}")
+            raise ValueError(
+                f"{where}: leaf {path!r}: the plan expects shape {plan.leaf_shapes.get(path)}, the "
+                f"traced model has {tuple(shape)}"
+            )
     extra = sorted(set(plan.leaf_shapes) - set(graph.leaf_shapes))
     if extra:
         raise ValueError(f"{where}: leaf {extra[0]!r} of the plan is not in the traced model")
@@ -268,9 +289,11 @@ def _validate_against_graph(plan: "PrunePlan", graph: DependencyGraph) -> None:
         if want != have:
             axis = next(a for a in sorted(set(want) | set(have)) if want.get(a) != have.get(a))
             culprits = [g.name for g in graph.groups if any(m.path == path and m.axis == axis for m in g.members)]
-            raise ValueError(f"{where}: leaf {path!r} axis {axis}: the plan keeps "
-                             f"{_short(have.get(axis))}, its groups' kept units give {_short(want.get(axis))} "
-                             f"(groups {culprits[:4]}; a group deleted or edited?)")
+            raise ValueError(
+                f"{where}: leaf {path!r} axis {axis}: the plan keeps "
+                f"{_short(have.get(axis))}, its groups' kept units give {_short(want.get(axis))} "
+                f"(groups {culprits[:4]}; a group deleted or edited?)"
+            )
 
 
 def _short(k) -> str:
@@ -296,8 +319,9 @@ def _unit_width(m) -> int:
     return int(im.shape[1])
 
 
-def plan_from_kept(graph: DependencyGraph, kept: dict[int, Sequence[int]], meta: dict | None = None,
-                   *, allow_empty: bool = False) -> PrunePlan:
+def plan_from_kept(
+    graph: DependencyGraph, kept: dict[int, Sequence[int]], meta: dict | None = None, *, allow_empty: bool = False
+) -> PrunePlan:
     """Builds a plan from ``{group id: kept unit indices}`` (unlisted groups are kept whole).
 
     >>> import jax.numpy as jnp
@@ -324,8 +348,16 @@ def plan_from_kept(graph: DependencyGraph, kept: dict[int, Sequence[int]], meta:
         if k.size == 0 and not allow_empty:
             raise ValueError(f"group {gid} ({g.name}): keeping 0 units; {EMPTY_HINT}")
         drop = _complement(g.size, k)
-        groups.append(dict(id=g.id, name=g.name, kind=g.kind, size=g.size, kept=tuple(k.tolist()),
-                           members=tuple((m.path, int(m.axis), _unit_width(m)) for m in g.members)))
+        groups.append(
+            dict(
+                id=g.id,
+                name=g.name,
+                kind=g.kind,
+                size=g.size,
+                kept=tuple(k.tolist()),
+                members=tuple((m.path, int(m.axis), _unit_width(m)) for m in g.members),
+            )
+        )
         for m in g.members:
             removed.setdefault((m.path, m.axis), []).append(m.index_map[drop].ravel())
     leaves: dict[str, dict[int, tuple[int, ...]]] = {}

@@ -54,13 +54,17 @@ def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarra
             raise ValueError(f"plan group {gid} ({g['name']}) does not exist in the traced model")
         grp = graph.groups[gid]
         if grp.size != g["size"] or grp.name != g["name"]:
-            raise ValueError(f"plan group {gid} is {g['name']} with {g['size']} units, but the traced model's "
-                             f"group {gid} is {grp.name} with {grp.size} units: plan made for another model")
+            raise ValueError(
+                f"plan group {gid} is {g['name']} with {g['size']} units, but the traced model's "
+                f"group {gid} is {grp.name} with {grp.size} units: plan made for another model"
+            )
         removed[st.atoms[gid]] = np.setdiff1d(np.arange(grp.size), np.asarray(g["kept"], dtype=np.int64))
     for path, shape in graph.leaf_shapes.items():
         if tuple(plan.leaf_shapes.get(path, ())) != tuple(shape):
-            raise ValueError(f"plan expects leaf {path!r} with shape {plan.leaf_shapes.get(path)}, "
-                             f"the traced model has {tuple(shape)}")
+            raise ValueError(
+                f"plan expects leaf {path!r} with shape {plan.leaf_shapes.get(path)}, "
+                f"the traced model has {tuple(shape)}"
+            )
     return removed
 
 
@@ -102,7 +106,7 @@ class _Evaluator:
         cache: dict[int, int] = {}
         uf = self.w.uf
         top_env = self._top_env
-        for v, x in zip(jaxpr.invars[self.n_params:], dyn_args):
+        for v, x in zip(jaxpr.invars[self.n_params :], dyn_args):
             base = top_env[v]
             for ax, (s, t) in enumerate(zip(axis_rules._shape(v), np.shape(x))):
                 if s != t:
@@ -123,7 +127,9 @@ class _Evaluator:
             key = ctx + (i,)
             invals = [read(v) for v in eqn.invars]
             outs_b = self.w.eqn_outs[key]
-            new_shapes = [self.shape(b, len(axis_rules._shape(v)), cache, override) for b, v in zip(outs_b, eqn.outvars)]
+            new_shapes = [
+                self.shape(b, len(axis_rules._shape(v)), cache, override) for b, v in zip(outs_b, eqn.outvars)
+            ]
             name = eqn.primitive.name
             p = eqn.params
             if name in axis_rules.CALLS and axis_rules.CALLS[name]:
@@ -135,8 +141,11 @@ class _Evaluator:
                 outs = self._scan(eqn, invals, key, cache, override)
             elif name == "cond":
                 branches = [
-                    (lambda *ops, _b=br, _k=key + ("b", bi): self.eval(_b.jaxpr, _b.consts, list(ops), _k, cache,
-                                                                      override))
+                    (
+                        lambda *ops, _b=br, _k=key + ("b", bi): self.eval(
+                            _b.jaxpr, _b.consts, list(ops), _k, cache, override
+                        )
+                    )
                     for bi, br in enumerate(p["branches"])
                 ]
                 outs = lax.switch(invals[0], branches, *invals[1:])
@@ -172,14 +181,15 @@ class _Evaluator:
         p = eqn.params
         nc, ncarry = p["num_consts"], p["num_carry"]
         closed = p["jaxpr"]
-        consts, init, xs = invals[:nc], invals[nc:nc + ncarry], invals[nc + ncarry:]
+        consts, init, xs = invals[:nc], invals[nc : nc + ncarry], invals[nc + ncarry :]
 
         def body(carry, x):
             outs = self.eval(closed.jaxpr, closed.consts, list(consts) + list(carry) + list(x), key, cache, override)
             return outs[:ncarry], outs[ncarry:]
 
-        carry, ys = lax.scan(body, list(init), list(xs), length=p["length"], reverse=p["reverse"],
-                             unroll=p.get("unroll", 1))
+        carry, ys = lax.scan(
+            body, list(init), list(xs), length=p["length"], reverse=p["reverse"], unroll=p.get("unroll", 1)
+        )
         return list(carry) + list(ys)
 
     def _rewrite(self, eqn, key, new_shapes, invals, cache, override) -> dict:
@@ -216,7 +226,8 @@ class _Evaluator:
         elif name == "gather":
             old_in = axis_rules._shape(eqn.invars[0])
             p["slice_sizes"] = tuple(
-                np.shape(invals[0])[ax] if s == old_in[ax] and s != 1 else s for ax, s in enumerate(p["slice_sizes"]))
+                np.shape(invals[0])[ax] if s == old_in[ax] and s != 1 else s for ax, s in enumerate(p["slice_sizes"])
+            )
         if "shape" in p and p["shape"] is not None and tuple(p["shape"]) == old_out[0]:
             p["shape"] = new_shapes[0]
         return p
@@ -284,30 +295,36 @@ def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..
         if hit is not None:
             return hit
         if st.apply_fn is None:
-            raise ValueError("this graph cannot be re-traced at new input shapes (no traced function kept); "
-                             "trace_groups at the shapes you call it with")
-        abstract = map_with_path(lambda p, x: jax.ShapeDtypeStruct(tuple(plan.leaf_shapes[p]), x.dtype),
-                                 shrunk_params)
+            raise ValueError(
+                "this graph cannot be re-traced at new input shapes (no traced function kept); "
+                "trace_groups at the shapes you call it with"
+            )
+        abstract = map_with_path(lambda p, x: jax.ShapeDtypeStruct(tuple(plan.leaf_shapes[p]), x.dtype), shrunk_params)
         try:
             new = trace_groups(st.apply_fn, abstract, *args, **kwargs, **st.options)
         except Exception as e:  # noqa: BLE001 - re-raised with context
             shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args)]
-            raise ValueError(f"shrunk fn: re-tracing the original function at input shapes {shapes} failed: "
-                             f"{type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"shrunk fn: re-tracing the original function at input shapes {shapes} failed: {type(e).__name__}: {e}"
+            ) from e
         try:
             new_plan = _rebase_plan(graph, new, plan)
         except ValueError as e:
             shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(args)]
-            raise ValueError(f"shrunk fn: at input shapes {shapes} the model's coupled groups differ from the "
-                             f"traced ones ({e}); the plan does not apply at these shapes") from None
+            raise ValueError(
+                f"shrunk fn: at input shapes {shapes} the model's coupled groups differ from the "
+                f"traced ones ({e}); the plan does not apply at these shapes"
+            ) from None
         cache[sig] = (_Evaluator(new, new_plan), new.trace)
         return cache[sig]
 
     def fn(shrunk_params, *args, **kwargs):
         leaves = leaves_with_paths(shrunk_params)
         if [p for p, _ in leaves] != paths:
-            raise ValueError(f"shrunk params do not have the traced params' leaves: got {[p for p, _ in leaves][:5]}"
-                             f"..., expected {paths[:5]}...")
+            raise ValueError(
+                f"shrunk params do not have the traced params' leaves: got {[p for p, _ in leaves][:5]}"
+                f"..., expected {paths[:5]}..."
+            )
         for path, x in leaves:
             want = plan.shapes[path][1] if path in plan.shapes else plan.leaf_shapes[path]
             if tuple(np.shape(x)) != tuple(want):
@@ -323,8 +340,14 @@ def shrunk_fn_from_graph(graph: DependencyGraph, plan: PrunePlan) -> Callable[..
     return fn
 
 
-def make_shrunk_fn(apply_fn: Callable[..., Any], params: Any, plan: PrunePlan, *example_args: Any,
-                   through_norms: bool | None = None, **example_kwargs: Any) -> Callable[..., Any]:
+def make_shrunk_fn(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    plan: PrunePlan,
+    *example_args: Any,
+    through_norms: bool | None = None,
+    **example_kwargs: Any,
+) -> Callable[..., Any]:
     """A pure ``fn(shrunk_params, *args)`` that runs ``apply_fn`` pruned according to ``plan``.
 
     Works for any model :func:`trace_groups` can trace (Linen, NNX, Haiku,
@@ -358,11 +381,14 @@ def shrunk_flops(params: Any, graph: DependencyGraph, plan: PrunePlan) -> float:
     fn = shrunk_fn_from_graph(graph, plan)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     shapes = _reshape_tree(shapes, plan)
-    args = jax.tree_util.tree_unflatten(st.arg_tree, [
-        jax.ShapeDtypeStruct(np.shape(x), x.dtype) if a else x for x, a in zip(st.arg_leaves, st.is_array)])
+    args = jax.tree_util.tree_unflatten(
+        st.arg_tree,
+        [jax.ShapeDtypeStruct(np.shape(x), x.dtype) if a else x for x, a in zip(st.arg_leaves, st.is_array)],
+    )
     return flops(fn, shapes, *args)
 
 
 def _reshape_tree(shapes, plan: PrunePlan):
-    return map_with_path(lambda path, s: jax.ShapeDtypeStruct(plan.shapes[path][1], s.dtype)
-                         if path in plan.shapes else s, shapes)
+    return map_with_path(
+        lambda path, s: jax.ShapeDtypeStruct(plan.shapes[path][1], s.dtype) if path in plan.shapes else s, shapes
+    )

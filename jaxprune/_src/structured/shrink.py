@@ -48,9 +48,14 @@ def check_plan(params: Any, plan: PrunePlan, *, shrunk: bool = False, graph: Any
         if path not in have:
             raise ValueError(f"params have no leaf {path!r}, which the plan expects with shape {want}")
         if have[path] != tuple(want):
-            raise ValueError(f"params leaf {path!r} has shape {have[path]}, the plan expects {tuple(want)}"
-                             + (" (already shrunk?)" if not shrunk and path in plan.shapes
-                                and have[path] == plan.shapes[path][1] else ""))
+            raise ValueError(
+                f"params leaf {path!r} has shape {have[path]}, the plan expects {tuple(want)}"
+                + (
+                    " (already shrunk?)"
+                    if not shrunk and path in plan.shapes and have[path] == plan.shapes[path][1]
+                    else ""
+                )
+            )
     extra = sorted(set(have) - set(plan.leaf_shapes))
     if extra:
         raise ValueError(f"params have leaves the plan does not know: {extra[:10]}")
@@ -110,6 +115,7 @@ def plan_to_masks(params: Any, plan: PrunePlan) -> Any:
 
 def apply_plan_masks(params: Any, masks: Any) -> Any:
     """``params * masks`` where masks are not ``None`` (a local helper for equivalence checks)."""
+
     def f(x, m):
         if m is None:
             return x

@@ -29,8 +29,8 @@ import numpy as np
 from jax.extend import core as jcore
 
 from jaxprune._src.structured import axis_rules
-from jaxprune._src.structured.union_find import UnionFind
 from jaxprune._src.structured.groups import DependencyGraph, Group, Member, TraceState
+from jaxprune._src.structured.union_find import UnionFind
 from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["Member", "Group", "DependencyGraph", "trace_groups"]
@@ -236,8 +236,10 @@ class _Resolved:
                         changed = True
                         break
                     else:
-                        why = (f"axis split in two incompatible ways ({pk} {[uf.size[x] for x in pp]} "
-                               f"vs {kind} {[uf.size[x] for x in rparts]})")
+                        why = (
+                            f"axis split in two incompatible ways ({pk} {[uf.size[x] for x in pp]} "
+                            f"vs {kind} {[uf.size[x] for x in rparts]})"
+                        )
                         for x in [rw] + list(pp) + rparts:
                             uf.mark(x, why)
         self._memo: dict[int, dict[int, np.ndarray]] = {}
@@ -248,15 +250,14 @@ class _Resolved:
         w, uf = self.w, self.w.uf
         mine = [d for d in w.derivs if d[0] == "concat" and uf.find(d[1]) == rw]
         partlists = [[p for p in d[2] if uf.size[uf.find(p)] != 0] for d in mine]
-        bounds = sorted({0}.union(*(np.cumsum([uf.size[uf.find(x)] for x in parts]).tolist()
-                                    for parts in partlists)))
+        bounds = sorted({0}.union(*(np.cumsum([uf.size[uf.find(x)] for x in parts]).tolist() for parts in partlists)))
         segs = [w.new_node(hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
         new = [("concat", rw, segs)]
         for parts in partlists:
             start = 0
             for p in parts:
                 end = start + uf.size[uf.find(p)]
-                new.append(("concat", p, segs[bounds.index(start):bounds.index(end)]))
+                new.append(("concat", p, segs[bounds.index(start) : bounds.index(end)]))
                 start = end
         w.derivs = [d for d in w.derivs if not (d[0] == "concat" and uf.find(d[1]) == rw)] + new
 
@@ -345,9 +346,15 @@ def _kind(flags: set[str]) -> str:
     return "units"
 
 
-def trace_groups(apply_fn: Callable[..., Any], params: Any, *example_args: Any,
-                 prunable: Sequence[str] | None = None, ignore: Sequence[str] | None = None,
-                 through_norms: bool = False, **example_kwargs: Any) -> DependencyGraph:
+def trace_groups(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    *example_args: Any,
+    prunable: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    through_norms: bool = False,
+    **example_kwargs: Any,
+) -> DependencyGraph:
     """Finds the groups of coupled parameter axes of ``apply_fn(params, *example_args)``.
 
     Only ``params`` (any pytree: Linen variables with ``batch_stats``, an
@@ -394,9 +401,21 @@ def trace_groups(apply_fn: Callable[..., Any], params: Any, *example_args: Any,
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(params, *dyn)
     out_tree = jax.tree_util.tree_structure(out_shape)
     options = dict(prunable=prunable, ignore=ignore, through_norms=through_norms)
-    return _build_graph(closed, paths, [np.shape(x) for _, x in leaves], options,
-                        dict(arg_leaves=a_leaves, arg_tree=a_tree, is_array=is_arr, out_tree=out_tree,
-                             apply_fn=apply_fn, kwargs=dict(example_kwargs), options=options))
+    return _build_graph(
+        closed,
+        paths,
+        [np.shape(x) for _, x in leaves],
+        options,
+        dict(
+            arg_leaves=a_leaves,
+            arg_tree=a_tree,
+            is_array=is_arr,
+            out_tree=out_tree,
+            apply_fn=apply_fn,
+            kwargs=dict(example_kwargs),
+            options=options,
+        ),
+    )
 
 
 def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGraph:
@@ -452,13 +471,18 @@ def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGrap
                     reason = f"ignored: root {hit!r} matches {rx.pattern!r}"
                     break
         if reason is None and not roots:
-            reason = ("no layer produces these units: entries not read at the traced input shapes (e.g. the "
-                      "unused tail of a position-embedding table); pruning them would break other input shapes")
+            reason = (
+                "no layer produces these units: entries not read at the traced input shapes (e.g. the "
+                "unused tail of a position-embedding table); pruning them would break other input shapes"
+            )
         if reason is None and pr is not None and not any(rx.search(p) for rx in pr for p in roots):
             reason = "no root member matches the `prunable` regexes"
         flags = uf.flags_of(a)
-        groups.append(Group(len(groups), uf.size[a], tuple(mems), reason is None, reason, _kind(flags),
-                            through_norm="norm" in flags))
+        groups.append(
+            Group(
+                len(groups), uf.size[a], tuple(mems), reason is None, reason, _kind(flags), through_norm="norm" in flags
+            )
+        )
         atom_of_group.append(a)
     state = TraceState(walker=w, resolved=res, closed=closed, env=env, atoms=atom_of_group, **state_fields)
     return DependencyGraph(tuple(groups), dict(zip(paths, map(tuple, shapes))), state)

@@ -37,8 +37,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["TaskRecord", "MaskLibrary", "keep_vectors", "record_from_plan", "add_record", "save_library",
-           "load_library", "validate_library"]
+__all__ = [
+    "TaskRecord",
+    "MaskLibrary",
+    "keep_vectors",
+    "record_from_plan",
+    "add_record",
+    "save_library",
+    "load_library",
+    "validate_library",
+]
 
 _FORMAT = "jaxprune.mask_library"
 _VERSION = 1
@@ -65,14 +73,16 @@ class TaskRecord:
             raise TypeError(f"TaskRecord.name must be a non-empty str, got {self.name!r}")
         emb = np.asarray(self.embedding, np.float32)
         if emb.ndim != 1 or emb.size == 0 or not np.all(np.isfinite(emb)):
-            raise ValueError(f"TaskRecord {self.name!r}: embedding must be a finite non-empty 1-D vector, got "
-                             f"shape {emb.shape}")
+            raise ValueError(
+                f"TaskRecord {self.name!r}: embedding must be a finite non-empty 1-D vector, got shape {emb.shape}"
+            )
         keep = {}
         for g, m in dict(self.keep).items():
             m = np.asarray(m)
             if m.ndim != 1 or m.dtype != np.bool_:
-                raise ValueError(f"TaskRecord {self.name!r}: keep[{g!r}] must be a 1-D bool vector, got "
-                                 f"{m.dtype} {m.shape}")
+                raise ValueError(
+                    f"TaskRecord {self.name!r}: keep[{g!r}] must be a 1-D bool vector, got {m.dtype} {m.shape}"
+                )
             keep[str(g)] = m
         object.__setattr__(self, "embedding", emb)
         object.__setattr__(self, "keep", keep)
@@ -112,8 +122,9 @@ class MaskLibrary:
 
     def select(self, **meta: Any) -> "MaskLibrary":
         """The records whose metadata has all the given ``key=value`` pairs (e.g. ``budget=0.5``)."""
-        return MaskLibrary(tuple(r for r in self.records if all(r.meta.get(k) == v for k, v in meta.items())),
-                           self.meta)
+        return MaskLibrary(
+            tuple(r for r in self.records if all(r.meta.get(k) == v for k, v in meta.items())), self.meta
+        )
 
 
 # ----------------------------------------------------------------------------------- records
@@ -123,8 +134,9 @@ def _eligible_groups(graph, kinds: Sequence[str] | None, ignore: Sequence[str] |
     return eligible_groups(graph, DEFAULT_KINDS if kinds is None else kinds, ignore)
 
 
-def keep_vectors(plan, graph, *, kinds: Sequence[str] | None = None,
-                 ignore: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def keep_vectors(
+    plan, graph, *, kinds: Sequence[str] | None = None, ignore: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """``{group name: bool keep vector}`` of a plan, for every eligible group of ``graph``.
 
     Groups the plan does not prune get all-``True`` vectors. ``kinds``/``ignore``
@@ -137,16 +149,26 @@ def keep_vectors(plan, graph, *, kinds: Sequence[str] | None = None,
         m = np.ones(g.size, bool)
         if g.id in by_id:
             if by_id[g.id]["name"] != g.name or by_id[g.id]["size"] != g.size:
-                raise ValueError(f"keep_vectors: plan group {g.id} is {by_id[g.id]['name']} "
-                                 f"({by_id[g.id]['size']} units), the graph has {g.name} ({g.size})")
+                raise ValueError(
+                    f"keep_vectors: plan group {g.id} is {by_id[g.id]['name']} "
+                    f"({by_id[g.id]['size']} units), the graph has {g.name} ({g.size})"
+                )
             m[:] = False
             m[list(by_id[g.id]["kept"])] = True
         out[g.name] = m
     return out
 
 
-def record_from_plan(name: str, plan, graph, embedding: Any, *, kinds: Sequence[str] | None = None,
-                     ignore: Sequence[str] | None = None, **meta: Any) -> TaskRecord:
+def record_from_plan(
+    name: str,
+    plan,
+    graph,
+    embedding: Any,
+    *,
+    kinds: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    **meta: Any,
+) -> TaskRecord:
     """A :class:`TaskRecord` from a task's :class:`PrunePlan` (see :func:`keep_vectors`).
 
     ``meta``: free JSON-able metadata, e.g. ``num_examples=2000, method='taylor', budget=0.5``.
@@ -160,8 +182,9 @@ def record_from_plan(name: str, plan, graph, embedding: Any, *, kinds: Sequence[
       >>> list(r.keep.values())[0].tolist()
       [False, False, True, True]
     """
-    return TaskRecord(name, np.asarray(embedding, np.float32),
-                      keep_vectors(plan, graph, kinds=kinds, ignore=ignore), meta)
+    return TaskRecord(
+        name, np.asarray(embedding, np.float32), keep_vectors(plan, graph, kinds=kinds, ignore=ignore), meta
+    )
 
 
 def add_record(library: MaskLibrary, record: TaskRecord) -> MaskLibrary:
@@ -185,8 +208,10 @@ def validate_library(library: MaskLibrary, graph=None) -> None:
     ref_sizes = {g: m.size for g, m in ref.keep.items()}
     for r in library.records[1:]:
         if r.embedding.shape != ref.embedding.shape:
-            raise ValueError(f"record {r.name!r}: embedding has shape {r.embedding.shape}, record "
-                             f"{ref.name!r} has {ref.embedding.shape}")
+            raise ValueError(
+                f"record {r.name!r}: embedding has shape {r.embedding.shape}, record "
+                f"{ref.name!r} has {ref.embedding.shape}"
+            )
         sizes = {g: m.size for g, m in r.keep.items()}
         if sizes != ref_sizes:
             diff = sorted(set(sizes.items()) ^ set(ref_sizes.items()))[:4]
@@ -196,11 +221,15 @@ def validate_library(library: MaskLibrary, graph=None) -> None:
         for gname, size in ref_sizes.items():
             g = by_name.get(gname)
             if g is None:
-                raise ValueError(f"library group {gname!r} is not in the traced model "
-                                 f"(prunable groups: {[x.name for x in graph.prunable][:6]}...)")
+                raise ValueError(
+                    f"library group {gname!r} is not in the traced model "
+                    f"(prunable groups: {[x.name for x in graph.prunable][:6]}...)"
+                )
             if g.size != size or not g.prunable:
-                raise ValueError(f"library group {gname!r} has {size} units; the traced model's has {g.size}"
-                                 + ("" if g.prunable else f" and is not prunable ({g.reason})"))
+                raise ValueError(
+                    f"library group {gname!r} has {size} units; the traced model's has {g.size}"
+                    + ("" if g.prunable else f" and is not prunable ({g.reason})")
+                )
 
 
 # -------------------------------------------------------------------------------- save/load
@@ -252,26 +281,44 @@ def save_library(path: str | os.PathLike, library: MaskLibrary, *, overwrite: bo
         raise TypeError(f"save_library: overwrite must be a bool, got {overwrite!r}")
     path = os.path.abspath(os.fspath(path))
     arrays_name = f"{_ARRAYS_PREFIX}-{uuid.uuid4().hex[:12]}"
-    records = [{"name": r.name, "groups": list(r.keep), "sizes": [int(m.size) for m in r.keep.values()],
-                "embedding_dim": int(r.embedding.size), "meta": r.meta,
-                "sha256": _record_digest(r.embedding, list(r.keep.values()))} for r in library.records]
-    body = {"format": _FORMAT, "version": _VERSION, "arrays": arrays_name if records else None,
-            "meta": library.meta, "records": records}
+    records = [
+        {
+            "name": r.name,
+            "groups": list(r.keep),
+            "sizes": [int(m.size) for m in r.keep.values()],
+            "embedding_dim": int(r.embedding.size),
+            "meta": r.meta,
+            "sha256": _record_digest(r.embedding, list(r.keep.values())),
+        }
+        for r in library.records
+    ]
+    body = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "arrays": arrays_name if records else None,
+        "meta": library.meta,
+        "records": records,
+    }
     try:  # everything is checked before the disk is touched
         body = json.loads(json.dumps(body, default=_json_default, allow_nan=False))
     except (TypeError, ValueError) as e:
-        raise type(e)(f"save_library({path!r}): library metadata cannot be saved as JSON: {e}; nothing "
-                      "was written") from None
+        raise type(e)(
+            f"save_library({path!r}): library metadata cannot be saved as JSON: {e}; nothing was written"
+        ) from None
     body["sha256"] = _json_digest(body)
     text = json.dumps(body, indent=1)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"save_library: {path!r} exists and is not a directory")
     if _holds_library(path) and not overwrite:
-        raise ValueError(f"save_library: {path!r} already holds a mask library; refusing to replace it "
-                         "(pass overwrite=True to replace it)")
+        raise ValueError(
+            f"save_library: {path!r} already holds a mask library; refusing to replace it "
+            "(pass overwrite=True to replace it)"
+        )
     os.makedirs(path, exist_ok=True)
-    arrays = {f"r{i}": {"embedding": r.embedding, "keep": [m.astype(np.uint8) for m in r.keep.values()]}
-              for i, r in enumerate(library.records)}
+    arrays = {
+        f"r{i}": {"embedding": r.embedding, "keep": [m.astype(np.uint8) for m in r.keep.values()]}
+        for i, r in enumerate(library.records)
+    }
     tmp = os.path.join(path, f"{_META_FILE}.tmp-{arrays_name}")
     try:
         if arrays:
@@ -329,8 +376,9 @@ def load_library(path: str | os.PathLike, graph=None) -> MaskLibrary:
     meta_path = os.path.join(path, _META_FILE)
     if not os.path.exists(meta_path):
         hint = ""
-        if os.path.isdir(path) and any(n.startswith(_ARRAYS_PREFIX) or n.startswith(_META_FILE + ".tmp")
-                                       for n in os.listdir(path)):
+        if os.path.isdir(path) and any(
+            n.startswith(_ARRAYS_PREFIX) or n.startswith(_META_FILE + ".tmp") for n in os.listdir(path)
+        ):
             hint = " (it holds leftovers of a save that never completed: the first save was interrupted)"
         raise FileNotFoundError(f"no mask library at {path!r} (missing library.json){hint}")
     with open(meta_path, "rb") as f:
@@ -340,50 +388,66 @@ def load_library(path: str | os.PathLike, graph=None) -> MaskLibrary:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{meta_path}: not valid JSON ({e}; {len(raw)} bytes: truncated or corrupted?)") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{meta_path}: format must be {_FORMAT!r}, got "
-                         f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
+        raise ValueError(
+            f"{meta_path}: format must be {_FORMAT!r}, got "
+            f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}"
+        )
     if meta.get("version") != _VERSION:
         raise ValueError(f"{meta_path}: unsupported version {meta.get('version')!r} (expected {_VERSION})")
     recs = meta.get("records")
     if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
         raise ValueError(f"{meta_path}: 'records' must be a list of objects")
     arrays_name = meta.get("arrays", _ARRAYS_PREFIX)  # libraries without the key: the old fixed name
-    if recs and (not isinstance(arrays_name, str) or os.sep in arrays_name or not arrays_name.startswith(
-            _ARRAYS_PREFIX)):
+    if recs and (
+        not isinstance(arrays_name, str) or os.sep in arrays_name or not arrays_name.startswith(_ARRAYS_PREFIX)
+    ):
         raise _bad(meta_path, f"'arrays' must name an arrays directory, got {arrays_name!r}")
     records = []
     if recs:
         try:
-            abstract = {f"r{i}": {"embedding": np.zeros(int(r["embedding_dim"]), np.float32),
-                                  "keep": [np.zeros(int(s), np.uint8) for s in r["sizes"]]}
-                        for i, r in enumerate(recs)}
+            abstract = {
+                f"r{i}": {
+                    "embedding": np.zeros(int(r["embedding_dim"]), np.float32),
+                    "keep": [np.zeros(int(s), np.uint8) for s in r["sizes"]],
+                }
+                for i, r in enumerate(recs)
+            }
         except (KeyError, TypeError, ValueError) as e:
             raise _bad(meta_path, f"a record lacks a valid embedding_dim/sizes ({type(e).__name__}: {e})") from None
         arrays_dir = os.path.join(path, arrays_name)
         if not os.path.isdir(arrays_dir):
-            raise ValueError(f"{path}: library.json refers to {arrays_name}/, which is missing (library "
-                             "truncated or partly deleted)")
+            raise ValueError(
+                f"{path}: library.json refers to {arrays_name}/, which is missing (library truncated or partly deleted)"
+            )
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 arrays = ckptr.restore(arrays_dir, abstract)
         except Exception as e:  # orbax raises several types for missing/mismatched data
-            raise ValueError(f"{path}: stored arrays do not match library.json ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
+            raise ValueError(
+                f"{path}: stored arrays do not match library.json ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''})"
+            ) from None
         for i, r in enumerate(recs):
             a = arrays[f"r{i}"]
             if len(r["groups"]) != len(r["sizes"]) or len(a["keep"]) != len(r["groups"]):
-                raise ValueError(f"{path}: record {i} ({r.get('name')!r}) lists {len(r['groups'])} groups, "
-                                 f"{len(r['sizes'])} sizes and {len(a['keep'])} stored masks")
+                raise ValueError(
+                    f"{path}: record {i} ({r.get('name')!r}) lists {len(r['groups'])} groups, "
+                    f"{len(r['sizes'])} sizes and {len(a['keep'])} stored masks"
+                )
             keep = {}
             for g, s, m in zip(r["groups"], r["sizes"], a["keep"]):
                 m = np.asarray(m)
                 if m.shape != (int(s),) or (m.size and m.max() > 1):
-                    raise ValueError(f"{path}: record {r['name']!r} group {g!r}: expected a 0/1 vector of "
-                                     f"{s} units, got shape {m.shape} max {m.max() if m.size else None}")
+                    raise ValueError(
+                        f"{path}: record {r['name']!r} group {g!r}: expected a 0/1 vector of "
+                        f"{s} units, got shape {m.shape} max {m.max() if m.size else None}"
+                    )
                 keep[g] = m.astype(bool)
             if "sha256" in r and _record_digest(np.asarray(a["embedding"]), list(keep.values())) != r["sha256"]:
-                raise ValueError(f"{arrays_dir}: the stored arrays of record {i} ({r.get('name')!r}) do not match "
-                                 "their SHA-256 in library.json (arrays file corrupted)")
+                raise ValueError(
+                    f"{arrays_dir}: the stored arrays of record {i} ({r.get('name')!r}) do not match "
+                    "their SHA-256 in library.json (arrays file corrupted)"
+                )
             records.append(TaskRecord(r["name"], np.asarray(a["embedding"]), keep, r.get("meta", {})))
     if "sha256" in meta:
         body = {k: v for k, v in meta.items() if k != "sha256"}

@@ -46,10 +46,27 @@ from jaxprune._src import tree as tree_lib
 
 PyTree = Any
 
-__all__ = ["TransferConfig", "TransferData", "TransferResult", "PAPER_DATASETS", "find_head", "feature_fn",
-           "extract_features", "with_fresh_head", "load_transfer_data", "train_linear_head", "linear_finetune",
-           "full_finetune", "transfer", "MODES", "SMALL_DATASETS", "resolve_datasets", "run_study_b",
-           "study_b_tables", "write_study_b"]
+__all__ = [
+    "TransferConfig",
+    "TransferData",
+    "TransferResult",
+    "PAPER_DATASETS",
+    "find_head",
+    "feature_fn",
+    "extract_features",
+    "with_fresh_head",
+    "load_transfer_data",
+    "train_linear_head",
+    "linear_finetune",
+    "full_finetune",
+    "transfer",
+    "MODES",
+    "SMALL_DATASETS",
+    "resolve_datasets",
+    "run_study_b",
+    "study_b_tables",
+    "write_study_b",
+]
 
 #: Small-scale downstream tasks (offline): the real digits plus shapes tasks other than the upstream one.
 SMALL_DATASETS = ("digits_offline", "shapes_offline/task_02", "shapes_offline/task_08", "shapes_offline/task_13")
@@ -59,10 +76,10 @@ _HEAD_NAMES = ("head", "fc", "classifier")
 
 #: The paper's 12 downstream datasets -> tfds name (None: not in tensorflow-datasets 4.9).
 PAPER_DATASETS: dict[str, str | None] = {
-    "aircraft": None,            # FGVC-Aircraft: not in tfds (only community 'fgvc_aircraft' builds)
-    "birdsnap": None,            # Birdsnap: not in tfds
+    "aircraft": None,  # FGVC-Aircraft: not in tfds (only community 'fgvc_aircraft' builds)
+    "birdsnap": None,  # Birdsnap: not in tfds
     "caltech101": "caltech101",
-    "caltech256": None,          # Caltech-256: not in tfds
+    "caltech256": None,  # Caltech-256: not in tfds
     "cifar10": "cifar10",
     "cifar100": "cifar100",
     "dtd": "dtd",
@@ -144,9 +161,15 @@ class TransferResult:
     extra: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"mode": self.mode, "dataset": self.dataset, "test_accuracy": self.test_accuracy,
-                "dev_accuracy": self.dev_accuracy, "test_top5": self.test_top5, "seconds": self.seconds,
-                **self.extra}
+        return {
+            "mode": self.mode,
+            "dataset": self.dataset,
+            "test_accuracy": self.test_accuracy,
+            "dev_accuracy": self.dev_accuracy,
+            "test_top5": self.test_top5,
+            "seconds": self.seconds,
+            **self.extra,
+        }
 
 
 # ------------------------------------------------------------------------------------------ model surgery
@@ -159,8 +182,10 @@ def find_head(params: PyTree) -> str:
     for name in _HEAD_NAMES:
         if name in params and isinstance(params[name], dict) and "kernel" in params[name]:
             return name
-    raise ValueError(f"no top-level classifier among {_HEAD_NAMES} in params (keys {sorted(params)}); "
-                     "feature extraction needs the final Dense layer under one of these names")
+    raise ValueError(
+        f"no top-level classifier among {_HEAD_NAMES} in params (keys {sorted(params)}); "
+        "feature extraction needs the final Dense layer under one of these names"
+    )
 
 
 def feature_fn(model, head: str):
@@ -168,9 +193,13 @@ def feature_fn(model, head: str):
 
     Runs the model unchanged except that the top-level submodule ``head`` returns its input.
     """
+
     def interceptor(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and context.module.scope is not None and \
-                tuple(context.module.scope.path) == (head,):
+        if (
+            context.method_name == "__call__"
+            and context.module.scope is not None
+            and tuple(context.module.scope.path) == (head,)
+        ):
             return args[0]
         return next_fun(*args, **kwargs)
 
@@ -198,16 +227,17 @@ def extract_features(model, variables: PyTree, images: np.ndarray, *, batch_size
     bs = min(batch_size, n)
     out = []
     for i in range(0, n, bs):
-        x = images[i:i + bs]
+        x = images[i : i + bs]
         pad = bs - len(x)
         if pad:
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        out.append(np.asarray(fn(variables, x))[:bs - pad])
+        out.append(np.asarray(fn(variables, x))[: bs - pad])
     return np.concatenate(out).astype(np.float32)
 
 
-def with_fresh_head(model, variables: PyTree, masks: PyTree, num_classes: int, key: jax.Array,
-                    head_init: str = "random"):
+def with_fresh_head(
+    model, variables: PyTree, masks: PyTree, num_classes: int, key: jax.Array, head_init: str = "random"
+):
     """``(model, variables, masks)`` with a new dense classifier of ``num_classes`` outputs.
 
     The model is rebuilt from its config (``jaxprune.models.get_config``) with the new
@@ -241,7 +271,9 @@ def with_fresh_head(model, variables: PyTree, masks: PyTree, num_classes: int, k
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_transfer_data(name: str, cfg: TransferConfig = TransferConfig(), *, data_dir: str | None = None) -> TransferData:
+def load_transfer_data(
+    name: str, cfg: TransferConfig = TransferConfig(), *, data_dir: str | None = None
+) -> TransferData:
     """Train / dev / test of one downstream task, resized to ``cfg.image_size`` (shared by both modes).
 
     A task without a ``validation`` split gets a deterministic 10% of ``train`` as dev. Missing
@@ -256,8 +288,16 @@ def load_transfer_data(name: str, cfg: TransferConfig = TransferConfig(), *, dat
     except ValueError:
         order = np.random.default_rng(cfg.seed).permutation(len(train))
         k = max(len(train) // 10, 1)
-        pick = lambda idx, split: Dataset(train.images[idx], train.labels[idx], train.num_classes, name, split,  # noqa: E731
-                                          train.mean, train.std, train.class_names)
+        pick = lambda idx, split: Dataset(
+            train.images[idx],
+            train.labels[idx],
+            train.num_classes,
+            name,
+            split,  # noqa: E731
+            train.mean,
+            train.std,
+            train.class_names,
+        )
         train, dev = pick(np.sort(order[k:]), "train"), pick(np.sort(order[:k]), "validation")
     test = load_dataset(name, "test", **kw)
     return TransferData(name, train, dev, test)
@@ -265,9 +305,21 @@ def load_transfer_data(name: str, cfg: TransferConfig = TransferConfig(), *, dat
 
 # ------------------------------------------------------------------------------------------ linear
 @functools.partial(jax.jit, static_argnames=("epochs", "batch_size", "label_smoothing"))
-def train_linear_head(feats: jax.Array, labels: jax.Array, dev_feats: jax.Array, dev_labels: jax.Array,
-                      w0: jax.Array, b0: jax.Array, key: jax.Array, *, epochs: int, batch_size: int,
-                      lr: float, weight_decay: float = 0.0, label_smoothing: float = 0.0):
+def train_linear_head(
+    feats: jax.Array,
+    labels: jax.Array,
+    dev_feats: jax.Array,
+    dev_labels: jax.Array,
+    w0: jax.Array,
+    b0: jax.Array,
+    key: jax.Array,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+):
     """SGD (momentum 0.9, cosine-decayed ``lr``) on cached features; keeps the best-dev epoch.
 
     Returns ``(w, b, best_dev_accuracy, best_epoch)``; the whole run is one jitted function.
@@ -283,8 +335,9 @@ def train_linear_head(feats: jax.Array, labels: jax.Array, dev_feats: jax.Array,
     nb = n // bs
     total = epochs * nb
     sched = optax.cosine_decay_schedule(lr, max(total, 1))
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask={"w": True, "b": False}),
-                     optax.sgd(sched, momentum=0.9))
+    tx = optax.chain(
+        optax.add_decayed_weights(weight_decay, mask={"w": True, "b": False}), optax.sgd(sched, momentum=0.9)
+    )
 
     def loss_fn(p, x, y):
         onehot = optax.smooth_labels(jax.nn.one_hot(y, c), label_smoothing)
@@ -295,7 +348,7 @@ def train_linear_head(feats: jax.Array, labels: jax.Array, dev_feats: jax.Array,
 
     def epoch(carry, k):
         p, opt, best_p, best_acc, best_ep, ep = carry
-        idx = jax.random.permutation(k, n)[:nb * bs].reshape(nb, bs)
+        idx = jax.random.permutation(k, n)[: nb * bs].reshape(nb, bs)
 
         def step(c2, i):
             p, opt = c2
@@ -325,8 +378,9 @@ def _train_features(model, variables, data: TransferData, cfg: TransferConfig):
     return extract_features(model, variables, x, batch_size=cfg.feature_batch_size), y
 
 
-def linear_finetune(model, variables: PyTree, data: TransferData, cfg: TransferConfig = TransferConfig(),
-                    masks: PyTree = None) -> TransferResult:
+def linear_finetune(
+    model, variables: PyTree, data: TransferData, cfg: TransferConfig = TransferConfig(), masks: PyTree = None
+) -> TransferResult:
     """Linear finetuning: frozen backbone features (extracted once) + a new linear head.
 
     The backbone variables of the returned model are the input ones, unchanged.
@@ -342,22 +396,42 @@ def linear_finetune(model, variables: PyTree, data: TransferData, cfg: TransferC
     new_model, new_vars, new_masks = with_fresh_head(model, variables, masks, data.num_classes, key, init)
     head = find_head(new_vars["params"])
     w0, b0 = new_vars["params"][head]["kernel"], new_vars["params"][head]["bias"]
-    w, b, dev_acc, ep = train_linear_head(jnp.asarray(feats), jnp.asarray(labels), jnp.asarray(dev_feats),
-                                          jnp.asarray(data.dev.labels), w0, b0, jax.random.fold_in(key, 1),
-                                          epochs=cfg.linear_epochs, batch_size=cfg.linear_batch_size,
-                                          lr=cfg.linear_lr, weight_decay=cfg.linear_weight_decay,
-                                          label_smoothing=cfg.label_smoothing)
-    new_vars = dict(new_vars, params=dict(new_vars["params"], **{head: {"kernel": np.asarray(w),
-                                                                         "bias": np.asarray(b)}}))
+    w, b, dev_acc, ep = train_linear_head(
+        jnp.asarray(feats),
+        jnp.asarray(labels),
+        jnp.asarray(dev_feats),
+        jnp.asarray(data.dev.labels),
+        w0,
+        b0,
+        jax.random.fold_in(key, 1),
+        epochs=cfg.linear_epochs,
+        batch_size=cfg.linear_batch_size,
+        lr=cfg.linear_lr,
+        weight_decay=cfg.linear_weight_decay,
+        label_smoothing=cfg.label_smoothing,
+    )
+    new_vars = dict(
+        new_vars, params=dict(new_vars["params"], **{head: {"kernel": np.asarray(w), "bias": np.asarray(b)}})
+    )
     test = evaluate(new_model, new_vars, data.test)
-    return TransferResult("linear", data.name, float(test["accuracy"]), float(dev_acc), float(test["top5"]),
-                          time.perf_counter() - t0, new_model, new_vars, new_masks,
-                          {"best_epoch": int(ep), "feature_seconds": t_feat, "feature_dim": int(feats.shape[1])})
+    return TransferResult(
+        "linear",
+        data.name,
+        float(test["accuracy"]),
+        float(dev_acc),
+        float(test["top5"]),
+        time.perf_counter() - t0,
+        new_model,
+        new_vars,
+        new_masks,
+        {"best_epoch": int(ep), "feature_seconds": t_feat, "feature_dim": int(feats.shape[1])},
+    )
 
 
 # ------------------------------------------------------------------------------------------ full
-def full_finetune(model, variables: PyTree, masks: PyTree, data: TransferData,
-                  cfg: TransferConfig = TransferConfig()) -> TransferResult:
+def full_finetune(
+    model, variables: PyTree, masks: PyTree, data: TransferData, cfg: TransferConfig = TransferConfig()
+) -> TransferResult:
     """Full finetuning with the upstream masks fixed (``masks=None``: dense model, no mask)."""
     from jaxprune._src.train import TrainConfig, evaluate, fit
 
@@ -367,27 +441,52 @@ def full_finetune(model, variables: PyTree, masks: PyTree, data: TransferData,
         lin = linear_finetune(model, variables, data, cfg, masks)
         new_model, new_vars, new_masks = lin.model, lin.variables, lin.masks
     else:
-        new_model, new_vars, new_masks = with_fresh_head(model, variables, masks, data.num_classes, key,
-                                                         cfg.head_init)
+        new_model, new_vars, new_masks = with_fresh_head(model, variables, masks, data.num_classes, key, cfg.head_init)
     if new_masks is not None:
-        new_masks = jax.tree.map(lambda m: None if m is None else jnp.asarray(m, bool), new_masks,
-                                 is_leaf=tree_lib.is_none)
+        new_masks = jax.tree.map(
+            lambda m: None if m is None else jnp.asarray(m, bool), new_masks, is_leaf=tree_lib.is_none
+        )
         if all(bool(jnp.all(m)) for m in jax.tree.leaves(new_masks)):
             new_masks = None  # dense upstream: no fixed mask needed
-    tc = TrainConfig(steps=cfg.full_steps, batch_size=min(cfg.full_batch_size, len(data.train)),
-                     learning_rate=cfg.full_lr, weight_decay=cfg.full_weight_decay,
-                     warmup_steps=cfg.full_warmup_steps, label_smoothing=cfg.label_smoothing,
-                     eval_every=max(cfg.full_steps // 5, 1), augment=cfg.augment, seed=cfg.seed)
-    res = fit(new_model, new_vars, data.train, tc, eval_ds=data.dev, masks=new_masks, progress=False,
-              desc=f"full/{data.name}")
+    tc = TrainConfig(
+        steps=cfg.full_steps,
+        batch_size=min(cfg.full_batch_size, len(data.train)),
+        learning_rate=cfg.full_lr,
+        weight_decay=cfg.full_weight_decay,
+        warmup_steps=cfg.full_warmup_steps,
+        label_smoothing=cfg.label_smoothing,
+        eval_every=max(cfg.full_steps // 5, 1),
+        augment=cfg.augment,
+        seed=cfg.seed,
+    )
+    res = fit(
+        new_model, new_vars, data.train, tc, eval_ds=data.dev, masks=new_masks, progress=False, desc=f"full/{data.name}"
+    )
     test = evaluate(new_model, res.variables, data.test)
-    return TransferResult("full", data.name, float(test["accuracy"]), float(res.best_accuracy), float(test["top5"]),
-                          time.perf_counter() - t0, new_model, res.variables, new_masks,
-                          {"best_step": int(res.best_step), "steps": int(res.steps_run)})
+    return TransferResult(
+        "full",
+        data.name,
+        float(test["accuracy"]),
+        float(res.best_accuracy),
+        float(test["top5"]),
+        time.perf_counter() - t0,
+        new_model,
+        res.variables,
+        new_masks,
+        {"best_step": int(res.best_step), "steps": int(res.steps_run)},
+    )
 
 
-def transfer(model, variables: PyTree, masks: PyTree, data: TransferData | str, mode: str,
-             cfg: TransferConfig = TransferConfig(), *, data_dir: str | None = None) -> TransferResult:
+def transfer(
+    model,
+    variables: PyTree,
+    masks: PyTree,
+    data: TransferData | str,
+    mode: str,
+    cfg: TransferConfig = TransferConfig(),
+    *,
+    data_dir: str | None = None,
+) -> TransferResult:
     """Runs one transfer (``mode`` ``'linear'`` or ``'full'``) of an upstream model to ``data``.
 
     ``data`` is a :class:`TransferData` or a dataset name (loaded by :func:`load_transfer_data`).
@@ -423,8 +522,9 @@ def resolve_datasets(names, *, data_dir: str | None = None, log=print) -> list[s
     return out
 
 
-def run_study_b(upstreams, datasets, cfg: TransferConfig = TransferConfig(), *, modes=MODES,
-                data_dir: str | None = None, log=print) -> dict:
+def run_study_b(
+    upstreams, datasets, cfg: TransferConfig = TransferConfig(), *, modes=MODES, data_dir: str | None = None, log=print
+) -> dict:
     """Transfers every upstream (:class:`SparseUpstream`-like: ``model, variables, masks, method,
     sparsity, stats``) to every dataset in every mode. Returns ``{'runs': [...], 'config': ...}``."""
     runs = []
@@ -433,11 +533,21 @@ def run_study_b(upstreams, datasets, cfg: TransferConfig = TransferConfig(), *, 
         for up in upstreams:
             for mode in modes:
                 r = transfer(up.model, up.variables, up.masks, data, mode, cfg)
-                runs.append({"method": up.method, "sparsity": float(up.sparsity),
-                             "upstream_sparsity": float(up.stats.get("sparsity", up.sparsity)), **r.summary()})
+                runs.append(
+                    {
+                        "method": up.method,
+                        "sparsity": float(up.sparsity),
+                        "upstream_sparsity": float(up.stats.get("sparsity", up.sparsity)),
+                        **r.summary(),
+                    }
+                )
                 log(f"{name:>24} {mode:>6} {up.method:>10} s={up.sparsity:.2f}: top-1 {r.test_accuracy:.3f}")
-    return {"config": dataclasses.asdict(cfg), "datasets": list(datasets), "runs": runs,
-            "backend": jax.default_backend()}
+    return {
+        "config": dataclasses.asdict(cfg),
+        "datasets": list(datasets),
+        "runs": runs,
+        "backend": jax.default_backend(),
+    }
 
 
 def study_b_tables(result: dict) -> dict[str, dict]:
@@ -452,8 +562,14 @@ def study_b_tables(result: dict) -> dict[str, dict]:
         for r in rs:
             acc[(r["method"], r["sparsity"])][r["dataset"]] = 100 * r["test_accuracy"]
         dense = next((acc[row] for row in rows if row[0] == "dense"), None)
-        delta = {row: (float(np.mean([acc[row][d] - dense[d] for d in ds if d in acc[row] and d in dense]))
-                       if dense else float("nan")) for row in rows}
+        delta = {
+            row: (
+                float(np.mean([acc[row][d] - dense[d] for d in ds if d in acc[row] and d in dense]))
+                if dense
+                else float("nan")
+            )
+            for row in rows
+        }
         tables[mode] = {"rows": rows, "datasets": ds, "acc": acc, "mean_delta": delta}
     return tables
 
@@ -475,12 +591,17 @@ def write_study_b(out_dir: str, result: dict) -> str:
     md = []
     for mode, t in tables.items():
         md.append(f"### {mode} finetuning (test top-1 %)\n")
-        md.append("| method | sparsity | " + " | ".join(_short(d) for d in t["datasets"]) + " | mean | mean Δ vs dense |")
+        md.append(
+            "| method | sparsity | " + " | ".join(_short(d) for d in t["datasets"]) + " | mean | mean Δ vs dense |"
+        )
         md.append("|---|---|" + "---|" * (len(t["datasets"]) + 2))
         for row in t["rows"]:
             vals = [t["acc"][row].get(d, float("nan")) for d in t["datasets"]]
-            md.append(f"| {row[0]} | {100 * row[1]:.0f}% | " + " | ".join(f"{v:.2f}" for v in vals)
-                      + f" | {np.nanmean(vals):.2f} | {t['mean_delta'][row]:+.2f} |")
+            md.append(
+                f"| {row[0]} | {100 * row[1]:.0f}% | "
+                + " | ".join(f"{v:.2f}" for v in vals)
+                + f" | {np.nanmean(vals):.2f} | {t['mean_delta'][row]:+.2f} |"
+            )
         md.append("")
     text = "\n".join(md)
     with open(os.path.join(out_dir, "results.md"), "w") as f:

@@ -62,10 +62,25 @@ from jaxprune._src.schedules import polynomial
 
 PyTree = Any
 
-__all__ = ["METHODS", "STR_DECAY", "SparseUpstreamConfig", "SparseUpstream", "Recipe", "recipe",
-           "full_upstream_config", "build_upstream_model", "load_upstream_splits", "train_sparse_upstream",
-           "save_sparse_upstream", "load_sparse_upstream", "run_name", "prunable_sparsity", "run_sparse_upstream",
-           "DEFAULT_METHODS", "write_upstream_report"]
+__all__ = [
+    "METHODS",
+    "STR_DECAY",
+    "SparseUpstreamConfig",
+    "SparseUpstream",
+    "Recipe",
+    "recipe",
+    "full_upstream_config",
+    "build_upstream_model",
+    "load_upstream_splits",
+    "train_sparse_upstream",
+    "save_sparse_upstream",
+    "load_sparse_upstream",
+    "run_name",
+    "prunable_sparsity",
+    "run_sparse_upstream",
+    "DEFAULT_METHODS",
+    "write_upstream_report",
+]
 
 #: Methods run by default: every method of the study (plus SET and STE).
 DEFAULT_METHODS = ("dense", "gmp", "acdc", "rigl1x", "rigl5x", "set", "ste", "str", "woodfisher", "lth")
@@ -138,10 +153,24 @@ def full_upstream_config(**overrides: Any) -> SparseUpstreamConfig:
     >>> full_upstream_config().arch, full_upstream_config().steps
     ('resnet50', 500000)
     """
-    base = dict(arch="resnet50", stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512), image_size=224,
-                dataset="imagenet2012", dev_split="validation[:10000]", test_split="validation",
-                steps=500_000, batch_size=256, learning_rate=0.1, weight_decay=1e-4, warmup_steps=25_000,
-                augment=True, prune_every=5_000, woodfisher_block=128, lth_rounds=3)
+    base = dict(
+        arch="resnet50",
+        stage_sizes=(3, 4, 6, 3),
+        stage_widths=(64, 128, 256, 512),
+        image_size=224,
+        dataset="imagenet2012",
+        dev_split="validation[:10000]",
+        test_split="validation",
+        steps=500_000,
+        batch_size=256,
+        learning_rate=0.1,
+        weight_decay=1e-4,
+        warmup_steps=25_000,
+        augment=True,
+        prune_every=5_000,
+        woodfisher_block=128,
+        lth_rounds=3,
+    )
     base.update(overrides)
     return SparseUpstreamConfig(**base)
 
@@ -149,10 +178,10 @@ def full_upstream_config(**overrides: Any) -> SparseUpstreamConfig:
 class Recipe(NamedTuple):
     """What a method changes in the shared training path."""
 
-    steps: int                                        # training length of one round
-    pruner: Callable[[], Pruner] | None = None        # built inside the run (fresh per call)
-    reparam: str | None = None                        # 'str' or None
-    rounds: int = 0                                   # LTH prune-rewind rounds
+    steps: int  # training length of one round
+    pruner: Callable[[], Pruner] | None = None  # built inside the run (fresh per call)
+    reparam: str | None = None  # 'str' or None
+    rounds: int = 0  # LTH prune-rewind rounds
     rewind_step: int = 0
 
 
@@ -185,18 +214,44 @@ def recipe(method: str, sparsity: float, cfg: SparseUpstreamConfig) -> Recipe:
     if method == "ste":
         return Recipe(t, lambda: alg.ste_pruner(polynomial(s, begin=begin, end=end, every=every), _spec(first)))
     if method == "woodfisher":
-        return Recipe(t, lambda: alg.woodfisher_pruner(s, begin=begin, end=end, every=every, block_size=cfg.woodfisher_block,
-                                                damp=cfg.woodfisher_damp, spec=_spec(first, "global")))
+        return Recipe(
+            t,
+            lambda: alg.woodfisher_pruner(
+                s,
+                begin=begin,
+                end=end,
+                every=every,
+                block_size=cfg.woodfisher_block,
+                damp=cfg.woodfisher_damp,
+                spec=_spec(first, "global"),
+            ),
+        )
     if method == "acdc":
         phase = max(int(0.05 * t), 1)
-        return Recipe(t, lambda: alg.acdc_pruner(s, warmup=begin, compressed_steps=phase, dense_steps=phase,
-                                          final_begin=int(0.85 * t), spec=_spec(first, "global")))
+        return Recipe(
+            t,
+            lambda: alg.acdc_pruner(
+                s,
+                warmup=begin,
+                compressed_steps=phase,
+                dense_steps=phase,
+                final_begin=int(0.85 * t),
+                spec=_spec(first, "global"),
+            ),
+        )
     if method in ("rigl1x", "rigl5x", "set"):
         rc = alg.rigl_config(t, 5 if method == "rigl5x" else 1, every=every)
         factory = alg.set_pruner if method == "set" else alg.rigl_pruner
-        return Recipe(rc["total_steps"], lambda: factory(s, every=rc["every"], end=rc["end"],
-                                                         drop_fraction=rc["drop_fraction"],
-                                                         spec=_spec(first, distribution="erk")))
+        return Recipe(
+            rc["total_steps"],
+            lambda: factory(
+                s,
+                every=rc["every"],
+                end=rc["end"],
+                drop_fraction=rc["drop_fraction"],
+                spec=_spec(first, distribution="erk"),
+            ),
+        )
     if method == "str":
         return Recipe(t, reparam="str")
     return Recipe(t, rounds=cfg.lth_rounds, rewind_step=max(int(0.05 * t), 1))  # lth
@@ -226,9 +281,16 @@ def load_upstream_splits(cfg: SparseUpstreamConfig, data_dir: str | None = None)
     if cfg.dataset.startswith("shapes_offline/upstream"):
         ucfg = UpstreamConfig(dataset=cfg.dataset, image_size=cfg.image_size, train_examples=cfg.train_examples)
         return tuple(load_upstream_data(ucfg, split, data_dir) for split in ("train", "validation", "test"))
-    return tuple(load_dataset(cfg.dataset, split, image_size=cfg.image_size, data_dir=data_dir,
-                              max_examples=cfg.train_examples if split == cfg.train_split else None)
-                 for split in (cfg.train_split, cfg.dev_split, cfg.test_split))
+    return tuple(
+        load_dataset(
+            cfg.dataset,
+            split,
+            image_size=cfg.image_size,
+            data_dir=data_dir,
+            max_examples=cfg.train_examples if split == cfg.train_split else None,
+        )
+        for split in (cfg.train_split, cfg.dev_split, cfg.test_split)
+    )
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -245,8 +307,14 @@ class _Reparam:
         return self.model.apply(v, x, **kw)
 
 
-def _tx(cfg: SparseUpstreamConfig, params: PyTree, total: int, start: int = 0,
-        extra_decay: PyTree = None, extra_rate: float = 0.0) -> optax.GradientTransformation:
+def _tx(
+    cfg: SparseUpstreamConfig,
+    params: PyTree,
+    total: int,
+    start: int = 0,
+    extra_decay: PyTree = None,
+    extra_rate: float = 0.0,
+) -> optax.GradientTransformation:
     """SGDW (momentum 0.9, Nesterov, decay on ndim>1 leaves), warm-up + cosine over ``total``
     steps, starting at step ``start`` (LTH rewinding restarts mid-schedule)."""
     from jaxprune._src.train import warmup_cosine
@@ -260,13 +328,32 @@ def _tx(cfg: SparseUpstreamConfig, params: PyTree, total: int, start: int = 0,
     return optax.chain(*parts)
 
 
-def _fit(model, variables, data, cfg, steps, *, total, start=0, pruner=None, masks=None, tx=None, desc="train",
-         progress=False):
+def _fit(
+    model,
+    variables,
+    data,
+    cfg,
+    steps,
+    *,
+    total,
+    start=0,
+    pruner=None,
+    masks=None,
+    tx=None,
+    desc="train",
+    progress=False,
+):
     from jaxprune._src.train import TrainConfig, fit
 
-    tc = TrainConfig(steps=steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                     weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, augment=cfg.augment,
-                     seed=cfg.seed + start)
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        augment=cfg.augment,
+        seed=cfg.seed + start,
+    )
     tx = _tx(cfg, variables["params"], total, start) if tx is None else tx
     return fit(model, variables, data[0], tc, tx=tx, pruner=pruner, masks=masks, progress=progress, desc=desc)
 
@@ -278,8 +365,9 @@ def prunable_sparsity(params: PyTree, masks: PyTree) -> float:
     0.5
     """
     zeros = total = 0
-    for (_, m), (_, p) in zip(tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none),
-                              tree_lib.leaves_with_paths(params)):
+    for (_, m), (_, p) in zip(
+        tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none), tree_lib.leaves_with_paths(params)
+    ):
         if m is not None:
             zeros += int(np.sum(np.asarray(p) == 0))
             total += int(np.size(p))
@@ -309,9 +397,15 @@ def run_name(method: str, sparsity: float) -> str:
     return f"{method}_s{int(round(100 * float(sparsity)))}"
 
 
-def train_sparse_upstream(method: str, sparsity: float, cfg: SparseUpstreamConfig = SparseUpstreamConfig(), *,
-                          data: tuple | None = None, data_dir: str | None = None,
-                          progress: bool = False) -> SparseUpstream:
+def train_sparse_upstream(
+    method: str,
+    sparsity: float,
+    cfg: SparseUpstreamConfig = SparseUpstreamConfig(),
+    *,
+    data: tuple | None = None,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> SparseUpstream:
     """Trains the upstream model of ``cfg`` with ``method`` at ``sparsity`` (0 for ``'dense'``).
 
     Returns a :class:`SparseUpstream` whose ``stats`` hold ``test_accuracy``, ``dev_accuracy``
@@ -332,14 +426,28 @@ def train_sparse_upstream(method: str, sparsity: float, cfg: SparseUpstreamConfi
     extra: dict[str, Any] = {}
     steps_run = 0
     if rec.reparam == "str":  # STR: train {'weights', 'thresholds'} through the reparameterised model
-        sp = alg.str_init(variables["params"], init_threshold=cfg.str_init_threshold,
-                          prunable=((rf"^{first}/kernel$", False), (r"^(head|fc)/kernel$", False)))
+        sp = alg.str_init(
+            variables["params"],
+            init_threshold=cfg.str_init_threshold,
+            prunable=((rf"^{first}/kernel$", False), (r"^(head|fc)/kernel$", False)),
+        )
         decay = STR_DECAY.get(round(sparsity, 2), 0.05)
-        thr_mask = {"weights": jax.tree.map(lambda _: False, sp["weights"]),
-                    "thresholds": jax.tree.map(lambda _: True, sp["thresholds"])}
+        thr_mask = {
+            "weights": jax.tree.map(lambda _: False, sp["weights"]),
+            "thresholds": jax.tree.map(lambda _: True, sp["thresholds"]),
+        }
         tx = _tx(cfg, sp, rec.steps, extra_decay=thr_mask, extra_rate=decay)
-        res = _fit(_Reparam(model, alg.str_effective), dict(variables, params=sp), data, cfg, rec.steps,
-                   total=rec.steps, tx=tx, desc=f"{method}-{sparsity}", progress=progress)
+        res = _fit(
+            _Reparam(model, alg.str_effective),
+            dict(variables, params=sp),
+            data,
+            cfg,
+            rec.steps,
+            total=rec.steps,
+            tx=tx,
+            desc=f"{method}-{sparsity}",
+            progress=progress,
+        )
         params, masks = alg.str_finalize(res.variables["params"])
         variables = dict(res.variables, params=params)
         extra["str_learned_sparsity"] = float(alg.str_sparsity(res.variables["params"]))
@@ -351,24 +459,42 @@ def train_sparse_upstream(method: str, sparsity: float, cfg: SparseUpstreamConfi
         def train_fn(v, m, start, num):
             nonlocal steps_run
             pm = m["params"] if m is not None else None
-            r = _fit(model, v, data, cfg, num, total=rec.steps, start=start, masks=pm, desc=f"lth@{start}",
-                     progress=progress)
+            r = _fit(
+                model, v, data, cfg, num, total=rec.steps, start=start, masks=pm, desc=f"lth@{start}", progress=progress
+            )
             steps_run += r.steps_run
             return r.variables
 
         full_spec = dataclasses.replace(spec, rules=tuple((f"^params/{p.lstrip('^')}", s) for p, s in spec.rules))
-        lt = alg.lottery_ticket(train_fn, variables, sparsity=sparsity, rounds=rec.rounds, round_steps=rec.steps,
-                                rewind_step=rec.rewind_step, spec=full_spec)
+        lt = alg.lottery_ticket(
+            train_fn,
+            variables,
+            sparsity=sparsity,
+            rounds=rec.rounds,
+            round_steps=rec.steps,
+            rewind_step=rec.rewind_step,
+            spec=full_spec,
+        )
         variables, masks = lt.params, lt.masks["params"]
         extra["lth_round_sparsities"] = [float(s) for s in lt.sparsities]
     else:  # dense and every pruner-driven method
         pruner = rec.pruner() if rec.pruner is not None else None
-        res = _fit(model, variables, data, cfg, rec.steps, total=rec.steps, pruner=pruner,
-                   desc=f"{method}-{sparsity}", progress=progress)
+        res = _fit(
+            model,
+            variables,
+            data,
+            cfg,
+            rec.steps,
+            total=rec.steps,
+            pruner=pruner,
+            desc=f"{method}-{sparsity}",
+            progress=progress,
+        )
         variables, masks = res.variables, res.masks
         steps_run = res.steps_run
         if masks is None:  # dense: all-True masks over the would-be prunable kernels
             from jaxprune._src.pruner import dense_masks
+
             masks = dense_masks(variables["params"], _spec(first))
         elif pruner.straight_through:  # STE keeps dense weights; the model is the masked one
             variables = dict(variables, params=masks_lib.apply_masks(variables["params"], masks))
@@ -377,11 +503,20 @@ def train_sparse_upstream(method: str, sparsity: float, cfg: SparseUpstreamConfi
     masks = jax.tree.map(lambda m: None if m is None else np.asarray(m, bool), masks, is_leaf=tree_lib.is_none)
     dev = evaluate(model, variables, data[1])
     test = evaluate(model, variables, data[2])
-    stats = {"method": method, "target_sparsity": sparsity, "test_accuracy": float(test["accuracy"]),
-             "test_top5": float(test["top5"]), "dev_accuracy": float(dev["accuracy"]),
-             "sparsity": prunable_sparsity(variables["params"], masks),
-             "mask_sparsity": float(alg.sparsity_of_masks(masks)), "steps": int(steps_run),
-             "seconds": seconds, "num_classes": int(data[0].num_classes), "backend": jax.default_backend(), **extra}
+    stats = {
+        "method": method,
+        "target_sparsity": sparsity,
+        "test_accuracy": float(test["accuracy"]),
+        "test_top5": float(test["top5"]),
+        "dev_accuracy": float(dev["accuracy"]),
+        "sparsity": prunable_sparsity(variables["params"], masks),
+        "mask_sparsity": float(alg.sparsity_of_masks(masks)),
+        "steps": int(steps_run),
+        "seconds": seconds,
+        "num_classes": int(data[0].num_classes),
+        "backend": jax.default_backend(),
+        **extra,
+    }
     return SparseUpstream(model, variables, masks, method, sparsity, stats, cfg)
 
 
@@ -395,12 +530,22 @@ def save_sparse_upstream(directory: str, up: SparseUpstream, *, overwrite: bool 
     """
     from jaxprune._src.checkpoint.api import save_checkpoint
 
-    var_masks = {k: (up.masks if k == "params" else jax.tree.map(lambda _: None, v))
-                 for k, v in up.variables.items()}
-    meta = {"method": up.method, "sparsity": up.sparsity, "stats": up.stats,
-            "config": None if up.config is None else up.config.to_dict()}
-    save_checkpoint(directory, int(up.stats.get("steps", 0)), params=up.variables, masks=var_masks,
-                    model_config=up.model, data_state=json.loads(json.dumps(meta)), overwrite=overwrite)
+    var_masks = {k: (up.masks if k == "params" else jax.tree.map(lambda _: None, v)) for k, v in up.variables.items()}
+    meta = {
+        "method": up.method,
+        "sparsity": up.sparsity,
+        "stats": up.stats,
+        "config": None if up.config is None else up.config.to_dict(),
+    }
+    save_checkpoint(
+        directory,
+        int(up.stats.get("steps", 0)),
+        params=up.variables,
+        masks=var_masks,
+        model_config=up.model,
+        data_state=json.loads(json.dumps(meta)),
+        overwrite=overwrite,
+    )
     return directory
 
 
@@ -413,8 +558,10 @@ def load_sparse_upstream(directory: str) -> SparseUpstream:
         raise FileNotFoundError(f"no sparse upstream checkpoint directory {directory!r}")
     ck = restore_checkpoint(directory)
     if ck.model_config is None or ck.data_state is None or "method" not in ck.data_state:
-        raise ValueError(f"{directory!r} is not a sparse upstream checkpoint (needs model_config and a data_state "
-                         f"with 'method'); got data_state {ck.data_state!r}")
+        raise ValueError(
+            f"{directory!r} is not a sparse upstream checkpoint (needs model_config and a data_state "
+            f"with 'method'); got data_state {ck.data_state!r}"
+        )
     model = models.from_config(ck.model_config)
     variables = jax.tree.map(np.asarray, ck.params)
     masks = ck.masks["params"] if ck.masks is not None else None
@@ -424,9 +571,16 @@ def load_sparse_upstream(directory: str) -> SparseUpstream:
 
 
 # ------------------------------------------------------------------------------------------ driver
-def run_sparse_upstream(out_dir: str, cfg: SparseUpstreamConfig, methods=DEFAULT_METHODS,
-                        sparsities=(0.8, 0.9, 0.95), *, data_dir: str | None = None, progress: bool = False,
-                        log=print) -> dict:
+def run_sparse_upstream(
+    out_dir: str,
+    cfg: SparseUpstreamConfig,
+    methods=DEFAULT_METHODS,
+    sparsities=(0.8, 0.9, 0.95),
+    *,
+    data_dir: str | None = None,
+    progress: bool = False,
+    log=print,
+) -> dict:
     """Trains every method x sparsity (dense once), checkpoints each under ``out_dir/checkpoints/<run>``
     and writes ``results.json``, ``results.md`` and ``results.png``. Returns the JSON dict."""
     for m in methods:
@@ -436,12 +590,14 @@ def run_sparse_upstream(out_dir: str, cfg: SparseUpstreamConfig, methods=DEFAULT
     data = load_upstream_splits(cfg, data_dir)
     runs = []
     for m in methods:
-        for s in ((0.0,) if m == "dense" else tuple(sparsities)):
+        for s in (0.0,) if m == "dense" else tuple(sparsities):
             up = train_sparse_upstream(m, s, cfg, data=data, progress=progress)
             path = save_sparse_upstream(os.path.join(os.path.abspath(out_dir), "checkpoints", run_name(m, s)), up)
             runs.append({**up.stats, "run": run_name(m, s), "checkpoint": path})
-            log(f"{run_name(m, s):>16}: top-1 {up.stats['test_accuracy']:.3f}  sparsity {up.stats['sparsity']:.3f}"
-                f"  {up.stats['seconds']:.0f}s")
+            log(
+                f"{run_name(m, s):>16}: top-1 {up.stats['test_accuracy']:.3f}  sparsity {up.stats['sparsity']:.3f}"
+                f"  {up.stats['seconds']:.0f}s"
+            )
     result = {"config": cfg.to_dict(), "runs": runs, "backend": jax.default_backend()}
     write_upstream_report(out_dir, result)
     return result
@@ -451,11 +607,15 @@ def write_upstream_report(out_dir: str, result: dict) -> None:
     """``results.json``, ``results.md`` (method x sparsity table) and ``results.png`` in ``out_dir``."""
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    lines = ["| method | target sparsity | achieved sparsity | top-1 (%) | train time (s) | steps |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | target sparsity | achieved sparsity | top-1 (%) | train time (s) | steps |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
-        lines.append(f"| {r['method']} | {100 * r['target_sparsity']:.0f}% | {100 * r['sparsity']:.1f}% | "
-                     f"{100 * r['test_accuracy']:.2f} | {r['seconds']:.1f} | {r['steps']} |")
+        lines.append(
+            f"| {r['method']} | {100 * r['target_sparsity']:.0f}% | {100 * r['sparsity']:.1f}% | "
+            f"{100 * r['test_accuracy']:.2f} | {r['seconds']:.1f} | {r['steps']} |"
+        )
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     try:

@@ -36,8 +36,18 @@ from jaxprune._src.transfer import zero_shot_structured as zs
 from jaxprune._src.transfer.report import write_outputs
 from jaxprune._src.transfer.upstream import UpstreamConfig, pretrain_upstream
 
-__all__ = ["StudyAConfig", "small_config", "quick_config", "full_config", "run_study_a", "write_outputs",
-           "summarize", "short_study_a", "NEVIS_TINY", "NEVIS_SHORT"]
+__all__ = [
+    "StudyAConfig",
+    "small_config",
+    "quick_config",
+    "full_config",
+    "run_study_a",
+    "write_outputs",
+    "summarize",
+    "short_study_a",
+    "NEVIS_TINY",
+    "NEVIS_SHORT",
+]
 
 #: Nevis'22 TINY stream, by tfds name (None: not in tfds / not image classification).
 NEVIS_TINY = (
@@ -50,11 +60,33 @@ NEVIS_TINY = (
     ("cub200", "caltech_birds2011"),
 )
 #: A SHORT-like stream from the Nevis'22 datasets that tfds has (ordered roughly by year).
-NEVIS_SHORT = ("mnist", "caltech101", "cifar10", "cifar100", "oxford_flowers102", "oxford_iiit_pet",
-               "dtd", "caltech_birds2011", "stanford_dogs", "cars196", "food101", "fashion_mnist",
-               "svhn_cropped", "eurosat", "patch_camelyon", "sun397", "stl10", "emnist", "kmnist",
-               "imagenette", "colorectal_histology", "resisc45", "country211", "fgvc_aircraft",
-               "i_naturalist2017")
+NEVIS_SHORT = (
+    "mnist",
+    "caltech101",
+    "cifar10",
+    "cifar100",
+    "oxford_flowers102",
+    "oxford_iiit_pet",
+    "dtd",
+    "caltech_birds2011",
+    "stanford_dogs",
+    "cars196",
+    "food101",
+    "fashion_mnist",
+    "svhn_cropped",
+    "eurosat",
+    "patch_camelyon",
+    "sun397",
+    "stl10",
+    "emnist",
+    "kmnist",
+    "imagenette",
+    "colorectal_histology",
+    "resisc45",
+    "country211",
+    "fgvc_aircraft",
+    "i_naturalist2017",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +127,26 @@ def small_config(**overrides: Any) -> StudyAConfig:
 
 def quick_config(**overrides: Any) -> StudyAConfig:
     """CI smoke test (~2 min on 2 CPU cores): 3 tasks, 1 ratio, 2 budgets, tiny widths, 8x8 images."""
-    up = UpstreamConfig(stage_sizes=(1, 1, 1), stage_widths=(8, 16, 16), image_size=8, steps=120,
-                        train_examples=2000, batch_size=64, warmup_steps=10)
-    base = StudyAConfig(upstream=up, num_tasks=3, ratios=(0.5,), step_budgets=(20, 60), batch_size=32,
-                        image_size=8, evals_per_run=2, patience=None, max_train_examples=1000)
+    up = UpstreamConfig(
+        stage_sizes=(1, 1, 1),
+        stage_widths=(8, 16, 16),
+        image_size=8,
+        steps=120,
+        train_examples=2000,
+        batch_size=64,
+        warmup_steps=10,
+    )
+    base = StudyAConfig(
+        upstream=up,
+        num_tasks=3,
+        ratios=(0.5,),
+        step_budgets=(20, 60),
+        batch_size=32,
+        image_size=8,
+        evals_per_run=2,
+        patience=None,
+        max_train_examples=1000,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -120,15 +168,36 @@ def full_config(variant: str = "tiny", arch: str = "resnet18", **overrides: Any)
         raise ValueError(f"full_config: variant must be 'tiny' or 'short', got {variant!r}")
     if arch not in ("resnet18", "resnet34"):
         raise ValueError(f"full_config: arch must be 'resnet18' or 'resnet34', got {arch!r}")
-    up = UpstreamConfig(arch=arch, stage_sizes=(2, 2, 2, 2) if arch == "resnet18" else (3, 4, 6, 3),
-                        stage_widths=(64, 128, 256, 512), image_size=64,
-                        dataset=overrides.pop("upstream_dataset", "imagenet2012"), steps=200_000,
-                        batch_size=256, learning_rate=0.1, weight_decay=1e-4, warmup_steps=5000, augment=True)
-    base = StudyAConfig(upstream=up, tasks=tasks, methods=("filter", "channel", "kernel"),
-                        ratios=(0.25, 0.5, 0.75), step_budgets=(500, 1000, 2000, 5000, 10_000, 20_000, 50_000),
-                        batch_size=256, learning_rate=0.1, weight_decay=1e-4, warmup_epochs=7.0,
-                        max_warmup_fraction=0.2, eval_every=1000, evals_per_run=5, patience=5, augment=True,
-                        image_size=64)
+    up = UpstreamConfig(
+        arch=arch,
+        stage_sizes=(2, 2, 2, 2) if arch == "resnet18" else (3, 4, 6, 3),
+        stage_widths=(64, 128, 256, 512),
+        image_size=64,
+        dataset=overrides.pop("upstream_dataset", "imagenet2012"),
+        steps=200_000,
+        batch_size=256,
+        learning_rate=0.1,
+        weight_decay=1e-4,
+        warmup_steps=5000,
+        augment=True,
+    )
+    base = StudyAConfig(
+        upstream=up,
+        tasks=tasks,
+        methods=("filter", "channel", "kernel"),
+        ratios=(0.25, 0.5, 0.75),
+        step_budgets=(500, 1000, 2000, 5000, 10_000, 20_000, 50_000),
+        batch_size=256,
+        learning_rate=0.1,
+        weight_decay=1e-4,
+        warmup_epochs=7.0,
+        max_warmup_fraction=0.2,
+        eval_every=1000,
+        evals_per_run=5,
+        patience=5,
+        augment=True,
+        image_size=64,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -166,8 +235,9 @@ def _load_task(name: str, cfg: StudyAConfig):
     return train, dev, test
 
 
-def run_study_a(cfg: StudyAConfig, *, out_dir: str | None = None, cache_dir: str | None = None,
-                progress: bool = True, log=print) -> dict:
+def run_study_a(
+    cfg: StudyAConfig, *, out_dir: str | None = None, cache_dir: str | None = None, progress: bool = True, log=print
+) -> dict:
     """Runs study A and returns a JSON-able results dict (also written to ``out_dir`` if given).
 
     Keys: ``config``, ``upstream`` (metrics, cache path), ``tasks`` (names
@@ -185,8 +255,10 @@ def run_study_a(cfg: StudyAConfig, *, out_dir: str | None = None, cache_dir: str
     variants = _variants(cfg)
     log(f"study A: backend={jax.default_backend()}; pretraining/restoring the upstream model ...")
     up = pretrain_upstream(cfg.upstream, cache_dir=cache_dir, progress=progress, data_dir=cfg.data_dir)
-    log(f"upstream: {type(up.model).__name__} dev acc {up.metrics.get('dev_accuracy', float('nan')):.3f} "
-        f"({up.path or 'not cached'})")
+    log(
+        f"upstream: {type(up.model).__name__} dev acc {up.metrics.get('dev_accuracy', float('nan')):.3f} "
+        f"({up.path or 'not cached'})"
+    )
     # Zero-shot pruning: once per variant, from the weights alone.
     pruned, vinfo = {}, []
     for method, ratio in variants:
@@ -194,13 +266,22 @@ def run_study_a(cfg: StudyAConfig, *, out_dir: str | None = None, cache_dir: str
         pm = zs.zero_shot_prune(up.model, up.variables, method, ratio)
         pruned[(method, ratio)] = pm
         st = {k: v for k, v in pm.stats.items() if k != "conv_forward_flops"}
-        vinfo.append(dict(method=method, ratio=ratio, label=_label(method, ratio), **st,
-                          prune_seconds=time.perf_counter() - ts, pruning_examples_used=0,
-                          widths=[list(w) for w in getattr(pm.model, "widths", ())]))
+        vinfo.append(
+            dict(
+                method=method,
+                ratio=ratio,
+                label=_label(method, ratio),
+                **st,
+                prune_seconds=time.perf_counter() - ts,
+                pruning_examples_used=0,
+                widths=[list(w) for w in getattr(pm.model, "widths", ())],
+            )
+        )
     if cfg.tasks:
         names = list(cfg.tasks)
     else:
         from jaxprune._src.data import task_stream
+
         names = task_stream(cfg.num_tasks, seed=cfg.seed)
     runs, skipped, done_tasks = [], {}, []
     for ti, name in enumerate(names):
@@ -216,8 +297,10 @@ def run_study_a(cfg: StudyAConfig, *, out_dir: str | None = None, cache_dir: str
             name, k = f"{raw}#{k}", k + 1
         done_tasks.append(name)
         steps_per_epoch = max(len(train) // cfg.batch_size, 1)
-        log(f"task {ti + 1}/{len(names)} {name}: {train.num_classes} classes, train {len(train)}, "
-            f"dev {len(dev)}, test {len(test)}")
+        log(
+            f"task {ti + 1}/{len(names)} {name}: {train.num_classes} classes, train {len(train)}, "
+            f"dev {len(dev)}, test {len(test)}"
+        )
         for method, ratio in variants:
             pm = pruned[(method, ratio)]
             head_key = jax.random.fold_in(jax.random.key(cfg.seed), ti)
@@ -225,29 +308,67 @@ def run_study_a(cfg: StudyAConfig, *, out_dir: str | None = None, cache_dir: str
             conv_fl = None
             for steps in cfg.step_budgets:
                 warm = int(min(cfg.warmup_epochs * steps_per_epoch, cfg.max_warmup_fraction * steps))
-                tc = TrainConfig(steps=int(steps), batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay, warmup_steps=warm,
-                                 eval_every=max(1, min(cfg.eval_every, steps // max(cfg.evals_per_run, 1))),
-                                 patience=cfg.patience, augment=cfg.augment, seed=cfg.seed + ti)
-                res = fit(model, variables, train, tc, eval_ds=dev, masks=masks, progress=progress,
-                          desc=f"{name} {_label(method, ratio)} {steps}")
+                tc = TrainConfig(
+                    steps=int(steps),
+                    batch_size=cfg.batch_size,
+                    learning_rate=cfg.learning_rate,
+                    momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay,
+                    warmup_steps=warm,
+                    eval_every=max(1, min(cfg.eval_every, steps // max(cfg.evals_per_run, 1))),
+                    patience=cfg.patience,
+                    augment=cfg.augment,
+                    seed=cfg.seed + ti,
+                )
+                res = fit(
+                    model,
+                    variables,
+                    train,
+                    tc,
+                    eval_ds=dev,
+                    masks=masks,
+                    progress=progress,
+                    desc=f"{name} {_label(method, ratio)} {steps}",
+                )
                 test_acc = evaluate(model, res.variables, test)["accuracy"]
                 eff = res.step_flops
                 if masks is not None:
                     conv_fl = conv_fl or zs.conv_forward_flops(model, variables)
                     eff = zs.effective_step_flops(res.step_flops, conv_fl, masks, cfg.batch_size)
-                runs.append(dict(task=name, method=method, ratio=ratio, label=_label(method, ratio),
-                                 budget=int(steps), steps_run=res.steps_run, best_step=res.best_step,
-                                 step_flops=res.step_flops, effective_step_flops=eff,
-                                 compute=res.step_flops * res.steps_run, effective_compute=eff * res.steps_run,
-                                 dev_accuracy=res.best_accuracy, test_accuracy=float(test_acc),
-                                 step_seconds=res.step_seconds, seconds=res.seconds))
+                runs.append(
+                    dict(
+                        task=name,
+                        method=method,
+                        ratio=ratio,
+                        label=_label(method, ratio),
+                        budget=int(steps),
+                        steps_run=res.steps_run,
+                        best_step=res.best_step,
+                        step_flops=res.step_flops,
+                        effective_step_flops=eff,
+                        compute=res.step_flops * res.steps_run,
+                        effective_compute=eff * res.steps_run,
+                        dev_accuracy=res.best_accuracy,
+                        test_accuracy=float(test_acc),
+                        step_seconds=res.step_seconds,
+                        seconds=res.seconds,
+                    )
+                )
             last = [r for r in runs if r["task"] == name and r["label"] == _label(method, ratio)]
-            log("  " + f"{_label(method, ratio):12s} " + "  ".join(
-                f"{r['budget']}:{r['test_accuracy']:.3f}" for r in last))
-    results = dict(config=cfg.to_dict(), backend=jax.default_backend(),
-                   upstream=dict(metrics=up.metrics, path=up.path, model=type(up.model).__name__),
-                   tasks=done_tasks, skipped=skipped, variants=vinfo, runs=runs)
+            log(
+                "  "
+                + f"{_label(method, ratio):12s} "
+                + "  ".join(f"{r['budget']}:{r['test_accuracy']:.3f}" for r in last)
+            )
+    results = dict(
+        config=cfg.to_dict(),
+        backend=jax.default_backend(),
+        upstream=dict(metrics=up.metrics, path=up.path, model=type(up.model).__name__),
+        tasks=done_tasks,
+        skipped=skipped,
+        variants=vinfo,
+        runs=runs,
+    )
     results["curves"] = _curves(results)
     results["summary"] = summarize(results)
     results["seconds"] = time.perf_counter() - t0
@@ -268,9 +389,14 @@ def _curves(results: dict) -> dict:
             sel = [r for r in rows if r["budget"] == b]
             if len(sel) != len(tasks):
                 continue
-            pts.append(dict(budget=b, accuracy=float(np.mean([r["test_accuracy"] for r in sel])),
-                            compute=float(np.sum([r["compute"] for r in sel])),
-                            effective_compute=float(np.sum([r["effective_compute"] for r in sel]))))
+            pts.append(
+                dict(
+                    budget=b,
+                    accuracy=float(np.mean([r["test_accuracy"] for r in sel])),
+                    compute=float(np.sum([r["compute"] for r in sel])),
+                    effective_compute=float(np.sum([r["effective_compute"] for r in sel])),
+                )
+            )
         out[v["label"]] = dict(method=v["method"], ratio=v["ratio"], points=pts)
     return out
 
@@ -314,17 +440,28 @@ def summarize(results: dict) -> dict:
     out: dict[str, Any] = {}
     if cands:
         acc, label, p = max(cands, key=lambda t: t[0])
-        out["smallest_budget"] = dict(compute=d0["compute"], dense_accuracy=d0["accuracy"], best_pruned=label,
-                                      best_pruned_accuracy=acc, best_pruned_compute=p["compute"],
-                                      best_pruned_budget=p["budget"], gain=acc - d0["accuracy"],
-                                      relative_gain=(acc - d0["accuracy"]) / max(d0["accuracy"], 1e-12))
+        out["smallest_budget"] = dict(
+            compute=d0["compute"],
+            dense_accuracy=d0["accuracy"],
+            best_pruned=label,
+            best_pruned_accuracy=acc,
+            best_pruned_compute=p["compute"],
+            best_pruned_budget=p["budget"],
+            gain=acc - d0["accuracy"],
+            relative_gain=(acc - d0["accuracy"]) / max(d0["accuracy"], 1e-12),
+        )
     b0 = min(p["budget"] for p in dense)
     same = [(p["accuracy"], k) for k, v in pruned.items() for p in v["points"] if p["budget"] == b0]
     if same:
         acc, label = max(same)
-        out["same_steps"] = dict(budget=b0, dense_accuracy=d0["accuracy"] if d0["budget"] == b0 else
-                                 next(p["accuracy"] for p in dense if p["budget"] == b0),
-                                 best_pruned=label, best_pruned_accuracy=acc)
+        out["same_steps"] = dict(
+            budget=b0,
+            dense_accuracy=d0["accuracy"]
+            if d0["budget"] == b0
+            else next(p["accuracy"] for p in dense if p["budget"] == b0),
+            best_pruned=label,
+            best_pruned_accuracy=acc,
+        )
     dfront = _front([(p["compute"], p["accuracy"]) for p in dense])
     pfront = _front([(p["compute"], p["accuracy"]) for v in pruned.values() for p in v["points"]])
     # Below dense's smallest compute only pruned models have points at all.
@@ -347,7 +484,8 @@ def summarize(results: dict) -> dict:
     return out
 
 
-def short_study_a(out_dir: str = "runs/study_a_short", *, progress: bool = False, cache_dir: str | None = None,
-                  log=print) -> dict:
+def short_study_a(
+    out_dir: str = "runs/study_a_short", *, progress: bool = False, cache_dir: str | None = None, log=print
+) -> dict:
     """The short study-A run for the demo / README: :func:`quick_config` end to end, outputs in ``out_dir``."""
     return run_study_a(quick_config(), out_dir=out_dir, cache_dir=cache_dir, progress=progress, log=log)

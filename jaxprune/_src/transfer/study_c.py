@@ -51,13 +51,29 @@ import numpy as np
 from jaxprune import models as models_lib
 from jaxprune._src.transfer import mask_library as ml
 from jaxprune._src.transfer import task_vote as tv
-from jaxprune._src.transfer.study_c_probe import apply_model, full_masks, with_head, penultimate_features, ridge_head
+from jaxprune._src.transfer.study_c_probe import apply_model, full_masks, penultimate_features, ridge_head, with_head
 from jaxprune._src.transfer.study_c_report import METHODS, results_table, summarize, write_outputs
-from jaxprune._src.transfer.upstream import (CACHE_FOLDER, Upstream, UpstreamConfig, is_saved_upstream, load_upstream,
-                                             load_upstream_data, save_upstream)
+from jaxprune._src.transfer.upstream import (
+    CACHE_FOLDER,
+    Upstream,
+    UpstreamConfig,
+    is_saved_upstream,
+    load_upstream,
+    load_upstream_data,
+    save_upstream,
+)
 
-__all__ = ["StudyCConfig", "default_config", "quick_config", "full_config", "run_study_c", "write_outputs",
-           "penultimate_features", "ridge_head", "METHODS"]
+__all__ = [
+    "StudyCConfig",
+    "default_config",
+    "quick_config",
+    "full_config",
+    "run_study_c",
+    "write_outputs",
+    "penultimate_features",
+    "ridge_head",
+    "METHODS",
+]
 
 _KINDS = {"cnn": ("channels",), "vit": ("heads", "units")}
 
@@ -68,12 +84,15 @@ class StudyCConfig:
 
     archs: tuple = ("cnn", "vit")
     cnn: UpstreamConfig = UpstreamConfig(stage_widths=(16, 32, 64), image_size=16, steps=1000)
-    vit: dict = dataclasses.field(default_factory=lambda: dict(patch_size=4, hidden_size=64, num_layers=2,
-                                                               num_heads=8, mlp_dim=128, steps=1000,
-                                                               learning_rate=1e-3))
+    vit: dict = dataclasses.field(
+        default_factory=lambda: dict(
+            patch_size=4, hidden_size=64, num_layers=2, num_heads=8, mlp_dim=128, steps=1000, learning_rate=1e-3
+        )
+    )
     image_size: int = 16
-    sources: tuple = ("digits_offline",) + tuple(f"shapes_offline/task_{i:02d}" for i in
-                                                 (0, 1, 2, 4, 6, 7, 9, 11, 12, 14, 15))
+    sources: tuple = ("digits_offline",) + tuple(
+        f"shapes_offline/task_{i:02d}" for i in (0, 1, 2, 4, 6, 7, 9, 11, 12, 14, 15)
+    )
     targets: tuple = tuple(f"shapes_offline/task_{i:02d}" for i in (3, 5, 8, 10, 13))
     budgets: tuple = (0.5, 0.3)  # relative parameter bytes of the shrunk model
     budget_kind: str = "param_bytes"  # or 'flops' (XLA forward FLOPs; slower planning)
@@ -111,12 +130,29 @@ def quick_config(**overrides: Any) -> StudyCConfig:
     """Smoke test (~1-2 min on 2 CPU cores): tiny models at 8x8, 3 sources, 2 targets, 1 budget, 1 seed."""
     base = StudyCConfig(
         cnn=UpstreamConfig(stage_widths=(8, 16, 16), image_size=8, steps=60, train_examples=1000, warmup_steps=5),
-        vit=dict(patch_size=4, hidden_size=16, num_layers=1, num_heads=4, mlp_dim=32, steps=60, learning_rate=2e-3,
-                 train_examples=1000),
-        image_size=8, sources=("shapes_offline/task_00", "shapes_offline/task_04", "shapes_offline/task_07"),
-        targets=("shapes_offline/task_01", "shapes_offline/task_05"), budgets=(0.5,), steps=(0, 10), seeds=(0,),
-        k=2, source_rounds=1, source_steps=10, taylor_batches=2, max_train_examples=256,
-        max_test_examples=256)
+        vit=dict(
+            patch_size=4,
+            hidden_size=16,
+            num_layers=1,
+            num_heads=4,
+            mlp_dim=32,
+            steps=60,
+            learning_rate=2e-3,
+            train_examples=1000,
+        ),
+        image_size=8,
+        sources=("shapes_offline/task_00", "shapes_offline/task_04", "shapes_offline/task_07"),
+        targets=("shapes_offline/task_01", "shapes_offline/task_05"),
+        budgets=(0.5,),
+        steps=(0, 10),
+        seeds=(0,),
+        k=2,
+        source_rounds=1,
+        source_steps=10,
+        taylor_batches=2,
+        max_train_examples=256,
+        max_test_examples=256,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -124,10 +160,18 @@ def full_config(**overrides: Any) -> StudyCConfig:
     """Larger run: wider models at 32x32, all 17 offline tasks split 12/5, 3 budgets, 3 seeds, up to 400 steps."""
     base = StudyCConfig(
         cnn=UpstreamConfig(stage_sizes=(2, 2, 2), stage_widths=(32, 64, 128), image_size=32, steps=4000),
-        vit=dict(patch_size=4, hidden_size=128, num_layers=4, num_heads=8, mlp_dim=256, steps=4000,
-                 learning_rate=1e-3),
-        image_size=32, budgets=(0.6, 0.4, 0.25), steps=(0, 25, 100, 400), seeds=(0, 1, 2), source_rounds=3,
-        source_steps=100, max_train_examples=None, max_test_examples=None, k=3, batch_size=64)
+        vit=dict(patch_size=4, hidden_size=128, num_layers=4, num_heads=8, mlp_dim=256, steps=4000, learning_rate=1e-3),
+        image_size=32,
+        budgets=(0.6, 0.4, 0.25),
+        steps=(0, 25, 100, 400),
+        seeds=(0, 1, 2),
+        source_rounds=3,
+        source_steps=100,
+        max_train_examples=None,
+        max_test_examples=None,
+        k=3,
+        batch_size=64,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -140,8 +184,10 @@ def _taylor_grads(model, variables, ds, n_batches: int, batch_size: int, seed: i
     from jaxprune._src.train import cross_entropy
 
     if model not in _GRAD_FNS:
+
         def g(v, x, y):
             return jax.grad(lambda p: cross_entropy(model.apply(dict(v, params=p), x, train=False), y))(v["params"])
+
         _GRAD_FNS[model] = jax.jit(g)
     acc = None
     it = batches(ds, min(batch_size, len(ds)), seed=seed, epochs=None)
@@ -167,9 +213,14 @@ def _finetune(cfg, model, variables, masks, train, test, steps: int, seed: int) 
     from jaxprune._src.train import TrainConfig, evaluate, fit
 
     if steps > 0:
-        tc = TrainConfig(steps=int(steps), batch_size=min(cfg.batch_size, len(train)),
-                         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                         warmup_steps=int(cfg.warmup_fraction * steps), seed=seed)
+        tc = TrainConfig(
+            steps=int(steps),
+            batch_size=min(cfg.batch_size, len(train)),
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=int(cfg.warmup_fraction * steps),
+            seed=seed,
+        )
         variables = fit(model, variables, train, tc, masks=masks["params"], progress=False).variables
     return float(evaluate(model, variables, test)["accuracy"])
 
@@ -188,9 +239,15 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
 
     vc = dict(cfg.vit)
     steps, lr, n_train = vc.pop("steps"), vc.pop("learning_rate"), vc.pop("train_examples", None)
-    ucfg = UpstreamConfig(arch="vit", image_size=cfg.image_size, steps=steps, learning_rate=lr,
-                          train_examples=n_train, stage_sizes=(vc["num_layers"],),
-                          stage_widths=(vc["hidden_size"], vc["num_heads"], vc["mlp_dim"], vc["patch_size"]))
+    ucfg = UpstreamConfig(
+        arch="vit",
+        image_size=cfg.image_size,
+        steps=steps,
+        learning_rate=lr,
+        train_examples=n_train,
+        stage_sizes=(vc["num_layers"],),
+        stage_widths=(vc["hidden_size"], vc["num_heads"], vc["mlp_dim"], vc["patch_size"]),
+    )
     key = hashlib.sha256(json.dumps(vc, sort_keys=True).encode()).hexdigest()[:8]
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     path = os.path.join(cache_dir, CACHE_FOLDER, f"{ucfg.cache_key()}-{key}") if cache_dir else None
@@ -204,9 +261,13 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
     tc = TrainConfig(steps=steps, batch_size=64, learning_rate=lr, eval_every=max(steps // 4, 1))
     t0 = time.perf_counter()
     res = fit(model, variables, train, tc, eval_ds=dev, tx=tx, progress=False, desc="vit upstream")
-    metrics = {"dev_accuracy": float(res.best_accuracy), "test_accuracy": float(evaluate(
-        model, res.variables, load_upstream_data(ucfg, "test", cfg.data_dir))["accuracy"]),
-        "seconds": time.perf_counter() - t0}
+    metrics = {
+        "dev_accuracy": float(res.best_accuracy),
+        "test_accuracy": float(
+            evaluate(model, res.variables, load_upstream_data(ucfg, "test", cfg.data_dir))["accuracy"]
+        ),
+        "seconds": time.perf_counter() - t0,
+    }
     up = Upstream(model, jax.tree.map(np.asarray, res.variables), ucfg, metrics, path)
     if path:
         save_upstream(path, up)
@@ -243,20 +304,37 @@ def _source_record(cfg, arch, up, name, train, emb, fraction, graphs):
         frac = fraction ** (r / cfg.source_rounds)
         cur = v if masks is None else apply_model(v, masks)
         grads = _taylor_grads(model, cur, train, cfg.taylor_batches, cfg.batch_size, seed=r)
-        plan = make_plan(cur, graph, method="taylor", grads=grads, scope="global", kinds=_KINDS[arch],
-                         budget=_budget(cfg, frac))
+        plan = make_plan(
+            cur, graph, method="taylor", grads=grads, scope="global", kinds=_KINDS[arch], budget=_budget(cfg, frac)
+        )
         masks = full_masks(v, plan)
         model, v, _ = with_head(model, v, train, cfg.ridge, masks)
         if cfg.source_steps:
             from jaxprune._src.train import TrainConfig, fit
-            tc = TrainConfig(steps=cfg.source_steps, batch_size=min(cfg.batch_size, len(train)),
-                             learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                             warmup_steps=int(cfg.warmup_fraction * cfg.source_steps), seed=r)
+
+            tc = TrainConfig(
+                steps=cfg.source_steps,
+                batch_size=min(cfg.batch_size, len(train)),
+                learning_rate=cfg.learning_rate,
+                weight_decay=cfg.weight_decay,
+                warmup_steps=int(cfg.warmup_fraction * cfg.source_steps),
+                seed=r,
+            )
             v = fit(model, v, train, tc, masks=masks["params"], progress=False).variables
-    return ml.record_from_plan(name, plan, graph, emb, kinds=_KINDS[arch], num_examples=len(train),
-                               method=f"iterative_taylor(rounds={cfg.source_rounds}, steps={cfg.source_steps})",
-                               budget=float(fraction), budget_kind=cfg.budget_kind, arch=arch,
-                               cost=plan.meta.get("cost"), dense_cost=plan.meta.get("dense_cost"))
+    return ml.record_from_plan(
+        name,
+        plan,
+        graph,
+        emb,
+        kinds=_KINDS[arch],
+        num_examples=len(train),
+        method=f"iterative_taylor(rounds={cfg.source_rounds}, steps={cfg.source_steps})",
+        budget=float(fraction),
+        budget_kind=cfg.budget_kind,
+        arch=arch,
+        cost=plan.meta.get("cost"),
+        dense_cost=plan.meta.get("dense_cost"),
+    )
 
 
 def _target_plan(cfg, arch, method, model, v, graph, train, library, emb, fraction, seed, name):
@@ -274,16 +352,23 @@ def _target_plan(cfg, arch, method, model, v, graph, train, library, emb, fracti
     if method == "magnitude":
         return make_plan(v, graph, method="l1", scope="global", kinds=kinds, budget=b), info
     if method == "random":
-        return make_plan(v, graph, method="random", key=jax.random.key(1000 + seed), scope="global", kinds=kinds,
-                         budget=b), info
+        return make_plan(
+            v, graph, method="random", key=jax.random.key(1000 + seed), scope="global", kinds=kinds, budget=b
+        ), info
     if method == "taylor":
         grads = _taylor_grads(model, v, train, cfg.taylor_batches, cfg.batch_size, seed=seed)
         return make_plan(v, graph, method="taylor", grads=grads, scope="global", kinds=kinds, budget=b), info
     raise ValueError(f"StudyCConfig.methods: unknown method {method!r}; expected one of {METHODS}")
 
 
-def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str | None = None,
-                upstreams: dict[str, Upstream] | None = None, log=print) -> dict:
+def run_study_c(
+    cfg: StudyCConfig,
+    *,
+    out_dir: str | None = None,
+    cache_dir: str | None = None,
+    upstreams: dict[str, Upstream] | None = None,
+    log=print,
+) -> dict:
     """Runs study C; returns a JSON-able dict (also written to ``out_dir``: JSON, Markdown, PNG, libraries).
 
     ``upstreams``: ``{arch: Upstream}`` to use instead of pretraining (e.g. real
@@ -305,22 +390,30 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
         ta = time.perf_counter()
         up = (upstreams or {}).get(arch) or _pretrain(arch, cfg, cache_dir, log)
         results["upstream"][arch] = dict(model=type(up.model).__name__, metrics=up.metrics, path=up.path)
-        log(f"[{arch}] upstream {type(up.model).__name__}: test acc "
-            f"{up.metrics.get('test_accuracy', float('nan')):.3f}")
+        log(
+            f"[{arch}] upstream {type(up.model).__name__}: test acc {up.metrics.get('test_accuracy', float('nan')):.3f}"
+        )
         # pretrained penultimate features do not depend on the head: reuse the task model's (one compile less)
-        embs = {n: tv.task_embedding(with_head(up.model, up.variables, tr, cfg.ridge)[2], tr.labels,
-                                     method=cfg.embedding) for n, (tr, _) in data.items()}
+        embs = {
+            n: tv.task_embedding(with_head(up.model, up.variables, tr, cfg.ridge)[2], tr.labels, method=cfg.embedding)
+            for n, (tr, _) in data.items()
+        }
         graphs: dict = {}
         library = ml.MaskLibrary(meta={"arch": arch, "embedding": cfg.embedding})
         for name in cfg.sources:
             for fr in cfg.budgets:
-                library = ml.add_record(library, _source_record(cfg, arch, up, name, data[name][0], embs[name], fr,
-                                                                graphs))
-        lib_path = (ml.save_library(os.path.join(out_dir, f"library_{arch}"), library, overwrite=True)
-                    if out_dir else None)  # a rerun into the same out_dir replaces its own library
-        results["library"][arch] = dict(path=lib_path, records=[dict(name=r.name, budget=r.meta["budget"],
-                                                                     kept_fraction=r.kept_fraction())
-                                                                for r in library.records])
+                library = ml.add_record(
+                    library, _source_record(cfg, arch, up, name, data[name][0], embs[name], fr, graphs)
+                )
+        lib_path = (
+            ml.save_library(os.path.join(out_dir, f"library_{arch}"), library, overwrite=True) if out_dir else None
+        )  # a rerun into the same out_dir replaces its own library
+        results["library"][arch] = dict(
+            path=lib_path,
+            records=[
+                dict(name=r.name, budget=r.meta["budget"], kept_fraction=r.kept_fraction()) for r in library.records
+            ],
+        )
         log(f"[{arch}] library: {len(library)} records ({time.perf_counter() - ta:.0f} s so far)")
         for name in cfg.targets:
             train, test = data[name]
@@ -328,27 +421,55 @@ def run_study_c(cfg: StudyCConfig, *, out_dir: str | None = None, cache_dir: str
             graph = _graph(graphs, model, v)
             for seed in cfg.seeds:
                 for steps in cfg.steps:
-                    acc = _finetune(cfg, model, v, jax.tree.map(lambda x: np.ones(np.shape(x), bool), v),
-                                    train, test, steps, seed)
-                    results["runs"].append(dict(arch=arch, task=name, seed=seed, method="dense", budget=1.0,
-                                                steps=int(steps), accuracy=acc, cost_fraction=1.0))
+                    acc = _finetune(
+                        cfg, model, v, jax.tree.map(lambda x: np.ones(np.shape(x), bool), v), train, test, steps, seed
+                    )
+                    results["runs"].append(
+                        dict(
+                            arch=arch,
+                            task=name,
+                            seed=seed,
+                            method="dense",
+                            budget=1.0,
+                            steps=int(steps),
+                            accuracy=acc,
+                            cost_fraction=1.0,
+                        )
+                    )
                 for fr in cfg.budgets:
                     for method in cfg.methods:
-                        plan, info = _target_plan(cfg, arch, method, model, v, graph, train, library, embs[name],
-                                                  fr, seed, name)
+                        plan, info = _target_plan(
+                            cfg, arch, method, model, v, graph, train, library, embs[name], fr, seed, name
+                        )
                         masks = full_masks(v, plan)
                         _, vm, _ = with_head(model, v, train, cfg.ridge, masks)
                         cf = plan.meta.get("cost", 0.0) / max(plan.meta.get("dense_cost", 1.0), 1e-12)
                         for steps in cfg.steps:
                             acc = _finetune(cfg, model, vm, masks, train, test, steps, seed)
-                            results["runs"].append(dict(arch=arch, task=name, seed=seed, method=method,
-                                                        budget=float(fr), steps=int(steps), accuracy=acc,
-                                                        cost_fraction=float(cf), **info))
-            last = [r for r in results["runs"] if r["arch"] == arch and r["task"] == name
-                    and r["steps"] == max(cfg.steps)]
-            log(f"[{arch}] {name}: " + "  ".join(
-                f"{m}:{np.mean([r['accuracy'] for r in last if r['method'] == m]):.3f}"
-                for m in ("dense",) + tuple(cfg.methods)) + f"  ({time.perf_counter() - t0:.0f} s)")
+                            results["runs"].append(
+                                dict(
+                                    arch=arch,
+                                    task=name,
+                                    seed=seed,
+                                    method=method,
+                                    budget=float(fr),
+                                    steps=int(steps),
+                                    accuracy=acc,
+                                    cost_fraction=float(cf),
+                                    **info,
+                                )
+                            )
+            last = [
+                r for r in results["runs"] if r["arch"] == arch and r["task"] == name and r["steps"] == max(cfg.steps)
+            ]
+            log(
+                f"[{arch}] {name}: "
+                + "  ".join(
+                    f"{m}:{np.mean([r['accuracy'] for r in last if r['method'] == m]):.3f}"
+                    for m in ("dense",) + tuple(cfg.methods)
+                )
+                + f"  ({time.perf_counter() - t0:.0f} s)"
+            )
     results["table"] = results_table(results["runs"])
     results["summary"] = summarize(results)
     results["seconds"] = time.perf_counter() - t0

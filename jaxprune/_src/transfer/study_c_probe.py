@@ -45,6 +45,7 @@ def penultimate_features(model, variables, images: np.ndarray, batch_size: int =
     import flax.linen as nn
 
     if model not in _FEAT_FNS:
+
         def feats(v, x):
             seen = []
 
@@ -64,11 +65,11 @@ def penultimate_features(model, variables, images: np.ndarray, batch_size: int =
     out = []
     n = len(images)
     for i in range(0, n, batch_size):
-        x = images[i:i + batch_size]
+        x = images[i : i + batch_size]
         pad = batch_size - len(x) if n > batch_size else 0
         if pad:
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        out.append(np.asarray(fn(variables, x))[:len(x) - pad])
+        out.append(np.asarray(fn(variables, x))[: len(x) - pad])
     return np.concatenate(out)
 
 
@@ -97,8 +98,18 @@ def with_head(model, variables, ds, ridge: float, masks=None):
     head = _head_name(params)
     tm = model.clone(num_classes=ds.num_classes, widths=tuple((k, w) for k, w in model.widths if k != head))
     d = np.shape(params[head]["kernel"])[0]
-    v = dict(variables, params=dict(params, **{head: {"kernel": np.zeros((d, ds.num_classes), np.float32),
-                                                      "bias": np.zeros((ds.num_classes,), np.float32)}}))
+    v = dict(
+        variables,
+        params=dict(
+            params,
+            **{
+                head: {
+                    "kernel": np.zeros((d, ds.num_classes), np.float32),
+                    "bias": np.zeros((ds.num_classes,), np.float32),
+                }
+            },
+        ),
+    )
     if masks is not None:
         v = apply_model(v, masks)
     feats = penultimate_features(tm, v, ds.images)
@@ -109,8 +120,12 @@ def with_head(model, variables, ds, ridge: float, masks=None):
 
 def apply_model(variables, masks):
     """Zeroes masked entries on the host (numpy: no per-shape eager compilation)."""
-    return jax.tree.map(lambda x, m: x if m is None else np.where(np.asarray(m), np.asarray(x), 0).astype(x.dtype),
-                        variables, masks, is_leaf=lambda x: x is None)
+    return jax.tree.map(
+        lambda x, m: x if m is None else np.where(np.asarray(m), np.asarray(x), 0).astype(x.dtype),
+        variables,
+        masks,
+        is_leaf=lambda x: x is None,
+    )
 
 
 def full_masks(variables, plan):
@@ -118,5 +133,9 @@ def full_masks(variables, plan):
     from jaxprune._src.structured import plan_to_masks
 
     m = plan_to_masks(variables, plan)
-    return jax.tree.map(lambda x, mm: np.ones(np.shape(x), bool) if mm is None else np.asarray(mm), variables, m,
-                        is_leaf=lambda x: x is None)
+    return jax.tree.map(
+        lambda x, mm: np.ones(np.shape(x), bool) if mm is None else np.asarray(mm),
+        variables,
+        m,
+        is_leaf=lambda x: x is None,
+    )

@@ -49,8 +49,16 @@ import numpy as np
 if TYPE_CHECKING:  # only for annotations
     from jaxprune._src.transfer.mask_library import MaskLibrary
 
-__all__ = ["task_embedding", "cosine_similarity", "task_similarity", "nearest_tasks", "neighbor_weights",
-           "vote_scores", "vote_plan", "WEIGHT_SCHEMES"]
+__all__ = [
+    "task_embedding",
+    "cosine_similarity",
+    "task_similarity",
+    "nearest_tasks",
+    "neighbor_weights",
+    "vote_scores",
+    "vote_plan",
+    "WEIGHT_SCHEMES",
+]
 
 WEIGHT_SCHEMES = ("uniform", "similarity", "softmax")
 
@@ -120,8 +128,15 @@ def task_similarity(target: Any, embeddings: Any, similarity: str | Callable = "
     raise ValueError(f"similarity must be 'cosine', 'neg_euclidean' or a callable, got {similarity!r}")
 
 
-def nearest_tasks(library: "MaskLibrary", target_embedding: Any, k: int, *, similarity: str | Callable = "cosine",
-                  exclude: Sequence[str] = (), center: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest_tasks(
+    library: "MaskLibrary",
+    target_embedding: Any,
+    k: int,
+    *,
+    similarity: str | Callable = "cosine",
+    exclude: Sequence[str] = (),
+    center: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``k`` most similar records (most similar first) and their similarities.
 
     ``exclude``: task names never returned (e.g. the target itself). Ties keep
@@ -197,8 +212,9 @@ def vote_scores(masks: Sequence[Mapping[str, Any]], weights: Any) -> dict[str, n
     out = {g: np.zeros(s, np.float64) for g, s in ref.items()}
     for t, (m, wt) in enumerate(zip(masks, w)):
         if set(m) != set(ref):
-            raise ValueError(f"vote_scores: mask {t} has groups {sorted(set(m) ^ set(ref))[:4]} that mask 0 "
-                             "does not share")
+            raise ValueError(
+                f"vote_scores: mask {t} has groups {sorted(set(m) ^ set(ref))[:4]} that mask 0 does not share"
+            )
         for g, v in m.items():
             v = np.asarray(v, np.float64)
             if v.shape != ref[g]:
@@ -211,9 +227,20 @@ def vote_scores(masks: Sequence[Mapping[str, Any]], weights: Any) -> dict[str, n
 _PLAN_META = ("method", "scope", "round_to", "min_keep", "max_ratio", "reduce", "normalize")
 
 
-def vote_plan(params: Any, graph, scores: Mapping[str, Any], *, budget=None, ratio: float | None = None,
-              kinds: Sequence[str] | None = None, ignore: Sequence[str] | None = None, round_to: int = 1,
-              min_keep: int = 1, max_ratio: float = 1.0, tie_break: float = 1e-3):
+def vote_plan(
+    params: Any,
+    graph,
+    scores: Mapping[str, Any],
+    *,
+    budget=None,
+    ratio: float | None = None,
+    kinds: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    round_to: int = 1,
+    min_keep: int = 1,
+    max_ratio: float = 1.0,
+    tie_break: float = 1e-3,
+):
     """A :class:`PrunePlan` ranking units by their vote scores, to a budget (or a global ratio).
 
     All units of the eligible groups are ranked together on ``score +
@@ -258,10 +285,22 @@ def vote_plan(params: Any, graph, scores: Mapping[str, Any], *, budget=None, rat
             g = by_name.get(name)
             if g is not None and g.id in mag and v.shape == mag[g.id].shape:
                 unit[name] = v + tie_break * mag[g.id]
-    plan = make_plan(params, graph, 0.0 if ratio is None else float(ratio), scope="global", unit_scores=unit,
-                     normalize=None, round_to=round_to, min_keep=min_keep, max_ratio=max_ratio, ignore=ignore,
-                     kinds=DEFAULT_KINDS if kinds is None else kinds, budget=budget)
-    meta = dict(method="vote", scope="global", round_to=round_to, min_keep=min_keep, max_ratio=max_ratio,
-                tie_break=tie_break)
+    plan = make_plan(
+        params,
+        graph,
+        0.0 if ratio is None else float(ratio),
+        scope="global",
+        unit_scores=unit,
+        normalize=None,
+        round_to=round_to,
+        min_keep=min_keep,
+        max_ratio=max_ratio,
+        ignore=ignore,
+        kinds=DEFAULT_KINDS if kinds is None else kinds,
+        budget=budget,
+    )
+    meta = dict(
+        method="vote", scope="global", round_to=round_to, min_keep=min_keep, max_ratio=max_ratio, tie_break=tie_break
+    )
     meta.update((k, v) for k, v in plan.meta.items() if k not in _PLAN_META)
     return dataclasses.replace(plan, meta=meta)

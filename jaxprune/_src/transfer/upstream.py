@@ -35,8 +35,18 @@ import numpy as np
 
 from jaxprune import models as models_lib
 
-__all__ = ["UpstreamConfig", "Upstream", "build_model", "load_upstream", "save_upstream", "load_upstream_data",
-           "pretrain_upstream", "default_cache_dir", "is_saved_upstream", "CACHE_FOLDER"]
+__all__ = [
+    "UpstreamConfig",
+    "Upstream",
+    "build_model",
+    "load_upstream",
+    "save_upstream",
+    "load_upstream_data",
+    "pretrain_upstream",
+    "default_cache_dir",
+    "is_saved_upstream",
+    "CACHE_FOLDER",
+]
 
 UPSTREAM_TASK = "shapes_offline/upstream"
 CACHE_FOLDER = "upstream-v2"  # v2: saved with save_checkpoint (v1 folders are ignored, not misread)
@@ -136,13 +146,27 @@ def load_upstream_data(cfg: UpstreamConfig, split: str, data_dir: str | None = N
         task = builders.UPSTREAM_TASKS[name.split("/", 1)[1]]
         if cfg.train_examples is not None:  # a smaller, different, equally deterministic draw
             n = max(int(cfg.train_examples), len(task.classes))
-            task = dataclasses.replace(task, split_sizes=(
-                ("train", n), ("validation", max(2 * len(task.classes), min(1000, n // 4))), ("test", 1000)))
+            task = dataclasses.replace(
+                task,
+                split_sizes=(
+                    ("train", n),
+                    ("validation", max(2 * len(task.classes), min(1000, n // 4))),
+                    ("test", 1000),
+                ),
+            )
         images, labels = builders.generate_shapes(task, split)
         x = data_lib.resize_images(images.astype(np.float32) / 255.0, cfg.image_size)
         x = (x - np.asarray(data_lib.IMAGENET_MEAN, np.float32)) / np.asarray(data_lib.IMAGENET_STD, np.float32)
-        return data_lib.Dataset(x.astype(np.float32), labels.astype(np.int32), len(task.classes), name, split,
-                                data_lib.IMAGENET_MEAN, data_lib.IMAGENET_STD, tuple(task.class_names))
+        return data_lib.Dataset(
+            x.astype(np.float32),
+            labels.astype(np.int32),
+            len(task.classes),
+            name,
+            split,
+            data_lib.IMAGENET_MEAN,
+            data_lib.IMAGENET_STD,
+            tuple(task.class_names),
+        )
     return data_lib.load_dataset(name, split, image_size=cfg.image_size, data_dir=data_dir)
 
 
@@ -155,8 +179,14 @@ def save_upstream(path: str, up: Upstream) -> str:
     from jaxprune._src.checkpoint.api import save_checkpoint
 
     meta = {"config": up.config.to_dict(), "metrics": up.metrics}
-    save_checkpoint(path, 0, params=jax.tree.map(np.asarray, up.variables), model_config=up.model,
-                    data_state=json.loads(json.dumps(meta)), overwrite=True)
+    save_checkpoint(
+        path,
+        0,
+        params=jax.tree.map(np.asarray, up.variables),
+        model_config=up.model,
+        data_state=json.loads(json.dumps(meta)),
+        overwrite=True,
+    )
     return path
 
 
@@ -172,20 +202,29 @@ def load_upstream(path: str) -> Upstream:
     from jaxprune._src.checkpoint.api import restore_checkpoint
 
     if not is_saved_upstream(path):
-        raise FileNotFoundError(f"no upstream checkpoint at {path!r} (write one with pretrain_upstream or "
-                                f"save_upstream)")
+        raise FileNotFoundError(
+            f"no upstream checkpoint at {path!r} (write one with pretrain_upstream or save_upstream)"
+        )
     ck = restore_checkpoint(path)
     meta = ck.data_state or {}
     if ck.model_config is None or "config" not in meta:
-        raise ValueError(f"{path!r} is a checkpoint but not an upstream model (needs a model config and a "
-                         f"data_state with 'config' and 'metrics')")
+        raise ValueError(
+            f"{path!r} is a checkpoint but not an upstream model (needs a model config and a "
+            f"data_state with 'config' and 'metrics')"
+        )
     model = models_lib.from_config(ck.model_config)
     variables = jax.tree.map(np.asarray, ck.params)
     return Upstream(model, variables, UpstreamConfig.from_dict(meta["config"]), meta.get("metrics", {}), path)
 
 
-def pretrain_upstream(cfg: UpstreamConfig = UpstreamConfig(), *, cache_dir: str | None = None,
-                      force: bool = False, progress: bool = True, data_dir: str | None = None) -> Upstream:
+def pretrain_upstream(
+    cfg: UpstreamConfig = UpstreamConfig(),
+    *,
+    cache_dir: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    data_dir: str | None = None,
+) -> Upstream:
     """Pretrains (or restores from the cache) the upstream model of ``cfg``.
 
     ``cache_dir=None`` uses :func:`default_cache_dir`; pass ``cache_dir=''`` to
@@ -206,15 +245,28 @@ def pretrain_upstream(cfg: UpstreamConfig = UpstreamConfig(), *, cache_dir: str 
     test = load_upstream_data(cfg, "test", data_dir)
     model = build_model(cfg.arch, train.num_classes, cfg.image_size, cfg.stage_sizes, cfg.stage_widths)
     variables = jax.jit(model.init)(jax.random.key(cfg.seed), model.example_input(1))  # jit: 10x faster
-    tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                     weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, augment=cfg.augment,
-                     eval_every=max(cfg.steps // 5, 1), seed=cfg.seed)
+    tc = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        augment=cfg.augment,
+        eval_every=max(cfg.steps // 5, 1),
+        seed=cfg.seed,
+    )
     res = fit(model, variables, train, tc, eval_ds=dev, progress=progress, desc="upstream")
-    metrics = {"dev_accuracy": float(res.best_accuracy), "best_step": int(res.best_step),
-               "test_accuracy": float(evaluate(model, res.variables, test)["accuracy"]),
-               "num_classes": int(train.num_classes), "train_examples": len(train),
-               "step_flops": res.step_flops, "total_flops": res.total_flops,
-               "seconds": time.perf_counter() - t0, "backend": jax.default_backend()}
+    metrics = {
+        "dev_accuracy": float(res.best_accuracy),
+        "best_step": int(res.best_step),
+        "test_accuracy": float(evaluate(model, res.variables, test)["accuracy"]),
+        "num_classes": int(train.num_classes),
+        "train_examples": len(train),
+        "step_flops": res.step_flops,
+        "total_flops": res.total_flops,
+        "seconds": time.perf_counter() - t0,
+        "backend": jax.default_backend(),
+    }
     up = Upstream(model, jax.tree.map(np.asarray, res.variables), cfg, metrics, path)
     if path:
         save_upstream(path, up)

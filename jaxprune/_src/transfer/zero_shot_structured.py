@@ -39,8 +39,19 @@ import numpy as np
 from jaxprune import models as models_lib
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
-__all__ = ["METHODS", "PrunedModel", "trace_model_groups", "unit_scores", "zero_shot_plan", "kernel_masks",
-           "zero_shot_prune", "with_new_head", "conv_forward_flops", "effective_step_flops", "forward_flops"]
+__all__ = [
+    "METHODS",
+    "PrunedModel",
+    "trace_model_groups",
+    "unit_scores",
+    "zero_shot_plan",
+    "kernel_masks",
+    "zero_shot_prune",
+    "with_new_head",
+    "conv_forward_flops",
+    "effective_step_flops",
+    "forward_flops",
+]
 
 METHODS = ("dense", "filter", "channel", "kernel")
 _HEAD = "fc"  # the classifier of jaxprune's ResNets (re-initialised per downstream task)
@@ -121,8 +132,11 @@ def zero_shot_plan(variables, graph, method: str, ratio: float):
         n = sc.size
         keep = max(1, n - int(math.floor(n * ratio + 1e-9)))
         kept[gid] = np.sort(np.argsort(-sc, kind="stable")[:keep])
-    return plan_from_kept(graph, kept, {"method": method, "ratio": float(ratio), "criterion": "l1",
-                                        "scope": "layerwise", "zero_shot": True})
+    return plan_from_kept(
+        graph,
+        kept,
+        {"method": method, "ratio": float(ratio), "criterion": "l1", "scope": "layerwise", "zero_shot": True},
+    )
 
 
 def kernel_masks(params, ratio: float):
@@ -187,7 +201,8 @@ def conv_forward_flops(model, variables, batch: int = 1) -> dict[str, float]:
         shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), sub)
         x = jax.ShapeDtypeStruct(in_shape, jnp.float32)
         out[f"params/{layer}/kernel"] = out.get(f"params/{layer}/kernel", 0.0) + flops(
-            lambda p, x, _c=conv: _c.apply({"params": p}, x), shapes, x)
+            lambda p, x, _c=conv: _c.apply({"params": p}, x), shapes, x
+        )
     return out
 
 
@@ -234,9 +249,15 @@ def zero_shot_prune(model, variables, method: str, ratio: float = 0.0) -> Pruned
     elif method == "kernel":
         masks = kernel_masks(variables["params"], ratio)
         out_model = model
-        out_vars = dict(variables, params=jax.tree.map(
-            lambda x, m: x if m is None else jnp.where(m, x, 0), variables["params"], masks,
-            is_leaf=lambda v: v is None))
+        out_vars = dict(
+            variables,
+            params=jax.tree.map(
+                lambda x, m: x if m is None else jnp.where(m, x, 0),
+                variables["params"],
+                masks,
+                is_leaf=lambda v: v is None,
+            ),
+        )
     else:
         from jaxprune._src.structured import shrink
 
@@ -248,13 +269,25 @@ def zero_shot_prune(model, variables, method: str, ratio: float = 0.0) -> Pruned
     eff = fwd
     nonzero = _param_count(out_vars["params"])
     if masks is not None:
-        eff = fwd - sum(dense_conv[p if p.startswith("params/") else f"params/{p}"] * (1 - float(np.mean(m)))
-                        for p, m in leaves_with_paths(masks, is_leaf=lambda x: x is None) if m is not None)
-        nonzero -= int(sum(int(np.size(m) - np.sum(m)) for _, m in leaves_with_paths(
-            masks, is_leaf=lambda x: x is None) if m is not None))
-    stats = {"params": _param_count(out_vars["params"]), "nonzero_params": nonzero,
-             "forward_flops": fwd, "effective_forward_flops": eff,
-             "conv_forward_flops": conv_forward_flops(out_model, out_vars)}
+        eff = fwd - sum(
+            dense_conv[p if p.startswith("params/") else f"params/{p}"] * (1 - float(np.mean(m)))
+            for p, m in leaves_with_paths(masks, is_leaf=lambda x: x is None)
+            if m is not None
+        )
+        nonzero -= int(
+            sum(
+                int(np.size(m) - np.sum(m))
+                for _, m in leaves_with_paths(masks, is_leaf=lambda x: x is None)
+                if m is not None
+            )
+        )
+    stats = {
+        "params": _param_count(out_vars["params"]),
+        "nonzero_params": nonzero,
+        "forward_flops": fwd,
+        "effective_forward_flops": eff,
+        "conv_forward_flops": conv_forward_flops(out_model, out_vars),
+    }
     return PrunedModel(method, float(ratio), out_model, out_vars, masks, plan, stats)
 
 
@@ -271,8 +304,10 @@ def with_new_head(pm: PrunedModel, num_classes: int, key: jax.Array):
     fresh = model.init(key, model.example_input(1))
     head = fresh["params"][_HEAD]
     if np.shape(head["kernel"])[0] != np.shape(params[_HEAD]["kernel"])[0]:
-        raise ValueError(f"with_new_head: head input width {np.shape(head['kernel'])[0]} != backbone output "
-                         f"{np.shape(params[_HEAD]['kernel'])[0]}")
+        raise ValueError(
+            f"with_new_head: head input width {np.shape(head['kernel'])[0]} != backbone output "
+            f"{np.shape(params[_HEAD]['kernel'])[0]}"
+        )
     variables = dict(pm.variables, params=dict(params, **{_HEAD: head}))
     masks = None
     if pm.masks is not None:
