@@ -20,7 +20,7 @@ import jax
 
 from jaxprune._src.algorithms.common import check_spec
 from jaxprune._src.masks import apply_masks
-from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
+from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_schedule, check_score, scored_pruner
 from jaxprune._src.schedules import Schedule
 
 PyTree = Any
@@ -31,6 +31,7 @@ __all__ = ["ste_pruner", "straight_through_masks"]
 def straight_through_masks(params: PyTree, masks: PyTree) -> PyTree:
     """Masked weights in the forward pass, identity in the backward pass.
 
+    >>> import jax, jax.numpy as jnp
     >>> w = {'w': jnp.array([1., 2.])}
     >>> m = {'w': jnp.array([True, False])}
     >>> jax.grad(lambda p: straight_through_masks(p, m)['w'].sum())(w)['w'].tolist()
@@ -49,9 +50,8 @@ def ste_pruner(schedule: Schedule, spec: MaskSpec = MaskSpec(), *, score: Any = 
     >>> pruner.straight_through
     True
     """
-    if not isinstance(schedule, Schedule):
-        raise TypeError(
-            f"ste: schedule must be a jaxprune.Schedule (e.g. periodic(0.9, every=10)), got {type(schedule).__name__}"
-        )
+    check_schedule(schedule, "ste_pruner")
+    check_mask_spec(spec, "ste_pruner")
+    check_score(score, "ste_pruner")
     check_spec(spec, "ste", structures=("unstructured", "nm", "block", "channel"))
     return scored_pruner(score, schedule, spec, straight_through=True)
