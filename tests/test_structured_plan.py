@@ -82,7 +82,7 @@ def test_other_methods():
     custom["c1"]["kernel"] = np.broadcast_to(np.arange(16.0), (3, 3, 3, 16))
     sc = group_scores(P, G, scores=custom, normalize=None)[g1.id]
     assert np.all(np.diff(sc) > 0)  # the user's scores decide
-    plan = make_plan(P, G, [("c1", 0.5)], scores=custom)
+    plan = make_plan(P, G, rules=[("c1", 0.5)], scores=custom)
     assert plan.kept(g1.id) == tuple(range(8, 16))
     for bad in (dict(method="taylor"), dict(method="random"), dict(method="nope")):
         with pytest.raises(ValueError, match="taylor|random|method"):
@@ -92,7 +92,9 @@ def test_other_methods():
 def test_layerwise_ratio_rules_round_to_min_keep_and_ignore():
     plan = make_plan(P, G, 0.5)
     assert _sizes(plan) == {"c1/kernel[3]": 8, "c2/kernel[3]": 16, "c3/kernel[3]": 12}
-    plan = make_plan(P, G, [(r"^c2/", 0.25), (r"^c1/", 0.9)])
+    plan = make_plan(P, G, rules=[(r"^c2/", 0.25), (r"^c1/", 0.9)])
+    with pytest.warns(DeprecationWarning, match="rules="):  # the pre-v1 spelling still works
+        assert make_plan(P, G, [(r"^c2/", 0.25), (r"^c1/", 0.9)]) == plan
     assert _sizes(plan) == {"c1/kernel[3]": 2, "c2/kernel[3]": 24}
     plan = make_plan(P, G, 0.6, round_to=8)
     assert all(n % 8 == 0 for n in _sizes(plan).values())
@@ -122,7 +124,7 @@ def test_global_ranking_uses_normalized_scores():
     raw = make_plan(p, G, 0.5, scope="global", normalize=None)
     assert "c2/kernel[3]" not in _sizes(raw) or _sizes(raw)["c2/kernel[3]"] > sizes["c2/kernel[3]"]
     with pytest.raises(ValueError, match="global"):
-        make_plan(P, G, [("c1", 0.5)], scope="global")
+        make_plan(P, G, rules=[("c1", 0.5)], scope="global")
 
 
 def test_plan_from_kept_validates():

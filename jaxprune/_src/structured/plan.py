@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping, Sequence
+import warnings
+from typing import Any, Mapping, Sequence, TypeVar, cast
 
 import jax
 import numpy as np
@@ -53,6 +54,8 @@ __all__ = [
     "eligible_groups",
     "plan_cost",
 ]
+
+_T = TypeVar("_T")
 
 #: Group kinds pruned by default. ``'head_dim'`` (the per-head feature size) is
 #: left out: most attention code keeps ``head_dim`` fixed and prunes heads.
@@ -100,13 +103,18 @@ def make_plan(
     p: float | None = None,
     bias: bool = True,
     allow_empty: bool = False,
+    rules: Sequence[tuple[str, float]] | None = None,
 ) -> PrunePlan:
     """Chooses the units to keep in every prunable group.
 
     Args:
       params, graph: the params and their :func:`trace_groups` graph.
-      ratio: fraction of units pruned: a float, or ``[(regex, ratio)]`` rules
-        matched on each group's root leaf paths (layerwise only).
+      ratio: fraction of units pruned in every eligible group (a float), as
+        ``sparsity`` is for :func:`jaxprune.prune`.
+      rules: per-layer ratios ``[(regex, ratio), ...]`` matched on each
+        group's root leaf paths, first match wins; unmatched groups are kept
+        whole (layerwise only) -- the same spelling as ``prune(rules=...)``.
+        Passing rules as ``ratio`` still works but is deprecated.
       scope: ``'layerwise'`` or ``'global'`` (see module docstring).
       method, grads, key, scores, reduce, normalize, p, bias: see
         :func:`group_scores`. ``**TORCH_PRUNING_DEFAULTS`` sets them to
@@ -146,10 +154,18 @@ def make_plan(
       >>> make_plan(p, g, 0.5, **TORCH_PRUNING_DEFAULTS).groups[0]['kept']
       (2, 3)
     """
+    if rules is not None:
+        if not isinstance(ratio, (int, float)) or ratio != 0.5:
+            raise ValueError("make_plan: pass either ratio= (a float) or rules= (per-layer ratios), not both")
+        ratio = list(rules)
+    elif not isinstance(ratio, (int, float, np.integer, np.floating)) and isinstance(ratio, (list, tuple)):
+        warnings.warn(
+            "make_plan(ratio=[(regex, ratio), ...]) is deprecated: pass rules=[(regex, ratio), ...] (see CHANGELOG.md)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, kinds, budget, allow_empty)
-    ratio, round_to, min_keep, max_ratio = (
-        x.item() if isinstance(x, (np.integer, np.floating)) else x for x in (ratio, round_to, min_keep, max_ratio)
-    )  # JSON-able meta
+    ratio, round_to, min_keep, max_ratio = _py(ratio), _py(round_to), _py(min_keep), _py(max_ratio)  # JSON-able meta
     _check_params(params, graph)
     eligible = eligible_groups(graph, kinds, ignore)
     _check_finite(graph, eligible, params=params, grads=grads, scores=scores)
@@ -223,6 +239,11 @@ def make_plan(
         plan = plan_for(int(math.floor(total * ratio + 1e-9)))
         return dataclasses.replace(plan, meta=dict(plan.meta, ratio=float(ratio)))
     return plan_for_budget(params, graph, budget, plan_for, total, meta)
+
+
+def _py(x: _T) -> _T:
+    """A numpy scalar as the Python scalar it holds (anything else as is)."""
+    return cast(_T, x.item()) if isinstance(x, (np.integer, np.floating)) else x
 
 
 def _is_number(x: Any) -> bool:
