@@ -19,13 +19,14 @@ import pytest
 import jaxprune as jp
 from jaxprune._src.cli import common
 from jaxprune._src.cli.common import CliError
+from jaxprune._src.cli.evaluate import LATENCY_MIN_FLOPS, dispatch_bound, latency_caveat, results_markdown
 from jaxprune._src.cli.prune import prune_checkpoint
-from jaxprune._src.cli.recipe import apply_overrides, load_recipe, recipe_from_dict
+from jaxprune._src.cli.recipe import apply_overrides, load_recipe, packaged_recipes, recipe_from_dict
 from jaxprune._src.tree import is_none, leaves_with_paths
 from jaxprune.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
+RECIPES = ROOT / "jaxprune" / "recipes"  # shipped as package data; `--recipe NAME` finds them
 EXE = shutil.which("jaxprune")
 COMMAND = [EXE] if EXE else [sys.executable, "-m", "jaxprune.cli"]
 
@@ -80,12 +81,11 @@ def test_dense_from_init(runs):
 
 
 def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
-    out = cli(
-        "prune", "--checkpoint", runs / "dense", "--recipe", RECIPES / "unstructured90.json", "--out", runs / "sp90"
-    )
+    out = cli("prune", "--checkpoint", runs / "dense", "--recipe", "unstructured90", "--out", runs / "sp90")
     assert "sparsity 90.0%" in out.stdout
     s = json.loads((runs / "sp90" / "summary.json").read_text())
     assert s["kind"] == "sparse" and s["sparsity"] == pytest.approx(0.9, abs=2e-3)
+    assert s["recipe"] == load_recipe(str(RECIPES / "unstructured90.json")).to_dict()  # the packaged file
     assert {r["layer"] for r in s["layers"]} == {"params/conv_0/kernel", "params/conv_1/kernel"}  # head: rule null
     assert s["before"]["flops"] == s["after"]["flops"] > 0
     assert s["after"]["nonzero_params"] < s["before"]["nonzero_params"]
@@ -134,7 +134,7 @@ def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
     assert "finished" in err and "--overwrite" in err
     assert jp.restore_checkpoint(runs / "sp90_ft" / "checkpoint").step == best.step
 
-    # Structured pruning to half the FLOPs, then finetune the shrunk model.
+    # Structured pruning to half the FLOPs (the recipe given as a path), then finetune the shrunk model.
     cli(
         "prune", "--checkpoint", runs / "dense", "--recipe", RECIPES / "structured_flops50.json", "--out", runs / "sh50"
     )
@@ -177,12 +177,16 @@ def test_sparse_prune_finetune_resume_evaluate(runs, capsys):
     assert rows["sh50_ft"]["params"] < rows["dense"]["params"]
     assert (runs / "eval" / "results.png").stat().st_size > 5_000
     assert "| dense | dense |" in (runs / "eval" / "results.md").read_text()
+    # ~1 MFLOP per example x 32: latency is dispatch overhead, and the table and JSON say so
+    assert all(r["latency_dispatch_bound"] for r in rows.values())
+    assert "dominated by dispatch overhead" in res["latency_caveat"] and "every checkpoint" in res["latency_caveat"]
+    assert res["latency_caveat"] in out.stdout and res["latency_caveat"] in (runs / "eval" / "results.md").read_text()
 
 
 def test_nm_recipe_library_call(runs, tmp_path):
     """The same code, called as library functions: 2:4 on every kernel but the 3-channel first conv."""
     loaded = common.load_checkpoint_model(str(runs / "dense"))
-    s = prune_checkpoint(loaded, load_recipe(str(RECIPES / "nm24.json")), str(tmp_path / "nm"))
+    s = prune_checkpoint(loaded, load_recipe("nm24.json"), str(tmp_path / "nm"))  # packaged name, .json suffix
     assert {r["layer"]: r["sparsity"] for r in s["layers"]} == {"params/conv_1/kernel": 0.5, "params/head/kernel": 0.5}
     back = common.load_checkpoint_model(str(tmp_path / "nm"))
     assert back.kind == "sparse" and back.masks["params"]["conv_0"]["kernel"] is None
@@ -226,6 +230,16 @@ BAD = {
             'ignore=["nope"]',
         ],
         "'nope' matches no prunable layer",
+    ),
+    "unknown recipe name": (
+        ["prune", "--checkpoint", "{runs}/dense", "--recipe", "no_such_recipe"],
+        "unknown recipe 'no_such_recipe'; give a path to a JSON recipe file or a packaged recipe name: "
+        "erk80_snip, nm24, structured_flops50, unstructured90",
+    ),
+    "missing recipe file": (
+        ["prune", "--checkpoint", "{runs}/dense", "--recipe", "recipes/unstructured90.json"],
+        "recipe file 'recipes/unstructured90.json' does not exist (the shipped recipes are packaged now: "
+        "--recipe unstructured90)",
     ),
 }
 
@@ -310,8 +324,12 @@ def test_recipes_and_overrides():
         "d": [1, 2],
         "e": None,
     }
-    for path in sorted(RECIPES.glob("*.json")):  # every shipped recipe is valid
-        assert load_recipe(str(path)).kind in ("unstructured", "nm", "block", "structured")
+    assert packaged_recipes() == tuple(sorted(p.stem for p in RECIPES.glob("*.json")))
+    assert set(packaged_recipes()) >= {"unstructured90", "nm24", "structured_flops50", "erk80_snip"}
+    for path in sorted(RECIPES.glob("*.json")):  # every shipped recipe is valid, by path, name and name.json
+        r = load_recipe(str(path))
+        assert r.kind in ("unstructured", "nm", "block", "structured")
+        assert load_recipe(path.stem) == r == load_recipe(path.name)
     r = load_recipe(str(RECIPES / "structured_flops50.json"), ["budget.flops=0.3"])
     assert r.budget == {"flops": 0.3} and r.score == "l1"
     assert recipe_from_dict({"method": "snip"}).needs_grads
@@ -328,6 +346,45 @@ def test_recipes_and_overrides():
         assert msg in str(e.value)
     with pytest.raises(CliError, match="key=value"):
         apply_overrides({}, ["sparsity"])
+
+
+def test_recipe_path_or_name(tmp_path, monkeypatch):
+    """An existing file wins over a packaged name; bad files and folders are refused, naming the packaged recipes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unstructured90.json").write_text('{"kind": "nm"}')
+    assert load_recipe("unstructured90.json").kind == "nm"  # the local file
+    assert load_recipe("unstructured90").kind == "unstructured"  # the packaged recipe
+    assert load_recipe(str(tmp_path / "unstructured90.json")).kind == "nm"
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "folder").mkdir()
+    for spec, msg in [
+        ("broken.json", "recipe 'broken.json' is not valid JSON"),
+        ("list.json", "recipe 'list.json' must hold a JSON object"),
+        ("folder", "recipe 'folder' is a folder, not a JSON file"),
+        ("nope.json", "recipe file 'nope.json' does not exist; give a path"),
+        ("sub/nm24", "recipe file 'sub/nm24' does not exist (the shipped recipes are packaged now: --recipe nm24)"),
+        ("Unstructured90", "unknown recipe 'Unstructured90'"),
+    ]:
+        with pytest.raises(CliError) as e:
+            load_recipe(spec)
+        assert msg in str(e.value), spec
+        listed = "erk80_snip, nm24, structured_flops50, unstructured90" in str(e.value)
+        assert listed == (spec not in ("broken.json", "list.json")), spec  # not found: packaged names listed
+
+
+def test_latency_caveat_threshold():
+    """The caveat appears when a forward pass of one batch is below 100 MFLOPs, naming the rows it concerns."""
+    assert dispatch_bound(1e6, 64) and not dispatch_bound(2e6, 64) and not dispatch_bound(None, 64)
+    assert dispatch_bound(LATENCY_MIN_FLOPS / 2, 1) and not dispatch_bound(0, 64)  # 0: FLOPs unknown
+    row = dict(kind="dense", top1=0.9, top5=1.0, loss=0.1, sparsity=0.0, params=10, nonzero_params=10, latency_ms=1.0)
+    big = dict(row, label="big", flops=5e6, batch_size=64, examples=100)
+    small = dict(big, label="small", flops=1e6)
+    rows = [dict(r, latency_dispatch_bound=dispatch_bound(r["flops"], r["batch_size"])) for r in (big, small)]
+    text = latency_caveat(rows)
+    assert text.startswith("latency caveat: the forward pass of small is below 100M FLOPs per batch of 64")
+    assert "dispatch overhead" in text and "compare XLA FLOPs" in text and text in results_markdown(rows, "d", "test")
+    assert latency_caveat(rows[:1]) is None and "caveat" not in results_markdown(rows[:1], "d", "test")
 
 
 def test_help_of_every_command(capsys):

@@ -1,14 +1,15 @@
 """The ``jaxprune`` command line: ``jaxprune prune | finetune | evaluate`` (thin layer over the library).
 
   jaxprune finetune --model small_cnn --dataset digits_offline --out runs/dense
-  jaxprune prune --checkpoint runs/dense --recipe recipes/unstructured90.json --out runs/sparse90
+  jaxprune prune --checkpoint runs/dense --recipe unstructured90 --out runs/sparse90
   jaxprune finetune --checkpoint runs/sparse90 --out runs/sparse90_ft
   jaxprune evaluate runs/dense runs/sparse90_ft --out runs/eval
 
+Recipes: a packaged name (``jaxprune prune --help`` lists them) or a JSON file.
 Every subcommand takes ``--out DIR`` and ``--quick`` and answers ``--help``.
-Bad input (missing checkpoint, unknown dataset or method, out-of-range
-sparsity, a recipe matching no layer, an ``--out`` already holding a
-checkpoint) is reported on stderr with exit status 2, before anything is written.
+Bad input (missing checkpoint, unknown dataset, method or recipe name,
+out-of-range sparsity, a recipe matching no layer, an ``--out`` already holding
+a checkpoint) is reported on stderr with exit status 2, before anything is written.
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@
 Writes ``results.json``, ``results.md`` and ``results.png`` (top-1 accuracy
 vs XLA FLOPs) to ``--out`` and prints the table. FLOPs are XLA's count for one
 forward pass of one example; latency is the median wall time of a jitted
-forward pass at ``--batch-size``.
+forward pass at ``--batch-size``. When a checkpoint's forward pass is below
+100 MFLOPs per batch, latency measures dispatch overhead rather than compute
+(a shrunk model can time *slower* than the dense one): the table and
+``results.json`` (``latency_caveat``, per row ``latency_dispatch_bound``) say
+so, and XLA FLOPs are the number to compare. The batch is not enlarged behind
+the user's back: pass a larger ``--batch-size`` for a meaningful latency.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from jaxprune._src.cli import common
 from jaxprune._src.cli.common import CliError, LoadedModel
 
 RESULTS = ("results.json", "results.md", "results.png")
+# Below this many FLOPs per timed batch, a jitted forward pass is dominated by dispatch overhead.
+LATENCY_MIN_FLOPS = 100e6
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -65,6 +72,27 @@ def latency_ms(loaded: LoadedModel, batch_size: int, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def dispatch_bound(flops_per_example, batch_size: int) -> bool:
+    """Whether a forward pass of ``batch_size`` examples is too small (< 100 MFLOPs) for latency to mean compute."""
+    return bool(flops_per_example) and flops_per_example * batch_size < LATENCY_MIN_FLOPS
+
+
+def latency_caveat(rows: Sequence[dict]) -> str | None:
+    """The caveat printed under the table when some row's latency is dispatch overhead (else ``None``)."""
+    small = [r for r in rows if r.get("latency_dispatch_bound")]
+    if not small:
+        return None
+    batch = rows[0]["batch_size"]
+    which = "every checkpoint" if len(small) == len(rows) else ", ".join(r["label"] for r in small)
+    biggest = max(r["flops"] * r["batch_size"] for r in small)
+    return (
+        f"latency caveat: the forward pass of {which} is below {common.fmt_count(LATENCY_MIN_FLOPS)} "
+        f"FLOPs per batch of {batch} (at most {common.fmt_count(biggest)}), so latency at this size is dominated "
+        "by dispatch overhead, not compute (smaller models may even time slower); compare XLA FLOPs, or "
+        "measure a larger --batch-size."
+    )
+
+
 def evaluate_model(loaded: LoadedModel, ds, *, batch_size: int = 64, repeats: int = 20, label: str = "") -> dict:
     """One results row: top-1/top-5/loss on ``ds`` plus sparsity, params, XLA FLOPs and latency."""
     from jaxprune._src.train import evaluate
@@ -81,6 +109,7 @@ def evaluate_model(loaded: LoadedModel, ds, *, batch_size: int = 64, repeats: in
         loss=float(ev["loss"]),
         **stats,
         latency_ms=latency_ms(loaded, batch_size, repeats),
+        latency_dispatch_bound=dispatch_bound(stats["flops"], batch_size),
         batch_size=batch_size,
         examples=len(ds),
         model_config=loaded.model_config,
@@ -88,6 +117,7 @@ def evaluate_model(loaded: LoadedModel, ds, *, batch_size: int = 64, repeats: in
 
 
 def results_markdown(rows: Sequence[dict], dataset: str, split: str) -> str:
+    caveat = latency_caveat(rows)
     head = [
         "checkpoint",
         "kind",
@@ -119,7 +149,7 @@ def results_markdown(rows: Sequence[dict], dataset: str, split: str) -> str:
         f"# jaxprune evaluate: {dataset} / {split} ({rows[0]['examples']} examples)\n\n"
         + common.markdown_table(head, body)
         + "\n\nXLA FLOPs: one forward pass of one example. Masked (sparse) weights are zeros inside dense "
-        "tensors, so only structured pruning lowers FLOPs and latency.\n"
+        "tensors, so only structured pruning lowers FLOPs and latency.\n" + (f"\n**{caveat}**\n" if caveat else "")
     )
 
 
@@ -181,7 +211,13 @@ def run(args: argparse.Namespace) -> int:
     md = results_markdown(rows, args.dataset, args.split)
     common.write_json(
         os.path.join(args.out, "results.json"),
-        dict(dataset=args.dataset, split=args.split, backend=jax.default_backend(), rows=rows),
+        dict(
+            dataset=args.dataset,
+            split=args.split,
+            backend=jax.default_backend(),
+            latency_caveat=latency_caveat(rows),
+            rows=rows,
+        ),
     )
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)

@@ -1,8 +1,11 @@
 """``jaxprune prune``: checkpoint + recipe -> pruned checkpoint + summary (per-layer sparsity/widths, FLOPs).
 
-  jaxprune prune --checkpoint runs/dense --recipe recipes/unstructured90.json --out runs/sparse90
-  jaxprune prune --checkpoint runs/dense --recipe recipes/structured_flops50.json --set budget.flops=0.3 \\
-      --out runs/shrunk30
+  jaxprune prune --checkpoint runs/dense --recipe unstructured90 --out runs/sparse90
+  jaxprune prune --checkpoint runs/dense --recipe structured_flops50 --set budget.flops=0.3 --out runs/shrunk30
+  jaxprune prune --checkpoint runs/dense --recipe my_recipe.json --out runs/mine
+
+``--recipe`` takes the name of a recipe shipped in the package (listed below) or
+a path to a JSON recipe file.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from jaxprune._src.cli import common
 from jaxprune._src.cli.common import CliError, LoadedModel
-from jaxprune._src.cli.recipe import Recipe, apply_recipe, calibration_grads, load_recipe
+from jaxprune._src.cli.recipe import Recipe, apply_recipe, calibration_grads, load_recipe, packaged_recipes
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,7 +28,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint to prune (orbax folder or jaxprune run folder)")
-    p.add_argument("--recipe", help="JSON recipe file (see recipes/); default: 50%% layerwise magnitude")
+    p.add_argument(
+        "--recipe",
+        metavar="NAME|FILE",
+        help="a packaged recipe name (" + ", ".join(packaged_recipes()) + ") or a JSON recipe file; "
+        "default: 50%% layerwise magnitude",
+    )
     p.add_argument(
         "--set",
         action="append",

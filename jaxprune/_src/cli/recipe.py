@@ -1,5 +1,10 @@
 """Pruning recipes: JSON files (+ ``--set key=value`` overrides) -> masks or a shrink plan.
 
+``--recipe`` takes a path to a JSON file or the name of a recipe shipped with
+the package (``jaxprune/recipes/*.json``: ``unstructured90``, ``nm24``,
+``structured_flops50``, ``erk80_snip``; ``unstructured90.json`` works too). An
+existing file wins over a packaged name.
+
 A recipe is a JSON object; every field has a default, so ``{}`` is valid
 (50% layerwise magnitude). Fields:
 
@@ -122,19 +127,71 @@ def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
-def load_recipe(path: str | None, overrides: Sequence[str] = ()) -> Recipe:
-    """Reads a JSON recipe file (``None``: defaults), applies ``--set`` overrides, validates."""
-    config: dict = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise CliError(f"recipe file {path!r} does not exist")
+def _packaged_dir():
+    """The folder of recipes shipped in the package (a :mod:`importlib.resources` traversable)."""
+    from importlib import resources
+
+    return resources.files("jaxprune") / "recipes"
+
+
+def packaged_recipes() -> tuple[str, ...]:
+    """Names of the recipes shipped with the package (``--recipe NAME``), sorted.
+
+    >>> "unstructured90" in packaged_recipes()
+    True
+    """
+    folder = _packaged_dir()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(e.name[: -len(".json")] for e in folder.iterdir() if e.name.endswith(".json")))
+
+
+def read_recipe_text(spec: str) -> tuple[str, str]:
+    """``(text, where)`` of the recipe ``spec``: an existing JSON file, else a packaged recipe name.
+
+    A packaged name may carry the ``.json`` suffix (``unstructured90`` or ``unstructured90.json``).
+    Raises :class:`CliError` listing the packaged names when ``spec`` is neither.
+    """
+    if os.path.isfile(spec):
         try:
-            with open(path) as f:
-                config = json.load(f)
+            with open(spec, encoding="utf-8") as f:
+                return f.read(), repr(spec)
+        except OSError as e:
+            raise CliError(f"cannot read recipe file {spec!r}: {e}") from None
+    names = packaged_recipes()
+    name = spec[: -len(".json")] if spec.endswith(".json") else spec
+    if name in names and not any(sep in spec for sep in ("/", os.sep)):
+        return (_packaged_dir() / f"{name}.json").read_text(encoding="utf-8"), f"packaged recipe {name!r}"
+    if any(sep in spec for sep in ("/", os.sep)) or spec.endswith(".json") or os.path.exists(spec):
+        if os.path.isdir(spec):
+            what = f"recipe {spec!r} is a folder, not a JSON file"
+        else:
+            what = f"recipe file {spec!r} does not exist"
+        base = os.path.basename(spec)
+        base = base[: -len(".json")] if base.endswith(".json") else base
+        if base in names:
+            what += f" (the shipped recipes are packaged now: --recipe {base})"
+    else:
+        what = f"unknown recipe {spec!r}"
+    raise CliError(
+        f"{what}; give a path to a JSON recipe file or a packaged recipe name: {', '.join(names) or '(none installed)'}"
+    )
+
+
+def load_recipe(spec: str | None, overrides: Sequence[str] = ()) -> Recipe:
+    """Reads a recipe (``None``: defaults), applies ``--set`` overrides, validates.
+
+    ``spec``: a path to a JSON file, or the name of a packaged recipe (see :func:`packaged_recipes`).
+    """
+    config: dict = {}
+    if spec is not None:
+        text, where = read_recipe_text(str(spec))
+        try:
+            config = json.loads(text)
         except json.JSONDecodeError as e:
-            raise CliError(f"recipe {path!r} is not valid JSON: {e}") from None
+            raise CliError(f"recipe {where} is not valid JSON: {e}") from None
         if not isinstance(config, dict):
-            raise CliError(f"recipe {path!r} must hold a JSON object, got {type(config).__name__}")
+            raise CliError(f"recipe {where} must hold a JSON object, got {type(config).__name__}")
     return recipe_from_dict(config, overrides)
 
 
@@ -317,8 +374,10 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
         if not any(re.search(rx, n) for n in names):
             raise CliError(f"recipe regex {rx!r} matches no prunable layer; layers: {sorted(set(names))[:20]}")
     ratio: Any = recipe.ratio
+    rules = None
     if recipe.rules:
-        ratio = list(recipe.rules) + [(".*", recipe.ratio)]
+        rules = list(recipe.rules) + [(".*", recipe.ratio)]
+        ratio = 0.5  # make_plan's default: rules= carries the ratios
         if recipe.scope == "global":
             raise CliError("structured 'rules' need scope 'layerwise'")
     budget = None
@@ -340,6 +399,7 @@ def _structured(recipe: Recipe, loaded: LoadedModel, grads) -> LoadedModel:
             ignore=recipe.ignore,
             kinds=kinds,
             budget=budget,
+            rules=rules,
         )
         small = shrink(variables, plan)
         small_model = models.rebuild(model, small)
