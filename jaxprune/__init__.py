@@ -15,129 +15,6 @@ finetuning harness), ``jaxprune.data`` (tfds + offline datasets),
 """
 
 # ----------------------------------------------------------------------- key paths and rules
-from jaxprune._src.algorithms.acdc import acdc_pruner, acdc_schedule
-
-# --------------------------------------------------------------------------------- algorithms
-from jaxprune._src.algorithms.common import fixed_mask_pruner, sparsity_of_masks
-from jaxprune._src.algorithms.drop_grow import (
-    cosine_drop_fraction,
-    drop_grow_masks,
-    drop_grow_pruner,
-    rigl_config,
-    rigl_pruner,
-    set_pruner,
-)
-from jaxprune._src.algorithms.gmp import gmp_pruner
-from jaxprune._src.algorithms.lth import LotteryResult, lottery_ticket, lth_prune_round, lth_sparsities, rewind
-from jaxprune._src.algorithms.obs import (
-    fisher_inverse,
-    obs_prune,
-    obs_saliency,
-    obs_update,
-    woodfisher_prune,
-    woodfisher_pruner,
-    woodfisher_scores,
-)
-from jaxprune._src.algorithms.ste import ste_pruner, straight_through_masks
-from jaxprune._src.algorithms.str_ import str_effective, str_finalize, str_init, str_masks, str_sparsity
-from jaxprune._src.algorithms.zero_shot import (
-    activation_norms,
-    fixed_scores,
-    grasp_scores,
-    per_output_masks,
-    snip_scores,
-    synflow_prune,
-    synflow_scores,
-    wanda_scores,
-)
-
-# -------------------------------------------------------------------------------- checkpoints
-from jaxprune._src.checkpoint.api import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
-from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
-from jaxprune._src.checkpoint.codec import Checkpoint, CheckpointError
-from jaxprune._src.checkpoint.sparse_format import (
-    CompactSparse,
-    PackedMasks,
-    compact_sparse,
-    dense_from_compact,
-    pack_masks,
-    unpack_masks,
-)
-from jaxprune._src.deprecation import deprecated_attribute as _deprecated_attribute
-
-# --------------------------------------------------------------------- masks (sparse pruning)
-from jaxprune._src.distributions import check_sparsity, erk_densities, layer_sparsities
-
-# -------------------------------------------------------------------------------------- FLOPs
-from jaxprune._src.flops import compare_models, flops, model_stats, param_bytes, param_count
-from jaxprune._src.masks import (
-    apply_masks,
-    block_masks,
-    channel_masks,
-    check_scores,
-    combine_masks,
-    global_masks,
-    layerwise_masks,
-    nm_masks,
-    topk_mask,
-)
-from jaxprune._src.pruner import (
-    MaskSpec,
-    Pruner,
-    dense_masks,
-    magnitude_pruner,
-    masks_from_scores,
-    prune,
-    scored_pruner,
-)
-
-# ------------------------------------------------------------------------ schedules, pruners
-from jaxprune._src.schedules import Schedule, no_update, one_shot, periodic, polynomial
-
-# ------------------------------------------------------------------------------------ scores
-from jaxprune._src.scores import (
-    SCORE_FNS,
-    get_score_fn,
-    magnitude_scores,
-    random_scores,
-    register_score,
-    saliency_scores,
-    taylor_scores,
-)
-
-# ----------------------------------------------------------------------------------- sharding
-from jaxprune._src.sharding import (
-    abstract_like,
-    mesh_round_to,
-    shard_like,
-    shardings_of,
-    shrink_sharded,
-    spec_for_shape,
-)
-
-# ------------------------------------------------------------------- sparse training (optax)
-from jaxprune._src.sparse_optax import SparseState, find_sparse_state, get_masks, sparse_optimizer
-
-# ------------------------------------------------------- structured: trace -> plan -> shrink
-from jaxprune._src.structured.groups import DependencyGraph, Group, Member
-from jaxprune._src.structured.importance import TORCH_PRUNING_DEFAULTS, group_scores
-from jaxprune._src.structured.linen_surgery import register_linen_fix, shrunk_linen_apply
-from jaxprune._src.structured.nnx_surgery import shrink_nnx
-from jaxprune._src.structured.plan import (
-    DEFAULT_KINDS,
-    Budget,
-    PrunePlan,
-    flops_budget,
-    make_plan,
-    param_bytes_budget,
-    plan_from_kept,
-)
-
-# ------------------------------------------------------- structured: run the smaller model
-from jaxprune._src.structured.run import make_shrunk_fn, shrunk_flops, shrunk_fn_from_graph
-from jaxprune._src.structured.shrink import check_plan, plan_to_masks, shrink
-from jaxprune._src.structured.trace import trace_groups
-from jaxprune._src.summary import SparsitySummary, sparsity_summary
 from jaxprune._src.tree import (
     DEFAULT_EXCLUDE,
     check_same_structure,
@@ -149,6 +26,125 @@ from jaxprune._src.tree import (
     prunable_tree,
     rule_tree,
 )
+
+# ------------------------------------------------------------------------------------ scores
+from jaxprune._src.scores import (
+    SCORE_FNS,
+    get_score_fn,
+    magnitude_scores,
+    random_scores,
+    register_score,
+    saliency_scores,
+    taylor_scores,
+)
+from jaxprune._src.algorithms.zero_shot import (
+    activation_norms,
+    fixed_scores,
+    grasp_scores,
+    per_output_masks,
+    snip_scores,
+    synflow_prune,
+    synflow_scores,
+    wanda_scores,
+)
+
+# --------------------------------------------------------------------- masks (sparse pruning)
+from jaxprune._src.distributions import check_sparsity, erk_densities, layer_sparsities
+from jaxprune._src.masks import (
+    apply_masks,
+    block_masks,
+    channel_masks,
+    check_scores,
+    combine_masks,
+    global_masks,
+    layerwise_masks,
+    nm_masks,
+    topk_mask,
+)
+from jaxprune._src.mask_interop import full_masks, pruned_leaves
+from jaxprune._src.summary import SparsitySummary, sparsity_summary
+from jaxprune._src.checkpoint.sparse_format import (
+    CompactSparse,
+    PackedMasks,
+    compact_sparse,
+    dense_from_compact,
+    pack_masks,
+    unpack_masks,
+)
+
+# ------------------------------------------------------------------------ schedules, pruners
+from jaxprune._src.schedules import Schedule, no_update, one_shot, periodic, polynomial
+from jaxprune._src.pruner import (
+    MaskSpec,
+    Pruner,
+    dense_masks,
+    magnitude_pruner,
+    masks_from_scores,
+    prune,
+    scored_pruner,
+)
+
+# ------------------------------------------------------------------- sparse training (optax)
+from jaxprune._src.sparse_optax import SparseState, find_sparse_state, get_masks, sparse_optimizer
+
+# --------------------------------------------------------------------------------- algorithms
+from jaxprune._src.algorithms.common import fixed_mask_pruner, sparsity_of_masks
+from jaxprune._src.algorithms.gmp import gmp_pruner
+from jaxprune._src.algorithms.drop_grow import (
+    cosine_drop_fraction,
+    drop_grow_masks,
+    drop_grow_pruner,
+    rigl_config,
+    rigl_pruner,
+    set_pruner,
+)
+from jaxprune._src.algorithms.ste import ste_pruner, straight_through_masks
+from jaxprune._src.algorithms.acdc import acdc_pruner, acdc_schedule
+from jaxprune._src.algorithms.str_ import str_effective, str_finalize, str_init, str_masks, str_sparsity
+from jaxprune._src.algorithms.lth import LotteryResult, lottery_ticket, lth_prune_round, lth_sparsities, rewind
+from jaxprune._src.algorithms.obs import (
+    fisher_inverse,
+    obs_prune,
+    obs_saliency,
+    obs_update,
+    woodfisher_prune,
+    woodfisher_pruner,
+    woodfisher_scores,
+)
+
+# ------------------------------------------------------- structured: trace -> plan -> shrink
+from jaxprune._src.structured.groups import DependencyGraph, Group, Member
+from jaxprune._src.structured.trace import trace_groups
+from jaxprune._src.structured.importance import TORCH_PRUNING_DEFAULTS, group_scores
+from jaxprune._src.structured.plan import DEFAULT_KINDS, make_plan
+from jaxprune._src.structured.budget import Budget, flops_budget, param_bytes_budget
+from jaxprune._src.structured.prune_plan import PrunePlan, plan_from_kept
+from jaxprune._src.structured.shrink import check_plan, plan_to_masks, shrink
+
+# ------------------------------------------------------- structured: run the smaller model
+from jaxprune._src.structured.run import make_shrunk_fn, shrunk_flops, shrunk_fn_from_graph
+from jaxprune._src.structured.linen_surgery import register_linen_fix, shrunk_linen_apply
+from jaxprune._src.structured.nnx_surgery import shrink_nnx
+
+# -------------------------------------------------------------------------------------- FLOPs
+from jaxprune._src.flops import compare_models, flops, model_stats, param_bytes, param_count
+
+# -------------------------------------------------------------------------------- checkpoints
+from jaxprune._src.checkpoint.api import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
+from jaxprune._src.checkpoint.codec import Checkpoint, CheckpointError
+from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
+from jaxprune._src.checkpoint.export import export_dense
+
+# ----------------------------------------------------------------------------------- sharding
+from jaxprune._src.sharding import (
+    abstract_like,
+    mesh_round_to,
+    shard_like,
+    shardings_of,
+    shrink_sharded,
+    spec_for_shape,
+)
+from jaxprune._src.deprecation import deprecated_attribute as _deprecated_attribute
 
 __version__ = "0.2.0"
 
@@ -200,6 +196,8 @@ __all__ = [
     "dense_from_compact",
     "pack_masks",
     "unpack_masks",
+    "full_masks",
+    "pruned_leaves",
     # schedules and pruners
     "Schedule",
     "no_update",
@@ -288,6 +286,7 @@ __all__ = [
     "SparseCheckpointer",
     "checkpoint_size_bytes",
     "checkpoint_steps",
+    "export_dense",
     # sharding
     "abstract_like",
     "mesh_round_to",

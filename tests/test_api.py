@@ -30,7 +30,7 @@ save_checkpoint scored_pruner set_pruner shard_like shardings_of shrink shrink_n
 shrunk_fn_from_graph shrunk_linen_apply snip_scores sparse_optimizer sparsity_of_masks sparsity_summary
 spec_for_shape ste_pruner str_effective str_finalize str_init str_masks str_sparsity straight_through_masks
 synflow_prune synflow_scores taylor_scores topk_mask trace_groups unpack_masks wanda_scores woodfisher_prune
-woodfisher_pruner woodfisher_scores
+woodfisher_pruner woodfisher_scores full_masks pruned_leaves export_dense
 """.split()
 
 RENAMED = {

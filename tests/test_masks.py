@@ -153,10 +153,10 @@ def test_host_and_device_topk_paths_agree_exactly(seed):
     leaves[0].flat[0], leaves[-1].flat[-1] = -0.0, 0.0  # signed zeros
     leaves = [jnp.asarray(x) for x in leaves]
     total = sum(int(x.size) for x in leaves)
-    assert M._on_host_cpu(leaves, 1)
+    assert M.on_host_cpu(leaves, 1)
     for n in sorted({0, 1, total // 3, total // 2, total - 1, total}):
-        host = M._host_prune_lowest(leaves, n)
-        device = M._select_lowest(tuple(leaves), jnp.asarray([n], jnp.int32), groups=(0,) * 3, n_groups=1)
+        host = M.host_prune_lowest(leaves, n)
+        device = M.select_lowest(tuple(leaves), jnp.asarray([n], jnp.int32), groups=(0,) * 3, n_groups=1)
         assert sum(int((~h).sum()) for h in host) == n
         for h, d in zip(host, device):
             np.testing.assert_array_equal(np.asarray(h), np.asarray(d))

@@ -39,7 +39,19 @@ from jaxprune._src.schedules import Schedule
 
 PyTree = Any
 
-__all__ = ["Pruner", "MaskSpec", "masks_from_scores", "scored_pruner", "magnitude_pruner", "prune", "dense_masks"]
+__all__ = [
+    "Pruner",
+    "MaskSpec",
+    "masks_from_scores",
+    "scored_pruner",
+    "magnitude_pruner",
+    "prune",
+    "dense_masks",
+    "check_schedule",
+    "check_mask_spec",
+    "check_score",
+    "check_sparsity_arg",
+]
 
 SCOPES = ("layerwise", "global")
 STRUCTURES = ("unstructured", "nm", "block", "channel")
@@ -70,7 +82,8 @@ class MaskSpec:
       rules: ``(regex, sparsity or None)`` per-layer overrides, first match wins.
       structure: ``'unstructured'``, ``'nm'`` (``n``:``m`` along ``nm_axis``),
         ``'block'`` (``block`` tiles) or ``'channel'`` (slices along ``channel_axis``).
-      strict: raise if a rule matches no leaf.
+      strict: raise ``ValueError`` if a rule matches no leaf (default: a ``UserWarning``
+        naming the regex, since an unmatched rule is almost always a typo).
     """
 
     scope: str = "layerwise"
@@ -130,6 +143,11 @@ def masks_from_scores(
     >>> m['a']['kernel'].tolist()
     [[False, False, False, False], [True, True, True, True]]
     """
+    with tree_lib.warn_once_per_call():
+        return _masks_from_scores(scores, sparsity, spec, final_sparsity)
+
+
+def _masks_from_scores(scores: PyTree, sparsity: Any, spec: MaskSpec, final_sparsity: Any) -> PyTree:
     if spec.structure == "nm":
         return masks_lib.nm_masks(
             scores,
@@ -150,7 +168,7 @@ def masks_from_scores(
         strict=spec.strict,
     )
     if spec.scope == "global":
-        overridden = tree_lib.rule_tree(scores, spec.rules, default=False)
+        overridden = tree_lib.rule_tree(scores, spec.rules, default=False, warn=False)
         overridden = jax.tree.map(lambda r: r is not False, overridden, is_leaf=tree_lib.is_none)
         glob_ok = jax.tree.map(lambda s, o: s is not None and not o, per_layer, overridden, is_leaf=tree_lib.is_none)
         glob = masks_lib.global_masks(scores, sparsity, prunable=glob_ok)
@@ -170,12 +188,74 @@ def masks_from_scores(
 
 def dense_masks(params: PyTree, spec: MaskSpec = MaskSpec()) -> PyTree:
     """All-True masks at the prunable leaves of ``spec`` (``None`` elsewhere)."""
-    if spec.structure == "nm":
-        ok = tree_lib.prunable_tree(params, spec.prunable, strict=spec.strict)
-    else:  # same None positions as masks_from_scores (rules may leave layers dense)
-        ok = layer_sparsities(params, 0.0, prunable=spec.prunable, rules=spec.rules, strict=spec.strict)
-        ok = jax.tree.map(lambda s: s is not None, ok, is_leaf=tree_lib.is_none)
+    with tree_lib.warn_once_per_call():
+        if spec.structure == "nm":
+            ok = tree_lib.prunable_tree(params, spec.prunable, strict=spec.strict)
+        else:  # same None positions as masks_from_scores (rules may leave layers dense)
+            ok = layer_sparsities(params, 0.0, prunable=spec.prunable, rules=spec.rules, strict=spec.strict)
+            ok = jax.tree.map(lambda s: s is not None, ok, is_leaf=tree_lib.is_none)
     return jax.tree.map(lambda o, p: jnp.ones(jnp.shape(p), bool) if o else None, ok, params)
+
+
+# ------------------------------------------------------------------ argument checks of pruner factories
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def check_schedule(schedule: Any, fn: str, name: str = "schedule") -> Schedule:
+    """``schedule`` if it is a :class:`jaxprune.Schedule`, else a ``TypeError`` telling what to pass."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    hint = ""
+    if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
+        hint = f" (to prune once to {schedule!r}, pass jp.one_shot({schedule!r}))"
+    raise TypeError(
+        f"{fn} expects a Schedule such as jp.one_shot(0.5) or jp.polynomial(...) for `{name}`, "
+        f"got {_describe(schedule)}{hint}"
+    )
+
+
+def check_mask_spec(spec: Any, fn: str, name: str = "spec", *, allow_none: bool = False) -> MaskSpec | None:
+    """``spec`` if it is a :class:`jaxprune.MaskSpec` (or None when allowed), else a ``TypeError``."""
+    if isinstance(spec, MaskSpec) or (allow_none and spec is None):
+        return spec
+    raise TypeError(f"{fn} expects a MaskSpec such as jp.MaskSpec(scope='global') for `{name}`, got {_describe(spec)}")
+
+
+def check_score(score: Any, fn: str, name: str = "score") -> Any:
+    """``score`` if it is a score name or a callable, else a ``TypeError`` (unknown names: ``ValueError``)."""
+    if isinstance(score, str):
+        scores_lib.get_score_fn(score)  # ValueError listing the known names
+        return score
+    if callable(score) and not isinstance(score, (Schedule, MaskSpec)):
+        return score
+    raise TypeError(
+        f"{fn} expects a score name such as 'magnitude' (or a callable (params, *, grads, key) -> scores) "
+        f"for `{name}`, got {_describe(score)}"
+    )
+
+
+def check_sparsity_arg(value: Any, fn: str, name: str = "sparsity") -> float:
+    """``value`` as a float in [0, 1), else a ``TypeError`` / ``ValueError`` naming ``fn`` and ``name``."""
+    if isinstance(value, Schedule):
+        raise TypeError(
+            f"{fn} expects a float in [0, 1) such as 0.9 for `{name}` and builds its own schedule, "
+            f"got a Schedule; to prune on a schedule of your own use jp.magnitude_pruner(schedule)"
+        )
+    try:
+        return check_sparsity(value, name)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{fn}: {e} (pass a float in [0, 1) such as 0.9)") from None
+
+
+def check_bool(value: Any, fn: str, name: str) -> bool:
+    """``value`` if it is a bool, else a ``TypeError`` naming ``fn`` and ``name``."""
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{fn} expects True or False for `{name}`, got {_describe(value)}")
 
 
 def scored_pruner(
@@ -191,12 +271,16 @@ def scored_pruner(
     scores at ``schedule.sparsity(t)``. Scores are computed on the masked
     weights, so with magnitude scores pruned weights stay pruned (they are 0).
 
-    >>> import optax
-    >>> pruner = scored_pruner('magnitude', one_shot(0.5))
+    >>> import jaxprune as jp
+    >>> pruner = scored_pruner('magnitude', jp.one_shot(0.5))
     >>> masks, aux = pruner.init({'w': jnp.ones((4, 4))}, jax.random.key(0))
     >>> bool(masks['w'].all())
     True
     """
+    check_score(score, "scored_pruner")
+    check_schedule(schedule, "scored_pruner")
+    check_mask_spec(spec, "scored_pruner")
+    check_bool(straight_through, "scored_pruner", "straight_through")
     score_fn = scores_lib.get_score_fn(score)
 
     def init(params, key=None):
@@ -213,7 +297,13 @@ def scored_pruner(
 
 
 def magnitude_pruner(schedule: Schedule, spec: MaskSpec = MaskSpec(), **kwargs: Any) -> Pruner:
-    """:func:`scored_pruner` with ``|w|`` scores (GMP when the schedule is polynomial)."""
+    """:func:`scored_pruner` with ``|w|`` scores (GMP when the schedule is polynomial).
+
+    ``schedule`` must be a :class:`jaxprune.Schedule` (e.g. ``jp.one_shot(0.5)``):
+    anything else raises ``TypeError`` here, not at the first training step.
+    """
+    check_schedule(schedule, "magnitude_pruner")
+    check_mask_spec(spec, "magnitude_pruner")
     return scored_pruner("magnitude", schedule, spec, **kwargs)
 
 
@@ -252,23 +342,39 @@ def prune(
       out-of-range ``sparsity``, a ``None`` leaf in params, non-boolean masks,
       or params with no prunable leaf. ``rules`` only set the sparsity of
       prunable leaves (biases and norm scales of a matched layer stay dense).
+      A ``rules`` or ``prunable`` regex that matches no leaf emits a ``UserWarning``
+      naming it (``strict=True``: ``ValueError``), so a typo such as
+      ``rules=[('hed', None)]`` does not silently prune the head.
 
     >>> params = {'dense': {'kernel': jnp.arange(1., 9.).reshape(4, 2), 'bias': jnp.ones(2)}}
     >>> pruned, masks = prune(params, 0.5)
     >>> pruned['dense']['kernel'].tolist(), masks['dense']['bias']
     ([[0.0, 0.0], [0.0, 0.0], [5.0, 6.0], [7.0, 8.0]], None)
     """
-    spec = MaskSpec(
-        scope=scope,
-        distribution=distribution,
-        structure=structure,
-        prunable=prunable,
-        rules=rules,
-        n=n,
-        m=m,
-        block=tuple(block),
-        strict=strict,
-    )
+    with tree_lib.warn_once_per_call():
+        return _prune(
+            params,
+            sparsity,
+            method=method,
+            spec=MaskSpec(
+                scope=scope,
+                distribution=distribution,
+                structure=structure,
+                prunable=prunable,
+                rules=rules,
+                n=n,
+                m=m,
+                block=tuple(block),
+                strict=strict,
+            ),
+            grads=grads,
+            key=key,
+            masks=masks,
+        )
+
+
+def _prune(params: PyTree, sparsity: Any, *, method: Any, spec: MaskSpec, grads: Any, key: Any, masks: Any):
+    structure = spec.structure
     if structure != "nm":
         check_sparsity(sparsity)
     tree_lib.check_no_none_leaves(params, "params")

@@ -17,8 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
 import re
-from typing import Any, Callable, Iterable, Sequence
+import sys
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -38,6 +43,7 @@ __all__ = [
     "check_no_none_leaves",
     "first_structure_difference",
     "DEFAULT_EXCLUDE",
+    "warn_once_per_call",
 ]
 
 #: Leaves whose path matches this regex are never pruned by default:
@@ -122,6 +128,47 @@ def match_rules(path: str, rules: Rules | None, default: Any = None) -> Any:
     return default
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_WARNED: contextvars.ContextVar[set | None] = contextvars.ContextVar("jaxprune_unmatched_rules_warned", default=None)
+
+
+@contextlib.contextmanager
+def warn_once_per_call() -> Iterator[None]:
+    """Within this block, each distinct unmatched-rule warning is emitted once.
+
+    Public entry points that check the same rules several times (e.g. :func:`jaxprune.prune`)
+    wrap their body in it; nested blocks share the outermost block's record.
+    """
+    if _WARNED.get() is not None:
+        yield
+        return
+    token = _WARNED.set(set())
+    try:
+        yield
+    finally:
+        _WARNED.reset(token)
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` pointing at the first frame outside the jaxprune package (the user's call)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_unmatched(message: str) -> None:
+    """Emits ``message`` as a ``UserWarning`` attributed to the user's call (once per :func:`warn_once_per_call`)."""
+    seen = _WARNED.get()
+    if seen is not None:
+        if message in seen:
+            return
+        seen.add(message)
+    warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
+
+
 def rule_tree(
     tree: PyTree,
     rules: Rules | None,
@@ -130,11 +177,15 @@ def rule_tree(
     strict: bool = False,
     name: str = "rules",
     prunable: Any = None,
+    warn: bool = True,
 ) -> PyTree:
     """Pytree with, at each leaf, the value of the first matching rule (else ``default``).
 
-    With ``strict=True``, a rule that matches no leaf raises ``ValueError``
-    (it is almost always a typo in the regex).
+    A rule whose regex matches no leaf path is almost always a typo (``'hed'``
+    for ``'head'``), so it never passes silently: by default it emits a
+    ``UserWarning`` naming the regex and listing the available paths; with
+    ``strict=True`` it raises ``ValueError`` instead. ``warn=False`` silences
+    the warning (for internal re-evaluations of rules already checked).
 
     ``prunable`` restricts the rules to prunable leaves (others get ``default``),
     which is how sparsity rules are applied (a rule ``('conv', 0.8)`` must not
@@ -169,14 +220,21 @@ def rule_tree(
         return default
 
     out = map_with_path(pick, tree)
-    if strict:
-        unused = [compiled[i][0].pattern for i, u in enumerate(used) if not u]
-        if unused:
-            paths = [p for p, _ in leaves_with_paths(tree)]
-            raise ValueError(
-                f"{name}: regex {unused} matched no leaf path. Available paths: {paths[:20]}"
-                + (" ..." if len(paths) > 20 else "")
+    unused = [compiled[i][0].pattern for i, u in enumerate(used) if not u]
+    if unused and (strict or warn):
+        paths = [p for p, _ in leaves_with_paths(tree)]
+        if ok_paths is None:
+            message = f"{name}: regex {unused} matched no leaf path, so it has no effect (a typo?)"
+        else:
+            message = (
+                f"{name}: regex {unused} matched no prunable leaf path, so it has no effect (a typo, or a rule "
+                "for biases/norms, which are not pruned?)"
             )
+            paths = [p for p in paths if p in ok_paths]
+        message += f". Available paths: {paths[:20]}" + (" ..." if len(paths) > 20 else "")
+        if strict:
+            raise ValueError(message)
+        warn_unmatched(message + ". Pass strict=True to make this an error")
     return out
 
 
@@ -202,14 +260,15 @@ def prunable_tree(params: PyTree, rules: Rules | None = None, *, strict: bool = 
     (see :data:`DEFAULT_EXCLUDE`), nor are boolean leaves (flags, masks).
     ``rules`` is a list of ``(regex, bool)``; the first rule matching a leaf's
     path decides, else the default applies. A rule marking a boolean leaf
-    prunable raises ``TypeError`` naming it.
+    prunable raises ``TypeError`` naming it. A rule matching no leaf warns
+    (``UserWarning``), or raises ``ValueError`` with ``strict=True``.
 
     >>> import jax.numpy as jnp
     >>> params = {'conv': {'kernel': jnp.ones((3, 3, 2, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
     >>> prunable_tree(params, rules=[('head', False)])
     {'conv': {'kernel': True}, 'head': {'kernel': False}}
     """
-    decided = rule_tree(params, rules, default=_NO_MATCH, strict=strict)
+    decided = rule_tree(params, rules, default=_NO_MATCH, strict=strict, name="prunable rules")
 
     def pick(path, leaf, rule):
         if rule is _NO_MATCH:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxprune._src.algorithms.common import check_int, check_spec
 from jaxprune._src.distributions import check_sparsity
-from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
+from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_sparsity_arg, scored_pruner
 from jaxprune._src.schedules import Schedule
 
 __all__ = ["acdc_pruner", "acdc_schedule"]
@@ -77,6 +77,8 @@ def acdc_pruner(
     >>> bool(masks['w'].all())
     True
     """
+    check_sparsity_arg(sparsity, "acdc_pruner")
+    check_mask_spec(spec, "acdc_pruner")
     check_spec(spec, "acdc", structures=("unstructured", "block", "channel"))  # N:M has no dense phase
     schedule = acdc_schedule(
         sparsity, warmup=warmup, compressed_steps=compressed_steps, dense_steps=dense_steps, final_begin=final_begin

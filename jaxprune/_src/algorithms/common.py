@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import MaskSpec, Pruner
-from jaxprune._src.schedules import no_update
+from jaxprune._src.schedules import Schedule, no_update
 from jaxprune._src.topk import prune_lowest
 
 PyTree = Any
@@ -108,7 +108,16 @@ def fixed_mask_pruner(masks: PyTree) -> Pruner:
     >>> opt.init(params).masks['w'].tolist()
     [[True, False], [False, True]]
     """
+    if masks is None or isinstance(masks, (Schedule, MaskSpec, str, bytes, int, float, complex)):
+        raise TypeError(
+            "fixed_mask_pruner expects a pytree of boolean masks shaped like the params (e.g. the masks "
+            f"returned by jp.prune), got {type(masks).__name__} {masks!r}"[:300]
+        )
     for path, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none):
+        if m is not None and not hasattr(m, "dtype") and not isinstance(m, bool):
+            raise TypeError(
+                f"fixed_mask_pruner: mask leaf {path!r} must be a boolean array or None, got {type(m).__name__}"
+            )
         if m is not None and jnp.asarray(m).dtype != jnp.bool_:
             raise TypeError(f"fixed_mask_pruner: mask leaf {path!r} must be bool, got {jnp.asarray(m).dtype}")
     n_total = sum(int(jnp.size(m)) for m in jax.tree.leaves(masks))

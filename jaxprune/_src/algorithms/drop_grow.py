@@ -29,8 +29,7 @@ import jax.numpy as jnp
 from jaxprune._src import scores as scores_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.algorithms.common import check_fraction, check_int, check_spec, keep_top, masked_scores
-from jaxprune._src.distributions import check_sparsity
-from jaxprune._src.pruner import MaskSpec, Pruner, masks_from_scores
+from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_sparsity_arg, masks_from_scores
 from jaxprune._src.schedules import Schedule, periodic
 
 PyTree = Any
@@ -108,7 +107,8 @@ def drop_grow_pruner(
       distribution / spec: per-layer sparsities of the random initial masks
         (``'erk'``, ``'er'`` or ``'uniform'``); ``spec`` must be layerwise unstructured.
     """
-    sparsity = check_sparsity(sparsity)
+    sparsity = check_sparsity_arg(sparsity, "drop_grow_pruner")
+    check_mask_spec(spec, "drop_grow_pruner", allow_none=True)
     every = check_int(every, "every", 1)
     end = check_int(end, "end", 1)
     begin = every if begin is None else check_int(begin, "begin")
@@ -152,6 +152,7 @@ def rigl_pruner(
     >>> int(state.masks['dense']['kernel'].sum()), state.masks['dense']['bias']
     (16, None)
     """
+    check_sparsity_arg(sparsity, "rigl_pruner")
     return drop_grow_pruner(
         sparsity,
         grow="gradient",
@@ -167,6 +168,7 @@ def set_pruner(
     sparsity: float, *, every: int = 100, end: int, drop_fraction: float = 0.3, distribution: str = "erk", **kwargs: Any
 ) -> Pruner:
     """SET (Mocanu et al. 2018): like :func:`rigl` but regrowth is random (from the step's key)."""
+    check_sparsity_arg(sparsity, "set_pruner")
     return drop_grow_pruner(
         sparsity, grow="random", every=every, end=end, drop_fraction=drop_fraction, distribution=distribution, **kwargs
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxprune._src.algorithms.common import check_spec
-from jaxprune._src.pruner import MaskSpec, Pruner, scored_pruner
+from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_score, check_sparsity_arg, scored_pruner
 from jaxprune._src.schedules import polynomial
 
 __all__ = ["gmp_pruner"]
@@ -53,6 +53,10 @@ def gmp_pruner(
     >>> int((params['w'] == 0).sum())
     4
     """
+    check_sparsity_arg(sparsity, "gmp_pruner")
+    check_sparsity_arg(initial_sparsity, "gmp_pruner", "initial_sparsity")
+    check_mask_spec(spec, "gmp_pruner", allow_none=True)
+    check_score(score, "gmp_pruner")
     spec = MaskSpec(scope=scope, distribution=distribution) if spec is None else spec
     check_spec(spec, "gmp", structures=("unstructured", "block", "channel"))
     schedule = polynomial(sparsity, begin=begin, end=end, every=every, initial_sparsity=initial_sparsity, power=power)

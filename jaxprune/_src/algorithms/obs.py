@@ -36,7 +36,7 @@ from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.algorithms.common import check_fraction, check_int, check_spec, masked_scores
 from jaxprune._src.distributions import check_sparsity
-from jaxprune._src.pruner import MaskSpec, Pruner, dense_masks, masks_from_scores
+from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_sparsity_arg, dense_masks, masks_from_scores
 from jaxprune._src.schedules import polynomial
 
 PyTree = Any
@@ -320,6 +320,9 @@ def woodfisher_pruner(
     >>> p.param_update, p.observe is not None
     (True, True)
     """
+    check_sparsity_arg(sparsity, "woodfisher_pruner")
+    check_sparsity_arg(initial_sparsity, "woodfisher_pruner", "initial_sparsity")
+    check_mask_spec(spec, "woodfisher_pruner")
     block_size, damp = _check_args(block_size, damp)
     check_spec(spec, "woodfisher")
     check_fraction(power, "power", low=0.0, high=float("inf"))
