@@ -189,7 +189,8 @@ def _read_split(
         ds = ds.take(max_examples)
     imgs, labs = [], []
     for ex in tfds.as_numpy(ds):
-        imgs.append(ex[image_key]), labs.append(ex[label_key])
+        imgs.append(ex[image_key])
+        labs.append(ex[label_key])
         if len(imgs) == _CHUNK:
             yield imgs, np.array(labs)
             imgs, labs = [], []
@@ -324,17 +325,18 @@ def load_dataset(
         )
     label_feat = feats[label_key]
     num_classes = int(getattr(label_feat, "num_classes", 0) or 0)
-    chunks, labels = [], []
+    chunks: list[np.ndarray] = []
+    label_chunks: list[np.ndarray] = []
     for part in parts:  # 'train+validation[:10%]': each part read as tfds reads it, then concatenated
-        left = None if max_examples is None else max_examples - sum(len(x) for x in labels)
+        left = None if max_examples is None else max_examples - sum(len(x) for x in label_chunks)
         if left is not None and left <= 0:
             break
         for imgs, labs in _read_split(builder, name, part, left, image_key, label_key):
             chunks.append(_prepare(imgs, image_size, resize_method, center_crop, grayscale_to_rgb, name))
-            labels.append(labs)
+            label_chunks.append(labs)
     if not chunks:
         raise ValueError(f"dataset {name!r} split {split!r} is empty")
-    images, labels = np.concatenate(chunks), np.concatenate(labels).astype(np.int32)
+    images, labels = np.concatenate(chunks), np.concatenate(label_chunks).astype(np.int32)
     num_classes = num_classes or int(labels.max()) + 1
     mean, std = _norm_stats(
         normalize,
@@ -413,7 +415,7 @@ def augment(images: np.ndarray, seed, *, crop_padding: int = 0, flip: bool = Fal
         cols = dx[:, None] + np.arange(w)[None]
         out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
     if flip:
-        do = rng.random(n) < 0.5
+        do = rng.random((n,)) < 0.5
         out = np.where(do[:, None, None, None], out[:, :, ::-1], out)
     return out
 

@@ -377,7 +377,8 @@ _FEATURES = lambda names: tfds.features.FeaturesDict(
 )
 
 
-class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# tfds is untyped (Any base): mypy checks skip_registration against object.__init_subclass__
+class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """Defaults: array_record files under ``default_data_dir()``."""
 
     def __init__(self, *, data_dir=None, file_format=None, **kwargs):

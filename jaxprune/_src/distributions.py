@@ -137,7 +137,7 @@ def layer_sparsities(
     for (path, leaf), (_, ok), (_, rule) in zip(
         leaves, tree_lib.leaves_with_paths(prunable), tree_lib.leaves_with_paths(overrides, is_leaf=tree_lib.is_none)
     ):
-        value = rule if rule is _unset or rule is None else check_sparsity(rule, f"sparsity rule for {path!r}")
+        value = None if rule is _unset or rule is None else check_sparsity(rule, f"sparsity rule for {path!r}")
         if not ok:  # rules never make a non-prunable leaf (bias, norm scale, ...) prunable
             fixed[path] = None
         elif rule is not _unset:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +159,7 @@ def layerwise_masks(scores: PyTree, sparsities: Any, *, prunable: Any = None) ->
     check_scores(scores)
     sp = _resolve_sparsities(scores, sparsities, prunable)
     flat_sp, treedef = jax.tree.flatten(sp, is_leaf=tree_lib.is_none)
-    flat_scores = treedef.flatten_up_to(scores)
+    flat_scores = treedef.flatten_up_to(scores)  # type: ignore[attr-defined]  # jaxlib's PyTreeDef has no stubs
     chosen = [(i, jnp.asarray(x)) for i, (s, x) in enumerate(zip(flat_sp, flat_scores)) if s is not None]
     out: list[Any] = [None] * len(flat_sp)
     if chosen:  # one jitted call ranks every leaf (each leaf its own group)
@@ -203,7 +203,7 @@ def global_masks(scores: PyTree, sparsity: float | jax.Array, *, prunable: Any =
     else:
         tree_lib.check_same_structure(scores, prunable, what="prunable", check_shapes=False)
     flat_scores, treedef = jax.tree.flatten(scores)
-    flat_ok = treedef.flatten_up_to(prunable)
+    flat_ok = treedef.flatten_up_to(prunable)  # type: ignore[attr-defined]  # jaxlib's PyTreeDef has no stubs
     chosen = [jnp.asarray(s) for s, ok in zip(flat_scores, flat_ok) if ok]  # no flatten/concat: shardable
     total = sum(int(c.size) for c in chosen)
     kept = iter(prune_lowest(chosen, _n_prune(sparsity, total)) if chosen else [])
@@ -310,8 +310,9 @@ def block_masks(scores: PyTree, sparsities: Any, block: tuple[int, int] = (4, 4)
         raise ValueError(f"block must be a pair of positive ints, got {block!r}")
     check_scores(scores)
     sp = _resolve_sparsities(scores, sparsities, prunable)
+    pair = cast(tuple[int, int], tuple(block))  # checked above: two positive ints
     return tree_lib.map_with_path(
-        lambda path, s, x: None if s is None else _block_one(path, jnp.asarray(x), s, tuple(block)),
+        lambda path, s, x: None if s is None else _block_one(path, jnp.asarray(x), s, pair),
         sp,
         scores,
         is_leaf=tree_lib.is_none,

@@ -47,7 +47,7 @@ class SparseState(NamedTuple):
       inner_state: the wrapped optimizer's state.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the optax field name shadows tuple.count
     masks: PyTree
     aux: PyTree
     key: jax.Array
@@ -94,7 +94,7 @@ def _replicate_on_params_mesh(x: Any, params: PyTree) -> Any:
 
 def _check_grads(updates: PyTree, params: PyTree) -> None:
     """Raises ``ValueError`` naming the first path where ``updates`` (grads) differ from ``params``."""
-    if jax.tree.structure(updates) != jax.tree.structure(params):
+    if jax.tree.structure(updates) != jax.tree.structure(params):  # type: ignore[operator]  # PyTreeDef: no stubs
         diff = tree_lib.first_structure_difference(params, updates)
         raise ValueError(
             "sparse_optimizer.update: grads (updates) do not have the structure of params; "

@@ -106,7 +106,7 @@ class FitResult:
 class ScheduleState(NamedTuple):
     """State of :func:`scale_by_warmup_cosine`: the step and the schedule's hyper-parameters (arrays)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the optax field name shadows tuple.count
     peak: jax.Array
     warmup: jax.Array
     total: jax.Array
@@ -383,7 +383,7 @@ def fit(
     )
     compiled, step_flops = _cache_get(_STEPS, key, compile_step)
     history: list[dict[str, float]] = []
-    best = (-1.0, 0, None)
+    best: tuple[float, int, dict[str, Any] | None] = (-1.0, 0, None)  # (accuracy, step, variables)
     bad_evals, times = 0, []
     eval_every = cfg.eval_every or cfg.steps
     batch = first

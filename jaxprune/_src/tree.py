@@ -22,6 +22,7 @@ import contextvars
 import os
 import re
 import sys
+import types
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -151,7 +152,7 @@ def warn_once_per_call() -> Iterator[None]:
 
 def _user_stacklevel() -> int:
     """``stacklevel`` pointing at the first frame outside the jaxprune package (the user's call)."""
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back
@@ -337,6 +338,6 @@ def first_structure_difference(a: PyTree, b: PyTree, is_leaf=None) -> str | None
     if len(pa) != len(pb):
         longer, tag = (pa, "first") if len(pa) > len(pb) else (pb, "second")
         return f"path {longer[min(len(pa), len(pb))][0]!r} only in the {tag} tree"
-    if jax.tree.structure(a, is_leaf=is_leaf) != jax.tree.structure(b, is_leaf=is_leaf):
+    if jax.tree.structure(a, is_leaf=is_leaf) != jax.tree.structure(b, is_leaf=is_leaf):  # type: ignore[operator]
         return "same leaf paths but different container types"
     return None

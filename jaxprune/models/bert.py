@@ -185,7 +185,7 @@ class BertEncoder(nn.Module):
 
 def bert_tiny_test(**kw: Any) -> BertEncoder:
     """A tiny BERT for tests: vocab 100, hidden 32, 2 layers, 4 heads, intermediate 64, 16 positions."""
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=2,
@@ -200,7 +200,7 @@ def bert_tiny_test(**kw: Any) -> BertEncoder:
 
 def minilm_l6_config(**kw: Any) -> BertEncoder:
     """sentence-transformers all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, intermediate 1536."""
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         vocab_size=30522,
         hidden_size=384,
         num_hidden_layers=6,

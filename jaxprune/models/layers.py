@@ -58,7 +58,7 @@ def batch_norm(train: bool, *, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)
 
 
-def check_same_width(where: str, a: jax.Array, b: jax.Array, what: str) -> None:
+def check_same_width(where: str | None, a: jax.Array, b: jax.Array, what: str) -> None:
     """Raises ``ValueError`` when two tensors to be added have different channel widths."""
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(

@@ -98,15 +98,15 @@ class NnxCifarResNet(nnx.Module):
         widths = tuple(max(1, int(round(w * width_multiplier))) for w in stage_widths)
         self.conv1 = _conv(in_channels, widths[0], 3, rngs=rngs)
         self.bn1 = _bn(widths[0], rngs)
-        self.block_names = []
+        block_names: list[str] = []
         cin = widths[0]
         for s, (n, c) in enumerate(zip(stage_sizes, widths)):
             for b in range(n):
                 name = f"layer{s + 1}_{b}"
                 setattr(self, name, _NnxBasicBlock(cin, c, 2 if (s > 0 and b == 0) else 1, rngs=rngs))
-                self.block_names.append(name)
+                block_names.append(name)
                 cin = c
-        self.block_names = tuple(self.block_names)
+        self.block_names = tuple(block_names)
         self.fc = nnx.Linear(cin, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -137,8 +137,9 @@ class NnxHeadAttention(nnx.Module):
     """Multi-head attention whose number of heads is read from the ``query`` kernel shape."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, *, rngs: nnx.Rngs):
-        for name in ("query", "key", "value"):
-            setattr(self, name, _HeadProj((dim, num_heads, head_dim), (num_heads, head_dim), dim, rngs=rngs))
+        self.query = _HeadProj((dim, num_heads, head_dim), (num_heads, head_dim), dim, rngs=rngs)
+        self.key = _HeadProj((dim, num_heads, head_dim), (num_heads, head_dim), dim, rngs=rngs)
+        self.value = _HeadProj((dim, num_heads, head_dim), (num_heads, head_dim), dim, rngs=rngs)
         self.out = _HeadProj((num_heads, head_dim, dim), (dim,), num_heads * head_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:

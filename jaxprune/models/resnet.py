@@ -94,7 +94,7 @@ def _shortcut(block: Any, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
     return r
 
 
-_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 def _stages(

@@ -120,7 +120,7 @@ class ViT(nn.Module):
 
 def vit_tiny_test(num_classes: int = 10, **kw: Any) -> ViT:
     """A tiny ViT for tests: 16x16 images, patch 4, dim 32, 2 layers, 4 heads, MLP 64."""
-    cfg = dict(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+    cfg: dict[str, Any] = dict(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
     cfg.update(kw)
     return ViT(num_classes=num_classes, **cfg)
 

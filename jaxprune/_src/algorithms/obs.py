@@ -222,8 +222,8 @@ def obs_update(params: PyTree, finv: PyTree, masks: PyTree) -> PyTree:
     All blocks of all leaves are solved in one batched call (see :func:`_spd_inverse_many`).
     """
     m_leaves, treedef = jax.tree.flatten(masks, is_leaf=tree_lib.is_none)
-    f_leaves = treedef.flatten_up_to(finv)
-    w_leaves = treedef.flatten_up_to(params)
+    f_leaves = treedef.flatten_up_to(finv)  # type: ignore[attr-defined]  # jaxlib's PyTreeDef has no stubs
+    w_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
     out = list(w_leaves)
     systems = {}
     for i, (m, f, w) in enumerate(zip(m_leaves, f_leaves, w_leaves)):

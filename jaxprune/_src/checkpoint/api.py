@@ -204,7 +204,7 @@ def restore_checkpoint(
     try:
         return mngr.restore(step, template=template, items=items, verify=verify)
     finally:
-        mngr._mngr.close()
+        mngr._manager.close()
 
 
 class ShrunkModel(tuple):
@@ -234,6 +234,7 @@ def restore_shrunk_model(directory: str | os.PathLike, step: int | None = None) 
     """
     directory = os.fspath(directory)
     head = restore_checkpoint(directory, step, items=[])
+    assert head.manifest is not None  # restore always fills in the manifest
     have = list(head.manifest["items"]) + list(head.manifest["json_items"])
     missing = [n for n in ("shrunk_params", "model_config") if n not in have]
     if missing:
@@ -242,10 +243,11 @@ def restore_shrunk_model(directory: str | os.PathLike, step: int | None = None) 
         )
     wanted = ["shrunk_params", "model_config"] + (["plan"] if "plan" in have else [])
     ckpt = restore_checkpoint(directory, head.step, items=wanted)
+    assert ckpt.manifest is not None and ckpt.model_config is not None  # both checked present above
     model = check_model_config(
         ckpt.model_config, entry_shapes(ckpt.manifest["items"]["shrunk_params"]), "shrunk_params"
     )
-    plan = ckpt.plan
+    plan: Any = ckpt.plan  # becomes a PrunePlan below (stays a dict if the structured module is unavailable)
     if plan is not None:
         try:
             from jaxprune._src.structured.plan import PrunePlan

@@ -195,7 +195,7 @@ class _DirLock:
     """Exclusive, non-blocking ``flock`` on a directory (one writer per directory; freed when the process dies)."""
 
     def __init__(self, directory: str):
-        self.fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        self.fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -234,8 +234,11 @@ def _save_error(e: BaseException, step: int, directory: str) -> CheckpointError:
     if isinstance(e, CheckpointError):
         return e
     cause = e
-    while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__) is not None:
-        cause = cause.__cause__ or cause.__context__
+    while not isinstance(cause, OSError):
+        nxt = cause.__cause__ or cause.__context__
+        if nxt is None:
+            break
+        cause = nxt
     if isinstance(cause, OSError) and cause.errno is not None:
         what = f"OSError [{errno.errorcode.get(cause.errno, cause.errno)}] {cause.strerror or cause}"
         if cause.errno == errno.ENOSPC:
@@ -350,7 +353,7 @@ class SparseCheckpointer:
         self._lock = threading.RLock()
         self._pending: dict | None = None  # the save in flight: step, kind, staging manager
         self._dir_lock: _DirLock | None = None
-        self._mngr = None
+        self._mngr: ocp.CheckpointManager | None = None
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
@@ -373,7 +376,7 @@ class SparseCheckpointer:
         except BaseException:
             self._dir_lock.release()
             raise
-        self._log_filter = _QuietFailedSave(self.directory)
+        self._log_filter: _QuietFailedSave | None = _QuietFailedSave(self.directory)
         logging.getLogger("absl").addFilter(self._log_filter)
 
     @classmethod
@@ -405,6 +408,12 @@ class SparseCheckpointer:
             with contextlib.suppress(Exception):
                 lock.release()
 
+    @property
+    def _manager(self) -> ocp.CheckpointManager:
+        """The orbax manager; ``__init__`` and ``_reader`` create it before returning."""
+        assert self._mngr is not None, "SparseCheckpointer has no orbax manager (not fully constructed)"
+        return self._mngr
+
     # -- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "SparseCheckpointer":
         return self
@@ -423,8 +432,9 @@ class SparseCheckpointer:
                 if self._dir_lock is not None:
                     self._dir_lock.release()
                     self._dir_lock = None
-                if getattr(self, "_log_filter", None) is not None:
-                    logging.getLogger("absl").removeFilter(self._log_filter)
+                log_filter = getattr(self, "_log_filter", None)  # absent on _reader instances
+                if log_filter is not None:
+                    logging.getLogger("absl").removeFilter(log_filter)
                     self._log_filter = None
 
     def wait(self) -> None:
@@ -436,7 +446,7 @@ class SparseCheckpointer:
         with self._lock:
             pending, self._pending = self._pending, None
             if pending is None:
-                self._mngr.wait_until_finished()
+                self._manager.wait_until_finished()
                 return
             self._finish(pending)
 
@@ -444,7 +454,7 @@ class SparseCheckpointer:
         step = pending["step"]
         step_path = _step_dir(self.directory, step)
         staging = step_path + _STAGING_SUFFIX
-        mngr = pending.get("staging_mngr") or self._mngr
+        mngr = pending.get("staging_mngr") or self._manager
         try:
             mngr.wait_until_finished()
         except BaseException as e:  # background write failed (or interrupted): clean up, keep the old state
@@ -476,13 +486,13 @@ class SparseCheckpointer:
         os.rename(staged, step_path)
         shutil.rmtree(backup)
         shutil.rmtree(staging)
-        self._mngr.reload()
+        self._manager.reload()
 
     def _cleanup_failed(self, step: int, pending: dict) -> None:
         step_path = _step_dir(self.directory, step)
         # let orbax's other background writers of this save stop before deleting their folders
         with contextlib.suppress(Exception):
-            (pending.get("staging_mngr") or self._mngr).wait_until_finished()
+            (pending.get("staging_mngr") or self._manager).wait_until_finished()
         if pending["kind"] == "overwrite":
             with contextlib.suppress(Exception):
                 pending["staging_mngr"].close()
@@ -494,7 +504,7 @@ class SparseCheckpointer:
             if name.startswith(f"{step}{_ORBAX_TMP}"):
                 _rmtree_settled(os.path.join(self.directory, name))
         with contextlib.suppress(Exception):
-            self._mngr.reload()
+            self._manager.reload()
 
     def _apply_retention(self) -> None:
         if self.max_to_keep is None:
@@ -504,7 +514,7 @@ class SparseCheckpointer:
         for old in extra:  # the oldest by step number; orbax normally did this already
             shutil.rmtree(_step_dir(self.directory, old), ignore_errors=True)
         if extra:
-            self._mngr.reload()
+            self._manager.reload()
 
     # -- steps -------------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -656,7 +666,7 @@ class SparseCheckpointer:
         if exists:  # overwrite: write the whole new step aside, swap it in once committed
             if os.path.isdir(step_path) and step not in committed:
                 shutil.rmtree(step_path)  # an incomplete step: nothing to keep
-                self._mngr.reload()
+                self._manager.reload()
                 exists = False
         if exists:
             staging = step_path + _STAGING_SUFFIX
@@ -670,7 +680,7 @@ class SparseCheckpointer:
             mngr = pending["staging_mngr"]
         else:
             pending = {"step": step, "kind": "new"}
-            mngr = self._mngr
+            mngr = self._manager
         try:
             saved = mngr.save(step, args=ocp.args.Composite(**args), force=True)
         except BaseException as e:  # noqa: BLE001 - a failed write (e.g. disk full): clean up, keep the old state
@@ -807,7 +817,7 @@ class SparseCheckpointer:
 
     def _restore_json(self, step: int, name: str, what: str) -> Any:
         try:
-            res = self._mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
+            res = self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
         except Exception as e:  # noqa: BLE001 - orbax/json raise many types; name the item
             raise _wrap(e, f"step {step}: cannot read {what}") from e
         return res[name]
@@ -829,7 +839,7 @@ class SparseCheckpointer:
         else:
             target = abstract_from_metadata(metadata())
         try:
-            res = self._mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(target)}))
+            res = self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(target)}))
         except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many types; name the item
             if template is not None and "tree structures do not match" in str(e):
                 diff = _structure_diff(metadata(), template) or "(containers differ; leaf paths are equal)"

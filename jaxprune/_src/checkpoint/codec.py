@@ -249,7 +249,7 @@ def abstract_from_metadata(meta_tree: PyTree) -> PyTree:
 
 
 # --------------------------------------------------------------------------------- JSON metadata
-def json_dict(value: Any, name: str) -> dict:
+def json_dict(value: Any, name: str) -> dict | None:
     if value is None:
         return None
     if hasattr(value, "to_dict") and callable(value.to_dict) and not isinstance(value, Mapping):

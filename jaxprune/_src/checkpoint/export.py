@@ -215,6 +215,7 @@ def export_dense(
         raise TypeError(f"export_dense: overwrite must be True or False, got {overwrite!r}")
     checkpoint_dir = os.fspath(checkpoint_dir)
     head = restore_checkpoint(checkpoint_dir, step, items=[])
+    assert head.manifest is not None and head.step is not None  # restore_checkpoint always sets both
     have = [name for name in _ITEMS if name in head.manifest["items"]]
     if not have:
         raise CheckpointError(

@@ -242,4 +242,4 @@ def dense_from_compact(compact: CompactSparse) -> PyTree:
 
 def crc32(x: Any) -> int:
     """CRC-32 of an array's raw bytes (C order); used to detect corrupted checkpoint files."""
-    return zlib.crc32(np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8)) & 0xFFFFFFFF
+    return zlib.crc32(np.ascontiguousarray(np.asarray(x)).reshape(-1).view(np.uint8).data) & 0xFFFFFFFF

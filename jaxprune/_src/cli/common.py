@@ -230,6 +230,7 @@ def load_checkpoint_model(path: str, model_name: str | None = None) -> LoadedMod
     root = resolve_checkpoint(path)
     try:
         head = restore_checkpoint(root, items=[])
+        assert head.manifest is not None  # restore_checkpoint always sets it
         items = set(head.manifest["items"]) | set(head.manifest["json_items"])
         if "shrunk_params" in items and "model_config" in items:
             model, variables, plan = restore_shrunk_model(root, head.step)

@@ -124,7 +124,7 @@ def train_config(args: argparse.Namespace, from_init: bool):
         check_train_field(name, value)
     cfg.setdefault("eval_every", max(cfg["steps"] // 5, 1) if isinstance(cfg["steps"], int) else 1)
     try:
-        return TrainConfig(**cfg)
+        return TrainConfig(**cfg)  # type: ignore[arg-type]  # every field was type-checked above
     except (TypeError, ValueError) as e:
         raise CliError(str(e)) from None
 
@@ -162,7 +162,7 @@ def check_train_field(name: str, value) -> None:
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict[str, object] = {}
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
@@ -240,6 +240,10 @@ def finetune(
             jnp.asarray(resume_step, jnp.int32),
         )
         d = ck.data_state
+        if d is None:  # the train state is always saved with its data_state
+            raise CliError(
+                f"{ts_dir} step {resume_step} has no training history (data_state); delete it or use --overwrite"
+            )
         history, best_acc, best_step, bad_evals = d["history"], d["best_accuracy"], d["best_step"], d["bad_evals"]
         start = resume_step
         for s in checkpoint_steps(ck_dir, committed=False):  # best checkpoints of the lost part of the run

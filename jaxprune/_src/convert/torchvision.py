@@ -190,7 +190,7 @@ def flax_to_torchvision_resnet(variables: Any) -> dict[str, np.ndarray]:
 
 def _entries_from_variables(variables: Any) -> list[Entry]:
     paths = {p for p, _ in leaves_with_paths(variables)}
-    fake = {}
+    fake: dict[str, Any] = {}
     for p in paths:
         parts = p.split("/")[1:]
         m = re.match(r"layer(\d+)_(\d+)$", parts[0])

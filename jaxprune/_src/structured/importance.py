@@ -29,7 +29,7 @@ spelling; it is a *min-max* rescaling, also spelled ``'minmax'``),
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -113,7 +113,9 @@ def normalize_scores(v: np.ndarray, how: str | None) -> np.ndarray:
     elif how == "lamp":
         return _lamp(v)
     else:  # sentinel_<q>: divide by the k-th smallest score, k = int(q * n)
-        k = int(float(_SENTINEL.match(how).group(1)) * v.size)
+        m = _SENTINEL.match(how)
+        assert m is not None  # _check_normalize accepted `how`
+        k = int(float(m.group(1)) * v.size)
         return v / (np.sort(v, kind="stable")[k] + 1e-8)
     return v / d if d > 0 else v
 
@@ -234,10 +236,12 @@ def group_scores(
             elif power != 1.0:
                 e = e**power
         elif method == "taylor":
+            assert extra is not None  # the grads' leaves, set above
             if path not in extra:
                 raise ValueError(f"grads has no leaf {path!r}")
             e = np.abs(w * np.asarray(extra[path], dtype=w.dtype))
         else:
+            assert extra is not None  # method == 'custom': the scores' leaves, set above
             e = extra.get(path)
             e = None if e is None else np.asarray(e, dtype=np.float32)
             if e is not None and e.shape != w.shape:
@@ -257,6 +261,7 @@ def group_scores(
         if only_prunable and not g.prunable:
             continue
         if method == "random":
+            assert key is not None  # checked above
             v = np.asarray(jax.random.uniform(jax.random.fold_in(key, g.id), (g.size,)), dtype=np.float64)
             out[g.id] = normalize_scores(v, normalize)
             continue
@@ -283,6 +288,11 @@ def _group_vector(g: Group, axis_vector, leaves, method: str, reduce: str, bias:
     if not scored:
         return np.zeros(g.size)
     stack = np.stack([v for _, v in scored])
-    return {"sum": stack.sum, "mean": stack.mean, "max": stack.max, "prod": stack.prod, "first": stack.sum}[reduce](
-        axis=0
-    )
+    reducers: dict[str, Callable[..., np.ndarray]] = {
+        "sum": stack.sum,
+        "mean": stack.mean,
+        "max": stack.max,
+        "prod": stack.prod,
+        "first": stack.sum,
+    }
+    return reducers[reduce](axis=0)

@@ -280,7 +280,7 @@ def _suspects(new: nnx.Module, plan: PrunePlan, before: dict, notes: dict, fixes
 
 def _compare(out, ref, atol, rtol, shape_only) -> str | None:
     o, r = jax.tree.leaves(out), jax.tree.leaves(ref)
-    if jax.tree.structure(out) != jax.tree.structure(ref):
+    if jax.tree.structure(out) != jax.tree.structure(ref):  # type: ignore[operator]  # jaxlib's PyTreeDef has no stubs
         return f"output structure {jax.tree.structure(out)} != dense {jax.tree.structure(ref)}"
     for i, (a, b) in enumerate(zip(o, r)):
         a, b = np.asarray(a), np.asarray(b)

@@ -240,9 +240,9 @@ def _validate_plan(plan: "PrunePlan") -> None:
                 f"{where}: group {gs[0][0]['id']} ({gs[0][0]['name']}): member leaf {path!r} is not "
                 "in the plan's leaf_shapes"
             )
-        n = plan.leaf_shapes[path][axis] if 0 <= axis < len(plan.leaf_shapes[path]) else None
-        kept = plan.leaves.get(path, {}).get(axis)
-        dropped = 0 if kept is None else (n or 0) - len(kept)
+        size = plan.leaf_shapes[path][axis] if 0 <= axis < len(plan.leaf_shapes[path]) else None
+        kept_here = plan.leaves.get(path, {}).get(axis)
+        dropped = 0 if kept_here is None else (size or 0) - len(kept_here)
         g0, most = max(removed, key=lambda t: t[1])
         if dropped < most:
             raise ValueError(
@@ -320,7 +320,11 @@ def _unit_width(m) -> int:
 
 
 def plan_from_kept(
-    graph: DependencyGraph, kept: dict[int, Sequence[int]], meta: dict | None = None, *, allow_empty: bool = False
+    graph: DependencyGraph,
+    kept: Mapping[int, Sequence[int] | np.ndarray],
+    meta: dict | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> PrunePlan:
     """Builds a plan from ``{group id: kept unit indices}`` (unlisted groups are kept whole).
 
@@ -333,7 +337,7 @@ def plan_from_kept(
     """
     by_id = {g.id: g for g in graph.groups}
     removed: dict[tuple[str, int], list[np.ndarray]] = {}
-    groups = []
+    groups: list[dict[str, Any]] = []
     for gid in sorted(kept):
         if gid not in by_id:
             raise ValueError(f"group id {gid} is not in the graph ({len(graph.groups)} groups)")

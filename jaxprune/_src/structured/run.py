@@ -37,7 +37,7 @@ from jax.extend import core as jcore
 from jaxprune._src.structured import axis_rules
 from jaxprune._src.structured.prune_plan import PrunePlan
 from jaxprune._src.structured.shrink import check_plan
-from jaxprune._src.structured.trace import DependencyGraph, trace_groups
+from jaxprune._src.structured.trace import DependencyGraph, Group, trace_groups
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
 __all__ = ["make_shrunk_fn", "shrunk_fn_from_graph", "shrunk_flops"]
@@ -47,6 +47,7 @@ def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarra
     """Removed units per atomic class; raises if the plan was made for another graph."""
     plan.validate(graph)  # kept indices, shapes and leaves exactly as the graph's groups give them
     st = graph.trace
+    assert st is not None  # shrunk_fn_from_graph, the only caller's caller, checks this
     removed = {}
     for g in plan.groups:
         gid = g["id"]
@@ -71,6 +72,7 @@ def _check_match(graph: DependencyGraph, plan: PrunePlan) -> dict[int, np.ndarra
 class _Evaluator:
     def __init__(self, graph: DependencyGraph, plan: PrunePlan):
         st = graph.trace
+        assert st is not None  # checked by shrunk_fn_from_graph (or a fresh trace_groups graph)
         self.w = st.walker
         self.res = st.resolved
         self.closed = st.closed
@@ -236,7 +238,7 @@ class _Evaluator:
 def _signature(args, kwargs) -> tuple:
     """Hashable key of a call: argument structure, array shapes/dtypes, static leaves."""
     leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
-    sig = []
+    sig: list[tuple[Any, ...]] = []
     for x in leaves:
         if isinstance(x, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)):
             sig.append(("array", tuple(np.shape(x)), str(np.dtype(x.dtype))))
@@ -260,9 +262,9 @@ def _rebase_plan(old: DependencyGraph, new: DependencyGraph, plan: PrunePlan) ->
     index maps, and be prunable there; groups the plan keeps whole may differ
     (e.g. a position-embedding slice that covers the whole table at one input size).
     """
-    by_members = {}
-    for g in new.groups:
-        by_members.setdefault(_member_key(g), g)
+    by_members: dict[frozenset, Group] = {}
+    for grp in new.groups:
+        by_members.setdefault(_member_key(grp), grp)
     groups = []
     for pg in plan.groups:
         g = by_members.get(_member_key(old.groups[pg["id"]]))
@@ -379,6 +381,7 @@ def shrunk_flops(params: Any, graph: DependencyGraph, plan: PrunePlan) -> float:
 
     st = graph.trace
     fn = shrunk_fn_from_graph(graph, plan)
+    assert st is not None  # shrunk_fn_from_graph raised otherwise
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
     shapes = _reshape_tree(shapes, plan)
     args = jax.tree_util.tree_unflatten(

@@ -113,8 +113,8 @@ class _Walker:
                     axis_rules.track_normalizer(self, eqn, ins, outs, key)
                 if name in ("convert_element_type", "copy", "copy_p", "transpose") and ins[0] in self.param_base:
                     self.param_base[outs[0]] = self.param_base[ins[0]]
-            elif name in axis_rules.CALLS and axis_rules.CALLS[name] and name in _CALL_OK:
-                self.call(eqn.params[axis_rules.CALLS[name]], eqn, ins, outs, key)
+            elif (call_param := axis_rules.CALLS.get(name)) and name in _CALL_OK:
+                self.call(eqn.params[call_param], eqn, ins, outs, key)
             elif name == "scan":
                 self.scan(eqn, ins, outs, key)
             elif name == "cond":
@@ -292,13 +292,13 @@ class _Resolved:
         if d is None or r in self._active:
             if r in self._active:
                 uf.mark(r, "cyclic reshape/concatenate relation")
-            out = {r: np.arange(n, dtype=np.int64)[:, None]}
+            out: dict[int, np.ndarray] = {r: np.arange(n, dtype=np.int64)[:, None]}
             self._memo[r] = out
             return out
         self._active.add(r)
         kind, parts = d
         sizes = [uf.size[uf.find(p)] for p in parts]
-        out: dict[int, np.ndarray] = {}
+        out = {}
         if kind == "product":
             grid = np.arange(n, dtype=np.int64).reshape(sizes)
             for j, p in enumerate(parts):
@@ -460,7 +460,8 @@ def _build_graph(closed, paths, shapes, options, state_fields) -> DependencyGrap
                     members.setdefault(a, []).append(Member(paths[i], ax, imap, role))
     ig = [re.compile(r) for r in (ignore or ())]
     pr = [re.compile(r) for r in prunable] if prunable is not None else None
-    groups, atom_of_group = [], []
+    groups: list[Group] = []
+    atom_of_group: list[int] = []
     for a, mems in members.items():
         reason = uf.reason_of(a)
         roots = [m.path for m in mems if m.role == "root"]

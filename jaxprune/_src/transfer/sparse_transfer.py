@@ -281,7 +281,7 @@ def load_transfer_data(
     """
     from jaxprune._src.data import Dataset, load_dataset
 
-    kw = dict(image_size=cfg.image_size, data_dir=data_dir)
+    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=data_dir)
     train = load_dataset(name, "train", max_examples=cfg.max_train_examples, **kw)
     try:
         dev = load_dataset(name, "validation", **kw)
@@ -462,6 +462,7 @@ def full_finetune(
     res = fit(
         new_model, new_vars, data.train, tc, eval_ds=data.dev, masks=new_masks, progress=False, desc=f"full/{data.name}"
     )
+    assert res.best_accuracy is not None  # fit evaluates eval_ds at least at its last step
     test = evaluate(new_model, res.variables, data.test)
     return TransferResult(
         "full",
@@ -558,7 +559,7 @@ def study_b_tables(result: dict) -> dict[str, dict]:
         rs = [r for r in result["runs"] if r["mode"] == mode]
         ds = list(dict.fromkeys(r["dataset"] for r in rs))
         rows = list(dict.fromkeys((r["method"], r["sparsity"]) for r in rs))
-        acc = {row: {} for row in rows}
+        acc: dict[tuple[Any, Any], dict[str, float]] = {row: {} for row in rows}
         for r in rs:
             acc[(r["method"], r["sparsity"])][r["dataset"]] = 100 * r["test_accuracy"]
         dense = next((acc[row] for row in rows if row[0] == "dense"), None)

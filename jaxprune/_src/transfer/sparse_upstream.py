@@ -140,7 +140,8 @@ class SparseUpstreamConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(d) - known:
             raise ValueError(f"SparseUpstreamConfig: unknown fields {sorted(set(d) - known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        # JSON values: field names are checked above, the types by __post_init__ and use
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})  # type: ignore[arg-type]
 
 
 def full_upstream_config(**overrides: Any) -> SparseUpstreamConfig:
@@ -153,7 +154,7 @@ def full_upstream_config(**overrides: Any) -> SparseUpstreamConfig:
     >>> full_upstream_config().arch, full_upstream_config().steps
     ('resnet50', 500000)
     """
-    base = dict(
+    base: dict[str, Any] = dict(
         arch="resnet50",
         stage_sizes=(3, 4, 6, 3),
         stage_widths=(64, 128, 256, 512),
@@ -243,11 +244,11 @@ def recipe(method: str, sparsity: float, cfg: SparseUpstreamConfig) -> Recipe:
         rc = alg.rigl_config(t, 5 if method == "rigl5x" else 1, every=every)
         factory = alg.set_pruner if method == "set" else alg.rigl_pruner
         return Recipe(
-            rc["total_steps"],
+            int(rc["total_steps"]),
             lambda: factory(
                 s,
-                every=rc["every"],
-                end=rc["end"],
+                every=int(rc["every"]),
+                end=int(rc["end"]),
                 drop_fraction=rc["drop_fraction"],
                 spec=_spec(first, distribution="erk"),
             ),
@@ -455,6 +456,7 @@ def train_sparse_upstream(
         steps_run = res.steps_run
     elif rec.rounds:  # LTH: prune-rewind rounds, each trained with fixed masks
         spec = _spec(first, "global")
+        assert spec.rules is not None  # _spec always sets rules
 
         def train_fn(v, m, start, num):
             nonlocal steps_run
@@ -496,7 +498,7 @@ def train_sparse_upstream(
             from jaxprune._src.pruner import dense_masks
 
             masks = dense_masks(variables["params"], _spec(first))
-        elif pruner.straight_through:  # STE keeps dense weights; the model is the masked one
+        elif pruner is not None and pruner.straight_through:  # STE keeps dense weights; the model is the masked one
             variables = dict(variables, params=masks_lib.apply_masks(variables["params"], masks))
     seconds = time.perf_counter() - t0
     variables = jax.tree.map(np.asarray, variables)

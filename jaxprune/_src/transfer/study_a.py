@@ -215,9 +215,9 @@ def _label(method: str, ratio: float) -> str:
 def _load_task(name: str, cfg: StudyAConfig):
     from jaxprune._src import data as data_lib
 
-    kw = dict(image_size=cfg.image_size, data_dir=cfg.data_dir)
+    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=cfg.data_dir)
     train = data_lib.load_dataset(name, "train", max_examples=cfg.max_train_examples, **kw)
-    splits = []
+    splits: list[data_lib.Dataset | None] = []
     for cand in ("validation", "test"):
         try:
             splits.append(data_lib.load_dataset(name, cand, **kw))
@@ -360,7 +360,7 @@ def run_study_a(
                 + f"{_label(method, ratio):12s} "
                 + "  ".join(f"{r['budget']}:{r['test_accuracy']:.3f}" for r in last)
             )
-    results = dict(
+    results: dict[str, Any] = dict(
         config=cfg.to_dict(),
         backend=jax.default_backend(),
         upstream=dict(metrics=up.metrics, path=up.path, model=type(up.model).__name__),

@@ -261,6 +261,7 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
     tc = TrainConfig(steps=steps, batch_size=64, learning_rate=lr, eval_every=max(steps // 4, 1))
     t0 = time.perf_counter()
     res = fit(model, variables, train, tc, eval_ds=dev, tx=tx, progress=False, desc="vit upstream")
+    assert res.best_accuracy is not None  # fit evaluates eval_ds at least at its last step
     metrics = {
         "dev_accuracy": float(res.best_accuracy),
         "test_accuracy": float(
@@ -277,7 +278,7 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
 def _load(name: str, cfg: StudyCConfig):
     from jaxprune._src import data as data_lib
 
-    kw = dict(image_size=cfg.image_size, data_dir=cfg.data_dir)
+    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=cfg.data_dir)
     train = data_lib.load_dataset(name, "train", max_examples=cfg.max_train_examples, **kw)
     test = data_lib.load_dataset(name, "test", max_examples=cfg.max_test_examples, **kw)
     return train, test

@@ -105,13 +105,13 @@ def _paired(runs: list[dict], arch: str) -> list[dict]:
     for b in sorted({k[3] for k in acc if k[2] == "vote"}, reverse=True):
         for s in sorted({k[4] for k in acc if k[2] == "vote"}):
             for m in METHODS[1:]:
-                d = [
+                diffs = [
                     acc[(t, sd, "vote", b, s)] - acc[(t, sd, m, b, s)]
                     for (t, sd, mm, bb, ss) in acc
                     if mm == "vote" and bb == b and ss == s and (t, sd, m, b, s) in acc
                 ]
-                if d:
-                    d = np.asarray(d)
+                if diffs:
+                    d = np.asarray(diffs)
                     out.append(
                         dict(
                             budget=b,

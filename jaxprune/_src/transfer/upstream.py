@@ -86,7 +86,8 @@ class UpstreamConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"UpstreamConfig: unknown fields {unknown}; fields are {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        # JSON values: the field names are checked above, not their types
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})  # type: ignore[arg-type]
 
     def cache_key(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
@@ -120,6 +121,7 @@ def build_model(arch: str, num_classes: int, image_size: int, stage_sizes=None, 
     >>> build_model('cifar_resnet', 10, 16, (1, 1, 1), (8, 16, 32)).stage_widths
     (8, 16, 32)
     """
+    kw: dict[str, Any]
     if arch == "cifar_resnet":
         kw = {}
         if stage_sizes is not None:
@@ -178,6 +180,8 @@ def save_upstream(path: str, up: Upstream) -> str:
     """
     from jaxprune._src.checkpoint.api import save_checkpoint
 
+    if up.config is None:
+        raise ValueError("save_upstream: up.config is None; the upstream config is saved with the model")
     meta = {"config": up.config.to_dict(), "metrics": up.metrics}
     save_checkpoint(
         path,
@@ -256,6 +260,7 @@ def pretrain_upstream(
         seed=cfg.seed,
     )
     res = fit(model, variables, train, tc, eval_ds=dev, progress=progress, desc="upstream")
+    assert res.best_accuracy is not None  # fit evaluates eval_ds at least at its last step
     metrics = {
         "dev_accuracy": float(res.best_accuracy),
         "best_step": int(res.best_step),

@@ -127,7 +127,7 @@ def zero_shot_plan(variables, graph, method: str, ratio: float):
 
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    kept = {}
+    kept: dict[int, np.ndarray] = {}
     for gid, sc in unit_scores(variables, graph, method).items():
         n = sc.size
         keep = max(1, n - int(math.floor(n * ratio + 1e-9)))
@@ -193,7 +193,7 @@ def conv_forward_flops(model, variables, batch: int = 1) -> dict[str, float]:
     with nn.intercept_methods(record):
         jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, _example(model, batch))
     params = variables["params"]
-    out = {}
+    out: dict[str, float] = {}
     for layer, conv, in_shape in calls:
         sub = params
         for part in layer.split("/"):
