@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxprune._src import tree as tree_lib
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["layer_sparsities", "erk_densities", "check_sparsity"]
 

@@ -42,16 +42,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["full_masks", "pruned_leaves"]
 

@@ -41,8 +41,7 @@ from jax import lax
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.topk import host_prune_lowest, on_host_cpu, prune_lowest, select_lowest, unsharded
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "topk_mask",

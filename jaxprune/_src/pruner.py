@@ -36,8 +36,7 @@ from jaxprune._src import scores as scores_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.distributions import check_sparsity, layer_sparsities
 from jaxprune._src.schedules import Schedule
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "Pruner",

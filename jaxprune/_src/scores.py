@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune._src import tree as tree_lib
+from jaxprune._src.types import PyTree
 
-PyTree = Any
 ScoreFn = Callable[..., PyTree]
 
 __all__ = [

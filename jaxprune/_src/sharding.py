@@ -31,8 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxprune._src import tree as tree_lib
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["shardings_of", "shard_like", "spec_for_shape", "abstract_like", "mesh_round_to", "shrink_sharded"]
 

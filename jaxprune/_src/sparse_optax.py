@@ -30,8 +30,7 @@ from jax import lax
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import Pruner
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["SparseState", "sparse_optimizer", "find_sparse_state", "get_masks"]
 

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxprune._src import tree as tree_lib
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["LayerSparsity", "SparsitySummary", "sparsity_summary"]
 

@@ -34,8 +34,7 @@ from jaxprune._src import masks as masks_lib
 from jaxprune._src.algorithms.common import fixed_mask_pruner
 from jaxprune._src.pruner import Pruner
 from jaxprune._src.sparse_optax import get_masks, sparse_optimizer
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "TrainConfig",

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import jax
 import numpy as np
 
-PyTree = Any
+from jaxprune._src.types import PyTree
+
 Rules = Sequence[tuple[str, Any]]
 
 __all__ = [

@@ -20,8 +20,7 @@ from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import MaskSpec, Pruner
 from jaxprune._src.schedules import Schedule, no_update
 from jaxprune._src.topk import prune_lowest
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "fixed_mask_pruner",

@@ -31,8 +31,7 @@ from jaxprune._src import tree as tree_lib
 from jaxprune._src.algorithms.common import check_fraction, check_int, check_spec, keep_top, masked_scores
 from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_sparsity_arg, masks_from_scores
 from jaxprune._src.schedules import Schedule, periodic
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["drop_grow_pruner", "rigl_pruner", "set_pruner", "cosine_drop_fraction", "rigl_config", "drop_grow_masks"]
 

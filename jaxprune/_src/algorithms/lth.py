@@ -14,7 +14,7 @@ with a user ``train_fn``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +23,8 @@ from jaxprune._src import masks as masks_lib
 from jaxprune._src.algorithms.common import check_int, check_spec, masked_scores, sparsity_of_masks
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.pruner import MaskSpec, dense_masks, masks_from_scores
+from jaxprune._src.types import PyTree
 
-PyTree = Any
 TrainFn = Callable[[PyTree, PyTree, int, int], PyTree]
 
 __all__ = ["lth_sparsities", "lth_prune_round", "rewind", "lottery_ticket", "LotteryResult"]

@@ -38,8 +38,7 @@ from jaxprune._src.algorithms.common import check_fraction, check_int, check_spe
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_sparsity_arg, dense_masks, masks_from_scores
 from jaxprune._src.schedules import polynomial
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "fisher_inverse",

@@ -22,8 +22,7 @@ from jaxprune._src.algorithms.common import check_spec
 from jaxprune._src.masks import apply_masks
 from jaxprune._src.pruner import MaskSpec, Pruner, check_mask_spec, check_schedule, check_score, scored_pruner
 from jaxprune._src.schedules import Schedule
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["ste_pruner", "straight_through_masks"]
 

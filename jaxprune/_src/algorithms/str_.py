@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune._src import tree as tree_lib
+from jaxprune._src.types import PyTree
 
-PyTree = Any
 Gate = Callable[[jax.Array], jax.Array]
 
 __all__ = ["str_init", "str_effective", "str_masks", "str_sparsity", "str_finalize"]

@@ -38,8 +38,8 @@ from jaxprune._src.algorithms.common import check_int, check_spec, masked_scores
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.masks import apply_masks, combine_masks, topk_mask
 from jaxprune._src.pruner import MaskSpec, dense_masks, masks_from_scores
+from jaxprune._src.types import PyTree
 
-PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
 
 __all__ = [

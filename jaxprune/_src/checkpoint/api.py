@@ -78,8 +78,7 @@ from jaxprune._src.checkpoint.codec import (  # noqa: F401
     check_plan_shapes,
     entry_shapes,
 )
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "Checkpoint",

@@ -64,8 +64,7 @@ from jaxprune._src.checkpoint.codec import (
     shapes_of,
     template_fields,
 )
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 _BACKUP_SUFFIX = ".jaxprune-replaced"
 _STAGING_SUFFIX = ".jaxprune-staging"

@@ -29,8 +29,7 @@ import numpy as np
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.checkpoint import sparse_format as sf
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 FORMAT = "jaxprune.checkpoint"
 VERSION = 2  # 2: manifest and JSON items carry SHA-256 digests (version 1 is still read)

@@ -66,8 +66,7 @@ import numpy as np
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.checkpoint.api import restore_checkpoint
 from jaxprune._src.checkpoint.codec import CheckpointError
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = ["export_dense", "EXPORT_FORMATS", "ORBAX_DIRNAME", "SAFETENSORS_FILENAME"]
 

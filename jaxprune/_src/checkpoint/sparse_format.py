@@ -40,8 +40,7 @@ import jax
 import numpy as np
 
 from jaxprune._src import tree as tree_lib
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "pack_mask",

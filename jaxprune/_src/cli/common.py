@@ -35,8 +35,7 @@ from jaxprune._src.checkpoint.api import (
     restore_checkpoint,
     restore_shrunk_model,
 )
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 CHECKPOINT = "checkpoint"
 TRAIN_STATE = "train_state"

@@ -43,8 +43,7 @@ import optax
 from flax import linen as nn
 
 from jaxprune._src import tree as tree_lib
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "TransferConfig",

@@ -59,8 +59,7 @@ from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import MaskSpec, Pruner
 from jaxprune._src.schedules import polynomial
-
-PyTree = Any
+from jaxprune._src.types import PyTree
 
 __all__ = [
     "METHODS",
