@@ -12,7 +12,7 @@ from jaxprune import models
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.data import Dataset
 from jaxprune._src.pruner import MaskSpec, masks_from_scores
-from jaxprune._src.scores import magnitude
+from jaxprune._src.scores import magnitude_scores
 from jaxprune._src.transfer import sparse_transfer as st
 
 
@@ -30,7 +30,7 @@ def setup():
     variables = model.init(jax.random.key(0), model.example_input(1))
     variables = jax.tree.map(np.asarray, variables)
     spec = MaskSpec(rules=((r"^head/", None),))
-    masks = masks_from_scores(magnitude(variables["params"]), 0.5, spec)
+    masks = masks_from_scores(magnitude_scores(variables["params"]), 0.5, spec)
     params = jax.tree.map(
         lambda p, m: p if m is None else np.where(m, p, 0.0), variables["params"], masks, is_leaf=tree_lib.is_none
     )
