@@ -193,7 +193,7 @@ def prune(variables, graph, heads: float, mlp: float, method: str):
     from jaxprune import make_plan, shrink
 
     rules = [(r"/attention/(query|key|value|out)/", heads), (r"/mlp/fc1/", mlp)]
-    plan = make_plan(variables, graph, rules, method=method, kinds=("heads", "units"), ignore=[r"pooler"])
+    plan = make_plan(variables, graph, rules=rules, method=method, kinds=("heads", "units"), ignore=[r"pooler"])
     return plan, shrink(variables, plan)
 
 

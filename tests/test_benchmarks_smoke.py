@@ -154,7 +154,9 @@ def test_planning_cost_quick(tmp_path):
         assert s["pruned_groups"] > 0 and s["prunable_groups"] >= s["pruned_groups"]
         for when in ("first", "warm"):
             d = s[when]
-            _positive(d, ["trace_s", "analysis_s", "plan_s", "shrink_s", "total_s"], f"{s['model']} {when}")
+            _positive(d, ["trace_s", "plan_s", "shrink_s", "total_s"], f"{s['model']} {when}")
+            # analysis = trace_groups - a separate make_jaxpr: a difference of two timings, >= 0 by construction
+            assert 0.0 <= d["analysis_s"] <= d["trace_s"]
             assert d["total_s"] == pytest.approx(d["trace_s"] + d["plan_s"] + d["shrink_s"], rel=1e-6)
 
 
