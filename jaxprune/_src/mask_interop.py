@@ -48,6 +48,7 @@ import numpy as np
 
 from jaxprune._src import masks as masks_lib
 from jaxprune._src import tree as tree_lib
+from jaxprune._src.masks import check_boolean_masks
 from jaxprune._src.types import PyTree
 
 __all__ = ["full_masks", "pruned_leaves"]
@@ -118,14 +119,5 @@ def pruned_leaves(masks: PyTree) -> PyTree:
     {'dense': {'bias': False, 'kernel': True}}
     >>> decay_pruned_only = optax.masked(optax.add_decayed_weights(1e-4), jp.pruned_leaves(masks))
     """
-    for path, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none):
-        if m is None:
-            continue
-        dtype = getattr(m, "dtype", None)
-        if dtype is None:
-            dtype = np.asarray(m).dtype
-        if np.dtype(dtype) != np.bool_:
-            raise TypeError(
-                f"pruned_leaves: masks leaf {path!r} has dtype {dtype}; masks must be boolean arrays or None"
-            )
+    check_boolean_masks(masks, "pruned_leaves: masks")
     return jax.tree.map(lambda m: m is not None, masks, is_leaf=tree_lib.is_none)

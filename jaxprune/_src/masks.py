@@ -365,6 +365,11 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 def check_masks(params: PyTree, masks: PyTree, what: str = "masks") -> None:
     """Raises naming the leaf if ``masks`` does not match ``params`` or a mask is not boolean."""
     tree_lib.check_same_structure(params, masks, what=what)
+    check_boolean_masks(masks, what)
+
+
+def check_boolean_masks(masks: PyTree, what: str = "masks") -> None:
+    """Raises ``TypeError`` naming the first mask leaf that is not a boolean array (``None`` leaves pass)."""
     for path, m in tree_lib.leaves_with_paths(masks, is_leaf=tree_lib.is_none):
         if m is None:
             continue
