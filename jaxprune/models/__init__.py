@@ -29,6 +29,13 @@ from jaxprune.models.core import (
     sub_widths,
     width,
 )
+from jaxprune.models.efficientnet import (
+    EfficientNetLite,
+    MBConvBlock,
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+)
 from jaxprune.models.layers import Mlp, MultiHeadAttention
 from jaxprune.models.nnx_models import (
     NnxCifarResNet,
@@ -68,6 +75,8 @@ __all__ = [
     "BertEncoder",
     "MultiHeadAttention",
     "Mlp",
+    "EfficientNetLite",
+    "MBConvBlock",
     # configs
     "cifar_resnet20",
     "cifar_resnet32",
@@ -83,6 +92,9 @@ __all__ = [
     "bert_tiny_test",
     "minilm_l6_config",
     "bert_base_config",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     # widths / configs
     "rebuild",
     "get_config",

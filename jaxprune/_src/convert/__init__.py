@@ -1,4 +1,4 @@
-"""Pretrained-weight converters: torchvision ResNets, timm ViTs, Hugging Face BERT (safetensors) -> Flax.
+"""Pretrained-weight converters: torchvision ResNets, timm ViTs, EfficientNet-Lite, HF BERT (safetensors) -> Flax.
 
 Every converter is a pure function from a ``{name: array}`` mapping (NumPy,
 JAX or torch tensors) to a Linen variables dict for a :mod:`jaxprune.models`
@@ -17,6 +17,14 @@ from jaxprune._src.convert.common import (
     state_dict_to_numpy,
     strip_prefix,
     to_numpy,
+)
+from jaxprune._src.convert.efficientnet import (
+    convert_efficientnet_lite,
+    efficientnet_lite_variant,
+    efficientnet_lite_weights_path,
+    flax_to_efficientnet_lite,
+    from_efficientnet_lite,
+    load_efficientnet_lite,
 )
 from jaxprune._src.convert.hf_bert import (
     convert_hf_bert,
@@ -64,6 +72,12 @@ __all__ = [
     "timm_vit_config",
     "flax_to_timm_vit",
     "STANDARD_VIT_HEADS",
+    "convert_efficientnet_lite",
+    "from_efficientnet_lite",
+    "flax_to_efficientnet_lite",
+    "load_efficientnet_lite",
+    "efficientnet_lite_variant",
+    "efficientnet_lite_weights_path",
     "convert_hf_bert",
     "from_hf_bert",
     "hf_bert_config",
