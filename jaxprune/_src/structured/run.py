@@ -78,44 +78,35 @@ class _Evaluator:
         self.closed = st.closed
         self.n_params = len(graph.leaf_shapes)
         self.removed = _check_match(graph, plan)
-        self._top_env = st.env
+        self._sizes: dict[int, int] = {}  # new length of each axis class (depends on the plan only)
 
     # -- sizes
-    def new_size(self, node: int, cache: dict, override: dict) -> int:
+    def new_size(self, node: int) -> int:
         uf = self.w.uf
         r = uf.find(node)
-        if r in cache:
-            return cache[r]
-        if r in override:
-            out = override[r]
-        elif r in self.res.derived:
+        if r in self._sizes:
+            return self._sizes[r]
+        if r in self.res.derived:
             kind, parts = self.res.derived[r]
-            sizes = [self.new_size(p, cache, override) for p in parts]
+            sizes = [self.new_size(p) for p in parts]
             out = int(np.prod(sizes)) if kind == "product" else int(sum(sizes))
         else:
             rem = self.removed.get(r)
             out = uf.size[r] - (0 if rem is None else len(rem))
-        cache[r] = out
+        self._sizes[r] = out
         return out
 
-    def shape(self, base: int, ndim: int, cache, override) -> tuple[int, ...]:
-        return tuple(self.new_size(base + i, cache, override) for i in range(ndim))
+    def shape(self, base: int, ndim: int) -> tuple[int, ...]:
+        return tuple(self.new_size(base + i) for i in range(ndim))
 
     # -- evaluation
     def __call__(self, flat_params, dyn_args):
+        # Inputs always have the traced shapes (a new shape signature is re-traced), so the new size of
+        # every axis class depends on the plan alone: one size cache per evaluator.
         jaxpr = self.closed.jaxpr
-        override: dict[int, int] = {}
-        cache: dict[int, int] = {}
-        uf = self.w.uf
-        top_env = self._top_env
-        for v, x in zip(jaxpr.invars[self.n_params :], dyn_args):
-            base = top_env[v]
-            for ax, (s, t) in enumerate(zip(axis_rules._shape(v), np.shape(x))):
-                if s != t:
-                    override[uf.find(base + ax)] = int(t)
-        return self.eval(jaxpr, self.closed.consts, list(flat_params) + list(dyn_args), (), cache, override)
+        return self.eval(jaxpr, self.closed.consts, list(flat_params) + list(dyn_args), ())
 
-    def eval(self, jaxpr, consts, args, ctx, cache, override):
+    def eval(self, jaxpr, consts, args, ctx):
         env = {}
 
         def read(v):
@@ -129,33 +120,27 @@ class _Evaluator:
             key = ctx + (i,)
             invals = [read(v) for v in eqn.invars]
             outs_b = self.w.eqn_outs[key]
-            new_shapes = [
-                self.shape(b, len(axis_rules._shape(v)), cache, override) for b, v in zip(outs_b, eqn.outvars)
-            ]
+            new_shapes = [self.shape(b, len(axis_rules._shape(v))) for b, v in zip(outs_b, eqn.outvars)]
             name = eqn.primitive.name
             p = eqn.params
             if name in axis_rules.CALLS and axis_rules.CALLS[name]:
                 sub = p[axis_rules.CALLS[name]]
                 closed = sub if isinstance(sub, jcore.ClosedJaxpr) else None
                 inner = closed.jaxpr if closed is not None else sub
-                outs = self.eval(inner, closed.consts if closed is not None else (), invals, key, cache, override)
+                outs = self.eval(inner, closed.consts if closed is not None else (), invals, key)
             elif name == "scan":
-                outs = self._scan(eqn, invals, key, cache, override)
+                outs = self._scan(eqn, invals, key)
             elif name == "cond":
                 branches = [
-                    (
-                        lambda *ops, _b=br, _k=key + ("b", bi): self.eval(
-                            _b.jaxpr, _b.consts, list(ops), _k, cache, override
-                        )
-                    )
+                    (lambda *ops, _b=br, _k=key + ("b", bi): self.eval(_b.jaxpr, _b.consts, list(ops), _k))
                     for bi, br in enumerate(p["branches"])
                 ]
                 outs = lax.switch(invals[0], branches, *invals[1:])
             else:
                 norm = self.w.eqn_extra.get(key, {}).get("normalizer")
                 if norm is not None:
-                    invals = self._rescale_normalizer(norm, eqn, invals, cache, override)
-                params = self._rewrite(eqn, key, new_shapes, invals, cache, override)
+                    invals = self._rescale_normalizer(norm, eqn, invals)
+                params = self._rewrite(eqn, key, new_shapes, invals)
                 outs = eqn.primitive.bind(*invals, **params)
                 if not eqn.primitive.multiple_results:
                     outs = [outs]
@@ -164,10 +149,10 @@ class _Evaluator:
                     env[v] = o
         return [read(v) for v in jaxpr.outvars]
 
-    def _rescale_normalizer(self, norm, eqn, invals, cache, override):
+    def _rescale_normalizer(self, norm, eqn, invals):
         """``sum / N`` (or ``sum * 1/N``) over pruned axes: divide by the kept count instead."""
         pos, nodes, op = norm
-        n_new = float(np.prod([self.new_size(x, cache, override) for x in nodes]))
+        n_new = float(np.prod([self.new_size(x) for x in nodes]))
         n_old = float(np.prod([self.w.uf.size[x] for x in nodes]))
         if n_new == n_old:
             return invals
@@ -179,14 +164,14 @@ class _Evaluator:
             invals[pos] = np.asarray(n_new if op == "div" else 1.0 / n_new, dtype=dtype)
         return invals
 
-    def _scan(self, eqn, invals, key, cache, override):
+    def _scan(self, eqn, invals, key):
         p = eqn.params
         nc, ncarry = p["num_consts"], p["num_carry"]
         closed = p["jaxpr"]
         consts, init, xs = invals[:nc], invals[nc : nc + ncarry], invals[nc + ncarry :]
 
         def body(carry, x):
-            outs = self.eval(closed.jaxpr, closed.consts, list(consts) + list(carry) + list(x), key, cache, override)
+            outs = self.eval(closed.jaxpr, closed.consts, list(consts) + list(carry) + list(x), key)
             return outs[:ncarry], outs[ncarry:]
 
         carry, ys = lax.scan(
@@ -194,14 +179,14 @@ class _Evaluator:
         )
         return list(carry) + list(ys)
 
-    def _rewrite(self, eqn, key, new_shapes, invals, cache, override) -> dict:
+    def _rewrite(self, eqn, key, new_shapes, invals) -> dict:
         name = eqn.primitive.name
         p = dict(eqn.params)
         old_out = [axis_rules._shape(v) for v in eqn.outvars]
         if new_shapes == old_out and all(np.shape(x) == axis_rules._shape(v) for x, v in zip(invals, eqn.invars)):
             return p
         extra = self.w.eqn_extra.get(key, {})
-        size = lambda n: self.new_size(n, cache, override)  # noqa: E731
+        size = self.new_size
         if name == "reshape":
             p["new_sizes"] = new_shapes[0]
         elif name == "split":
