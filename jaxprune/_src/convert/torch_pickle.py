@@ -150,9 +150,7 @@ def _read_zip(f: IO[bytes]) -> Any:
         if len(pkl) != 1:
             raise ValueError(f"zip archive without exactly one data.pkl (found {len(pkl)}): not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
-        order = "<"
-        if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() == b"big":
-            order = ">"
+        big = prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() == b"big"
         storages: dict[str, _Storage] = {}
 
         def load_storage(args: tuple) -> _Storage:
@@ -162,7 +160,7 @@ def _read_zip(f: IO[bytes]) -> Any:
                 dtype = _storage_dtype(storage_type)
                 st = _Storage(dtype, int(numel))
                 raw = z.read(f"{prefix}data/{key}")
-                st.array = np.frombuffer(raw, dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
+                st.array = np.frombuffer(raw, dtype.newbyteorder(">" if big else "<") if dtype.itemsize > 1 else dtype)
                 storages[key] = st
             return storages[key]
 
