@@ -117,7 +117,9 @@ from jaxprune._src.structured.groups import DependencyGraph, Group, Member
 from jaxprune._src.structured.trace import trace_groups
 from jaxprune._src.structured.importance import TORCH_PRUNING_DEFAULTS, group_scores
 from jaxprune._src.structured.plan import DEFAULT_KINDS, make_plan
-from jaxprune._src.structured.budget import Budget, flops_budget, param_bytes_budget
+from jaxprune._src.structured.budget import Budget, flops_budget, latency_budget, param_bytes_budget
+from jaxprune._src.structured.latency_table import LatencyTable
+from jaxprune._src.structured.latency import measure_latency, measure_plan_latency, validate_latency
 from jaxprune._src.structured.prune_plan import PrunePlan, plan_from_kept
 from jaxprune._src.structured.shrink import check_plan, plan_to_masks, shrink
 
@@ -138,7 +140,9 @@ from jaxprune._src.checkpoint.export import export_dense
 # ----------------------------------------------------------------------------------- sharding
 from jaxprune._src.sharding import (
     abstract_like,
+    is_multiprocess_array,
     mesh_round_to,
+    put_global,
     shard_like,
     shardings_of,
     shrink_sharded,
@@ -260,6 +264,11 @@ __all__ = [
     "flops_budget",
     "make_plan",
     "param_bytes_budget",
+    "latency_budget",
+    "LatencyTable",
+    "measure_latency",
+    "measure_plan_latency",
+    "validate_latency",
     "plan_from_kept",
     "check_plan",
     "plan_to_masks",
@@ -293,6 +302,8 @@ __all__ = [
     "shard_like",
     "shardings_of",
     "shrink_sharded",
+    "put_global",
+    "is_multiprocess_array",
     "spec_for_shape",
 ]
 

@@ -66,7 +66,11 @@ def test_structured_speedup_quick(tmp_path):
     _check_env(r, "structured_speedup")
     rows = r["rows"]
     models = {row["model"] for row in rows}
-    assert models == {"small_cnn", "vit_tiny_test", "vit_tiny_width"}
+    assert models == {"small_cnn", "vit_tiny_test", "vit_tiny_width", "efficientnet_lite_tiny"}
+    eff = {row["kind"]: row for row in rows if row["model"] == "efficientnet_lite_tiny"}
+    # depthwise convs and the residual-coupled groups shrink: fewer FLOPs and parameters than dense
+    assert eff["shrunk"]["fwd_flops_ratio"] > 1.5 and eff["shrunk"]["params"] < eff["dense"]["params"]
+    assert eff["shrunk"]["weights"] == "random"
     assert all(row["ratio"] == 0.0 for row in rows if row["kind"] == "dense")
     width = {r["model"]: r["fwd_flops_ratio"] for r in rows if r["kind"] == "shrunk" and r["model"].startswith("vit")}
     assert width["vit_tiny_width"] > width["vit_tiny_test"]  # the embedding width through the norms is pruned too
@@ -167,3 +171,17 @@ def test_checkpoint_sizes_quick(tmp_path):
     for row in r["rows"]:
         _positive(row, ["dense_bytes", "compact_bytes", "ratio", "params"], row["model"])
         assert row["achieved_sparsity"] == pytest.approx(row["sparsity"], abs=0.01)
+
+
+def test_latency_aware_quick(tmp_path):
+    r = _run("latency_aware.py", tmp_path)
+    _check_env(r, "latency_aware")
+    (m,) = r["models"]
+    plans = {row["plan"]: row for row in m["rows"]}
+    assert {"dense", "layerwise_0.5"} <= set(plans) and set(plans) | set(m["skipped"]) >= {"latency", "flops_ranked"}
+    for row in m["rows"]:
+        _positive(row, ["measured_ms", "predicted_ms", "speedup", "gflops", "flops_ratio", "efficiency"], row["plan"])
+        assert 0.0 < row["importance_retained"] <= 1.0 + 1e-9
+    assert plans["dense"]["flops_ratio"] == 1.0 and plans["layerwise_0.5"]["flops_ratio"] > 1.5
+    assert m["table_key"]["batch"] == r["batch"] and m["table_meta"]["probes"] >= 3
+    assert (tmp_path / "latency_aware.png").stat().st_size > 0

@@ -86,9 +86,31 @@ def check_scores(scores: PyTree, what: str = "scores") -> None:
         if not jnp.issubdtype(jnp.asarray(s).dtype, jnp.floating):
             continue
         # CPU-resident: check on the host (no per-shape compile); elsewhere one reduction on device
-        has_nan = np.isnan(np.asarray(s)).any() if on_host_cpu([s], 0) else bool(jnp.isnan(s).any())
+        has_nan = np.isnan(np.asarray(s)).any() if on_host_cpu([s], 0) else bool(_any_nan(s))
         if has_nan:
             raise ValueError(f"{what} leaf {path!r} contains NaN; cannot rank it")
+
+
+@jax.jit
+def _any_nan(s: jax.Array) -> jax.Array:
+    return jnp.isnan(s).any()  # a scalar: replicated, readable in every process of a multi-process job
+
+
+def _on_device(x: jax.Array, s: Any) -> bool:
+    """A concrete device (sharded, accelerator, or multi-process) leaf with a concrete sparsity:
+    run its per-leaf mask as one jitted program (op-by-op dispatch would compile every op)."""
+    return not _is_traced(x) and not _is_traced(s) and not on_host_cpu([x], 0)
+
+
+def _leaf_program(fn: Any, x: jax.Array, s: Any, **static: Any) -> jax.Array:
+    """``fn(x, s, **static)`` jitted with a static sparsity; the mask gets ``x``'s sharding."""
+    sh = x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else None
+    return _jit_leaf(fn, sh, float(check_sparsity(s)), tuple(sorted(static.items())))(x)
+
+
+@functools.lru_cache(maxsize=256)
+def _jit_leaf(fn: Any, sh: Any, s: float, static: tuple) -> Any:
+    return jax.jit(lambda x: fn(x, s, **dict(static)), out_shardings=sh)
 
 
 def topk_mask(scores: jax.Array, sparsity: float | jax.Array) -> jax.Array:
@@ -287,6 +309,14 @@ def _block_one(path: str, x: jax.Array, s: Any, block: tuple[int, int]) -> jax.A
             f"block {block} does not divide leaf {path!r} viewed as a ({rows}, {cols}) matrix "
             f"(shape {x.shape}: all leading dims flattened into rows, last dim = columns)"
         )
+    if _on_device(x, s):
+        return _leaf_program(_block_keep, x, s, block=block)
+    return _block_keep(x, s, block)
+
+
+def _block_keep(x: jax.Array, s: Any, block: tuple[int, int]) -> jax.Array:
+    bh, bw = block
+    rows, cols = int(np.prod(x.shape[:-1])), x.shape[-1]
     mat = jnp.abs(x.reshape(rows, cols)).reshape(rows // bh, bh, cols // bw, bw)
     block_scores = mat.mean(axis=(1, 3))
     keep = topk_mask(block_scores, s)
@@ -337,14 +367,20 @@ def channel_masks(scores: PyTree, sparsities: Any, *, axis: int = -1, prunable: 
             return None
         x = jnp.asarray(x)
         ax = _check_axis("channel mask", path, axis, x)
-        reduce_axes = tuple(i for i in range(x.ndim) if i != ax)
-        ch = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=reduce_axes))
-        keep = topk_mask(ch, s)
-        shape = [1] * x.ndim
-        shape[ax] = x.shape[ax]
-        return jnp.broadcast_to(keep.reshape(shape), x.shape)
+        if _on_device(x, s):
+            return _leaf_program(_channel_keep, x, s, ax=ax)
+        return _channel_keep(x, s, ax)
 
     return tree_lib.map_with_path(one, sp, scores, is_leaf=tree_lib.is_none)
+
+
+def _channel_keep(x: jax.Array, s: Any, ax: int) -> jax.Array:
+    reduce_axes = tuple(i for i in range(x.ndim) if i != ax)
+    ch = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=reduce_axes))
+    keep = topk_mask(ch, s)
+    shape = [1] * x.ndim
+    shape[ax] = x.shape[ax]
+    return jnp.broadcast_to(keep.reshape(shape), x.shape)
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:

@@ -21,6 +21,7 @@ This module holds what structured shrinking and checkpoints need on a mesh:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any
@@ -33,7 +34,51 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.types import PyTree
 
-__all__ = ["shardings_of", "shard_like", "spec_for_shape", "abstract_like", "mesh_round_to", "shrink_sharded"]
+__all__ = [
+    "shardings_of",
+    "shard_like",
+    "spec_for_shape",
+    "abstract_like",
+    "mesh_round_to",
+    "shrink_sharded",
+    "put_global",
+    "is_multiprocess_array",
+]
+
+
+def is_multiprocess_array(x: Any) -> bool:
+    """True for a concrete ``jax.Array`` of which this process holds only some shards (a multi-process job).
+
+    Such an array cannot be read on the host (``np.asarray`` raises); reduce it on
+    device to a replicated result first.
+
+    >>> is_multiprocess_array(jnp.ones(2)), is_multiprocess_array(np.ones(2))
+    (False, False)
+    """
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.is_fully_addressable
+
+
+def put_global(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``jax.device_put(x, sharding)`` that also works when ``sharding`` spans several processes.
+
+    ``x`` is a value every process holds in full (NumPy, a process-local
+    ``jax.Array`` or a typed PRNG key). ``device_put`` refuses a process-local
+    array onto a multi-process sharding; this builds the global array from each
+    process's own copy instead (``jax.make_array_from_callback``), so every
+    process must pass the same value.
+
+    >>> put_global(np.arange(3), jnp.zeros(3).sharding).tolist()
+    [0, 1, 2]
+    """
+    if sharding.is_fully_addressable or isinstance(x, jax.core.Tracer):
+        return jax.device_put(x, sharding)
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = put_global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    if is_multiprocess_array(x):
+        return jax.device_put(x, sharding)  # global -> global: a reshard on device
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def _entries(spec: PartitionSpec, ndim: int) -> list[Any]:
@@ -203,13 +248,23 @@ def shrink_sharded(params: PyTree, plan: Any) -> PyTree:
         new_shape = tuple(plan.shapes[p][1])
         out_sh[p] = spec_for_shape(sh, new_shape, path=p) if isinstance(sh, NamedSharding) else sh
 
-    def take_all(arrays):
+    kept = {p: {a: np.asarray(k, np.int32) for a, k in plan.leaves[p].items()} for p in todo}
+    key = tuple((p, tuple(sorted(kept[p]))) for p in sorted(todo))
+    shrunk = _take_fn(key, tuple(out_sh[p] for p, _ in key))(todo, kept) if todo else {}
+    return tree_lib.map_with_path(lambda path, x: shrunk.get(path, x), params)
+
+
+@functools.lru_cache(maxsize=32)
+def _take_fn(key: tuple, out_sh: tuple) -> Any:
+    """One jitted gather of every affected leaf (kept indices are arguments: reused across plans)."""
+
+    def take_all(arrays, kept):
         res = {}
-        for p, x in arrays.items():
-            for axis, kept in sorted(plan.leaves[p].items()):
-                x = jnp.take(x, jnp.asarray(np.asarray(kept, np.int32)), axis=axis)
+        for p, axes in key:
+            x = arrays[p]
+            for axis in axes:
+                x = jnp.take(x, kept[p][axis], axis=axis)
             res[p] = x
         return res
 
-    shrunk = jax.jit(take_all, out_shardings=out_sh)(todo) if todo else {}
-    return tree_lib.map_with_path(lambda path, x: shrunk.get(path, x), params)
+    return jax.jit(take_all, out_shardings={p: sh for (p, _), sh in zip(key, out_sh)})

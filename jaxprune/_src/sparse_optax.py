@@ -30,6 +30,7 @@ from jax import lax
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.pruner import Pruner
+from jaxprune._src.sharding import put_global
 from jaxprune._src.types import PyTree
 
 __all__ = ["SparseState", "sparse_optimizer", "find_sparse_state", "get_masks"]
@@ -87,7 +88,7 @@ def _replicate_on_params_mesh(x: Any, params: PyTree) -> Any:
     for p in jax.tree.leaves(params):
         sh = getattr(p, "sharding", None)
         if isinstance(sh, jax.sharding.NamedSharding) and not isinstance(p, jax.core.Tracer):
-            return jax.device_put(x, jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec()))
+            return put_global(x, jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec()))
     return x
 
 

@@ -82,9 +82,16 @@ def _count(pred: jax.Array) -> jax.Array:
 
 
 def unsharded(arrays: Sequence[Any]) -> bool:
-    """True when every array is concrete and on (at most) one device: safe to flatten."""
+    """True when every array is concrete and on (at most) one device: safe to flatten.
+
+    False for any array of which this process holds only some shards (a
+    multi-process job, ``not x.is_fully_addressable``): those take the device
+    path, which never moves non-addressable data to the host.
+    """
     for x in arrays:
         if isinstance(x, jax.core.Tracer):
+            return False
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return False
         sh = getattr(x, "sharding", None)
         if sh is not None and len(sh.device_set) > 1:
@@ -184,7 +191,10 @@ def select_lowest(
 
 
 def on_host_cpu(arrays: Sequence[Any], n_prune: Any) -> bool:
-    """Concrete, unsharded arrays in host memory (numpy or CPU jax arrays) and a concrete count."""
+    """Concrete, unsharded arrays in host memory (numpy or CPU jax arrays) and a concrete count.
+
+    Never true for a multi-process global array (see :func:`unsharded`).
+    """
     if isinstance(n_prune, jax.core.Tracer) or not unsharded(arrays):
         return False
     for x in arrays:

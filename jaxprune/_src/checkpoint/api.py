@@ -57,6 +57,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+import jax
+
 from jaxprune._src.checkpoint.checkpointer import (  # noqa: F401
     SparseCheckpointer,
     checkpoint_size_bytes,
@@ -191,7 +193,8 @@ def restore_checkpoint(
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint directory {directory}")
-    lock = try_lock(directory)  # no other writer: finish or roll back an interrupted overwrite first
+    # no other writer: finish or roll back an interrupted overwrite first (process 0 of a multi-process job)
+    lock = try_lock(directory) if jax.process_index() == 0 else None
     if lock is not None:
         try:
             recover_directory(directory, tmp=False)
@@ -199,6 +202,10 @@ def restore_checkpoint(
             pass
         finally:
             lock.release()
+    if jax.process_count() > 1:  # collective: the others wait for process 0's recovery
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxprune_checkpoint:restore")
     mngr = SparseCheckpointer._reader(directory)
     try:
         return mngr.restore(step, template=template, items=items, verify=verify)

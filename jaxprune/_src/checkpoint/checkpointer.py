@@ -19,6 +19,13 @@ Crash safety (what survives ``kill -9`` at any point of a save):
 * one writer per directory: a :class:`SparseCheckpointer` holds an exclusive
   ``flock`` on the directory while open (released by the OS if the process dies);
   a second writer, in this or another process, is refused with :class:`CheckpointError`.
+
+Multi-process jobs (``jax.process_count() > 1``, e.g. a TPU pod): opening, saving,
+restoring and closing are *collective*: every process calls them, in the same
+order, with the same arguments (global arrays; each process writes only its
+shards through orbax). Process 0 alone holds the writer lock, recovers
+interrupted saves and does the directory moves/deletions (overwrite swaps,
+retention, clean-up); the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import threading
 import time
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -218,6 +226,39 @@ def try_lock(directory: str) -> _DirLock | None:
         return None
 
 
+def _multiprocess() -> bool:
+    return jax.process_count() > 1
+
+
+def _primary() -> bool:
+    """This process does the directory's lock, moves and deletions (process 0; always on one process)."""
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    """A barrier of every process of a multi-process job (no-op on one process)."""
+    if _multiprocess():
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxprune_checkpoint:{name}")
+
+
+def _agree(ok: bool) -> bool:
+    """Multi-process: process 0's ``ok`` for everyone (so all raise or all go on together)."""
+    if not _multiprocess():
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(ok))))
+
+
+class _SharedWriter:
+    """Stands for the writer lock in processes other than 0 of a multi-process job (process 0 holds it)."""
+
+    def release(self) -> None:
+        pass
+
+
 def item_handlers() -> dict[str, Any]:
     handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
     handlers.update({name: ocp.JsonCheckpointHandler() for name in JSON_ITEMS + (MANIFEST,)})
@@ -351,21 +392,25 @@ class SparseCheckpointer:
         self.async_ = async_
         self._lock = threading.RLock()
         self._pending: dict | None = None  # the save in flight: step, kind, staging manager
-        self._dir_lock: _DirLock | None = None
+        self._dir_lock: _DirLock | _SharedWriter | None = None
         self._mngr: ocp.CheckpointManager | None = None
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {e.strerror or e}") from None
-        try:
-            self._dir_lock = _DirLock(self.directory)
-        except OSError:
+        lock: _DirLock | _SharedWriter | None = _SharedWriter()
+        if _primary():
+            lock = try_lock(self.directory)
+        if not _agree(lock is not None):
             raise CheckpointError(
                 f"{self.directory} is already open for writing by another SparseCheckpointer (in this or another "
                 "process); a checkpoint directory has one writer at a time: close the other one first"
             ) from None
+        assert lock is not None
+        self._dir_lock = lock
         try:
-            self.recovered = recover_directory(self.directory)
+            self.recovered = recover_directory(self.directory) if _primary() else []
+            _sync("recovered")
             for msg in self.recovered:
                 logging.getLogger(__name__).warning("%s: %s", self.directory, msg)
             options = ocp.CheckpointManagerOptions(
@@ -461,6 +506,7 @@ class SparseCheckpointer:
             if not isinstance(e, Exception):
                 raise
             raise _save_error(e, step, self.directory) from None
+        _sync(f"saved:{step}")  # every process's shards written and the step committed by process 0
         if pending["kind"] == "new":
             if not _committed(step_path):
                 self._cleanup_failed(step, pending)
@@ -481,10 +527,12 @@ class SparseCheckpointer:
                 f"version of step {step} is unchanged"
             )
         backup = step_path + _BACKUP_SUFFIX
-        os.rename(step_path, backup)
-        os.rename(staged, step_path)
-        shutil.rmtree(backup)
-        shutil.rmtree(staging)
+        if _primary():
+            os.rename(step_path, backup)
+            os.rename(staged, step_path)
+            shutil.rmtree(backup)
+            shutil.rmtree(staging)
+        _sync(f"swapped:{step}")
         self._manager.reload()
 
     def _cleanup_failed(self, step: int, pending: dict) -> None:
@@ -495,11 +543,12 @@ class SparseCheckpointer:
         if pending["kind"] == "overwrite":
             with contextlib.suppress(Exception):
                 pending["staging_mngr"].close()
-            _rmtree_settled(step_path + _STAGING_SUFFIX)
-        else:
+            if _primary():
+                _rmtree_settled(step_path + _STAGING_SUFFIX)
+        elif _primary():
             if os.path.isdir(step_path) and not _committed(step_path):
                 shutil.rmtree(step_path, ignore_errors=True)
-        for name in os.listdir(self.directory):
+        for name in os.listdir(self.directory) if _primary() else []:
             if name.startswith(f"{step}{_ORBAX_TMP}"):
                 _rmtree_settled(os.path.join(self.directory, name))
         with contextlib.suppress(Exception):
@@ -510,9 +559,10 @@ class SparseCheckpointer:
             return
         steps = checkpoint_steps(self.directory)
         extra = steps[: max(0, len(steps) - self.max_to_keep)]
-        for old in extra:  # the oldest by step number; orbax normally did this already
+        for old in extra if _primary() else []:  # the oldest by step number; orbax normally did this already
             shutil.rmtree(_step_dir(self.directory, old), ignore_errors=True)
         if extra:
+            _sync("retention")
             self._manager.reload()
 
     # -- steps -------------------------------------------------------------------------------------
@@ -645,6 +695,7 @@ class SparseCheckpointer:
                 f"this SparseCheckpointer of {self.directory} is closed or read-only; open a new one to save"
             )
         self.wait()  # one save at a time; finishes (or reports the failure of) the previous async save
+        _sync(f"save:{step}")  # every process sees the same directory before deciding
         step_path = _step_dir(self.directory, step)
         committed = self.all_steps()
         exists = os.path.exists(step_path)
@@ -664,12 +715,16 @@ class SparseCheckpointer:
             raise CheckpointError(f"cannot save step {step}: checkpoint directory {self.directory} is not writable")
         if exists:  # overwrite: write the whole new step aside, swap it in once committed
             if os.path.isdir(step_path) and step not in committed:
-                shutil.rmtree(step_path)  # an incomplete step: nothing to keep
+                if _primary():
+                    shutil.rmtree(step_path)  # an incomplete step: nothing to keep
+                _sync(f"removed-incomplete:{step}")
                 self._manager.reload()
                 exists = False
         if exists:
             staging = step_path + _STAGING_SUFFIX
-            shutil.rmtree(staging, ignore_errors=True)
+            if _primary():
+                shutil.rmtree(staging, ignore_errors=True)
+            _sync(f"staging:{step}")
             options = ocp.CheckpointManagerOptions(enable_async_checkpointing=self.async_, create=True)
             pending = {
                 "step": step,

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxprune._src import tree as tree_lib
 from jaxprune._src.checkpoint import sparse_format as sf
+from jaxprune._src.sharding import is_multiprocess_array, put_global
 from jaxprune._src.types import PyTree
 
 FORMAT = "jaxprune.checkpoint"
@@ -91,6 +92,13 @@ def _crc(x: Any) -> int | None:
     return sf.crc32(x)
 
 
+def _compact(path: str, x: Any, m: Any) -> Any:
+    """Kept values of ``x`` under ``m`` (None if lossy); on device for multi-process global arrays."""
+    if is_multiprocess_array(x) or is_multiprocess_array(m):
+        return sf.compact_leaf_global(path, x, m, strict=False)
+    return sf.compact_leaf(path, x, m, strict=False)
+
+
 def encode_tree(tree: PyTree, item: str, masks: PyTree = None, checksums: bool = True) -> tuple[PyTree, dict]:
     """Storable tree + manifest entries ``{path: {...}}`` (see the module docstring)."""
     mask_at = (
@@ -108,10 +116,10 @@ def encode_tree(tree: PyTree, item: str, masks: PyTree = None, checksums: bool =
         if _is_key(x):
             stored = np.asarray(jax.random.key_data(x))
             entry.update(enc="key", dtype="key", impl=str(jax.random.key_impl(x)))
-        elif m is not None and (stored := sf.compact_leaf(f"{item}/{path}", x, m, strict=False)) is not None:
+        elif m is not None and (stored := _compact(f"{item}/{path}", x, m)) is not None:
             entry.update(enc="compact", dtype=str(np.dtype(x.dtype)), nnz=int(stored.size))
         elif x.dtype == np.bool_:
-            stored = sf.pack_mask(x)
+            stored = sf.pack_mask_global(x) if is_multiprocess_array(x) else sf.pack_mask(x)
             entry.update(enc="bits", dtype="bool")
         else:
             stored = x
@@ -167,7 +175,7 @@ def decode_leaf(
                 "(the 'masks' item is missing or incomplete)"
             )
         try:
-            out = jnp.asarray(sf.scatter_values(np.asarray(stored), np.asarray(m), np.dtype(entry["dtype"])))
+            out = jnp.asarray(sf.scatter_values(np.asarray(stored), sf.host_copy(m), np.dtype(entry["dtype"])))
         except ValueError as e:
             raise CheckpointError(f"{where}: {e} (checkpoint corrupted)") from None
     elif enc == "key":
@@ -182,7 +190,7 @@ def decode_leaf(
             )
         sharding = getattr(target, "sharding", None)
         if sharding is not None and enc != "dense":
-            out = jax.device_put(out, sharding)
+            out = put_global(out, sharding)  # also onto a mesh spanning several processes
     return out
 
 

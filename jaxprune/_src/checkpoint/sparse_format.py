@@ -52,6 +52,9 @@ __all__ = [
     "compact_sparse",
     "dense_from_compact",
     "crc32",
+    "pack_mask_global",
+    "compact_leaf_global",
+    "host_copy",
 ]
 
 
@@ -237,6 +240,90 @@ def dense_from_compact(compact: CompactSparse) -> PyTree:
 
     is_leaf = lambda x: x is None or isinstance(x, (np.ndarray, jax.Array))  # noqa: E731
     return tree_lib.map_with_path(dec, compact.values, masks, is_leaf=is_leaf)
+
+
+# ------------------------------------------------------------------ global arrays of a multi-process job
+def _stored_sharding(x: jax.Array, n: int) -> jax.sharding.Sharding:
+    """Sharding of a 1-D stored array of length ``n`` made from ``x``: split over every device of ``x``'s
+    mesh when ``n`` divides evenly (each process then writes only its part), else replicated."""
+    sh = x.sharding
+    if isinstance(sh, jax.sharding.NamedSharding):
+        mesh = sh.mesh
+    else:
+        devices = sorted(sh.device_set, key=lambda d: d.id)  # type: ignore[attr-defined]  # same order everywhere
+        mesh = jax.sharding.Mesh(np.array(devices), ("all",))
+    names = tuple(mesh.axis_names)
+    spec = jax.sharding.PartitionSpec(names) if n and n % mesh.size == 0 else jax.sharding.PartitionSpec()
+    return jax.sharding.NamedSharding(mesh, spec)
+
+
+def _replicated_like(x: jax.Array) -> jax.sharding.Sharding:
+    return _stored_sharding(x, 0)  # length 0: replicated
+
+
+def _pack_bits(m: jax.Array) -> jax.Array:
+    import jax.numpy as jnp
+
+    flat = m.reshape(-1).astype(jnp.uint8)
+    pad = (-flat.size) % 8
+    flat = jnp.pad(flat, (0, pad)).reshape(-1, 8)
+    return jnp.sum(flat << jnp.arange(8, dtype=jnp.uint8), axis=1, dtype=jnp.uint8)
+
+
+def pack_mask_global(mask: jax.Array) -> jax.Array:
+    """:func:`pack_mask` of a multi-process global array, computed on its devices.
+
+    The same bytes as :func:`pack_mask` of the whole mask, as a global 1-D
+    ``uint8`` array (sharded over the mask's devices when its length divides
+    evenly); nothing is transferred to the host.
+    """
+    if mask.dtype != np.bool_:
+        raise TypeError(f"pack_mask: mask must be bool, got dtype {mask.dtype}")
+    n = (int(np.prod(mask.shape)) + 7) // 8
+    return jax.jit(_pack_bits, out_shardings=_stored_sharding(mask, n))(mask)
+
+
+def compact_leaf_global(path: str, w: jax.Array, m: jax.Array, *, strict: bool = True) -> jax.Array | None:
+    """:func:`compact_leaf` of multi-process global arrays: the kept values, gathered on device.
+
+    Two small replicated reductions (kept count, any non-zero pruned value) are
+    read on the host; the values come back as a global 1-D array. Collective:
+    every process must call it with the same leaves.
+    """
+    import jax.numpy as jnp
+
+    if tuple(m.shape) != tuple(w.shape):
+        raise ValueError(f"leaf {path!r}: mask shape {tuple(m.shape)} differs from the param's shape {tuple(w.shape)}")
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask leaf {path!r} must be bool, got {m.dtype}")
+    rep = _replicated_like(w)
+    nnz, lossy = jax.jit(
+        lambda w, m: (jnp.sum(m, dtype=jnp.int32), jnp.any(jnp.where(m, jnp.zeros_like(w), w) != 0)),
+        out_shardings=(rep, rep),
+    )(w, m)
+    nnz, lossy = int(np.asarray(nnz)), bool(np.asarray(lossy))
+    if lossy:
+        if strict:
+            raise ValueError(
+                f"leaf {path!r}: pruned coordinates hold non-zero values, so the compact form would lose them "
+                "(apply the masks first, or pass strict=False)"
+            )
+        return None
+
+    def take(w, m):
+        (idx,) = jnp.nonzero(m.reshape(-1), size=nnz)
+        return w.reshape(-1)[idx]
+
+    return jax.jit(take, out_shardings=_stored_sharding(w, nnz))(w, m)
+
+
+def host_copy(x: Any) -> np.ndarray:
+    """The whole array on this host; a multi-process global array is gathered (collective: every process calls it)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def crc32(x: Any) -> int:

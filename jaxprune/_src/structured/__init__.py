@@ -1,8 +1,10 @@
 """Structured pruning: coupled groups from the jaxpr, a serializable plan, real shrinking, running the result."""
 
-from jaxprune._src.structured.budget import Budget, flops_budget, param_bytes_budget
+from jaxprune._src.structured.budget import Budget, flops_budget, latency_budget, param_bytes_budget
 from jaxprune._src.structured.groups import DependencyGraph, Group, Member
 from jaxprune._src.structured.importance import TORCH_PRUNING_DEFAULTS, group_scores
+from jaxprune._src.structured.latency import measure_latency, measure_plan_latency, validate_latency
+from jaxprune._src.structured.latency_table import LatencyTable
 from jaxprune._src.structured.linen_surgery import register_linen_fix, shrunk_linen_apply
 from jaxprune._src.structured.nnx_surgery import fix_nnx_attributes, shrink_nnx
 from jaxprune._src.structured.plan import DEFAULT_KINDS, make_plan
@@ -24,6 +26,11 @@ __all__ = [
     "Budget",
     "flops_budget",
     "param_bytes_budget",
+    "latency_budget",
+    "LatencyTable",
+    "measure_latency",
+    "measure_plan_latency",
+    "validate_latency",
     "DEFAULT_KINDS",
     "shrink",
     "plan_to_masks",

@@ -28,16 +28,20 @@ spelling; it is a *min-max* rescaling, also spelled ``'minmax'``),
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxprune._src.sharding import is_multiprocess_array, put_global
 from jaxprune._src.structured.trace import DependencyGraph, Group
 from jaxprune._src.tree import leaves_with_paths
 
-__all__ = ["group_scores", "METHODS", "REDUCTIONS", "NORMALIZERS", "TORCH_PRUNING_DEFAULTS"]
+__all__ = ["group_scores", "nan_probe", "METHODS", "REDUCTIONS", "NORMALIZERS", "TORCH_PRUNING_DEFAULTS"]
 
 METHODS = ("l1", "l2", "magnitude", "taylor", "bn_scale", "random", "custom")
 REDUCTIONS = ("mean", "sum", "max", "prod", "first")
@@ -65,6 +69,62 @@ def _axis_sum(elem: np.ndarray, axis: int) -> np.ndarray:
     """``elem`` summed (in float64) over every axis but ``axis``: one value per index of ``axis``."""
     axes = tuple(a for a in range(elem.ndim) if a != axis)
     return elem.sum(axis=axes, dtype=np.float64) if axes else elem.astype(np.float64)
+
+
+def _replicated(x: jax.Array) -> jax.sharding.Sharding:
+    """A fully replicated sharding on ``x``'s devices (every process can read such a result)."""
+    sh = x.sharding
+    if isinstance(sh, NamedSharding):
+        return NamedSharding(sh.mesh, PartitionSpec())
+    devices = sorted(sh.device_set, key=lambda d: d.id)  # type: ignore[attr-defined]  # same order everywhere
+    return NamedSharding(jax.sharding.Mesh(np.array(devices), ("all",)), PartitionSpec())
+
+
+def _device_axis_sums(w: jax.Array, e: Any, power: float | None, axes: tuple[int, ...]) -> dict[int, jax.Array]:
+    """The elementwise score (``|w|**power``, else ``e``) summed over every axis but each of ``axes`` (float32)."""
+    if power is not None:
+        if not jnp.issubdtype(w.dtype, jnp.floating) or jnp.dtype(w.dtype).itemsize < 4:
+            w = w.astype(jnp.float32)
+        e = w * w if power == 2.0 else jnp.abs(w) if power == 1.0 else jnp.abs(w) ** power
+    return {a: jnp.sum(e, axis=tuple(d for d in range(e.ndim) if d != a)) for a in axes}
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_sums_fn(rep: jax.sharding.Sharding, power: float | None, axes: tuple[int, ...]) -> Callable[..., Any]:
+    return jax.jit(functools.partial(_device_axis_sums, power=power, axes=axes), out_shardings=rep)
+
+
+@functools.lru_cache(maxsize=16)
+def _nan_probe_fn(rep: jax.sharding.Sharding) -> Callable[..., Any]:
+    return jax.jit(lambda a: jnp.where(jnp.isnan(a).any(), jnp.nan, 0.0).astype(jnp.float32), out_shardings=rep)
+
+
+def device_axis_vectors(
+    w: jax.Array, e: jax.Array | None, power: float | None, axes: list[int]
+) -> dict[int, np.ndarray]:
+    """Per-axis score vectors of a global (multi-process) array, reduced on its devices with collectives.
+
+    Only the small per-axis vectors (one value per index of each axis) leave
+    the devices, as fully replicated arrays every process can read; the
+    weights themselves are never transferred. ``e`` (the elementwise score, for
+    ``'taylor'`` / ``'custom'``) is used when ``power`` is ``None``. Sums run in
+    float32 on device (the host path sums in float64).
+    """
+    out = _axis_sums_fn(_replicated(w), power, tuple(axes))(w, e)
+    return {a: np.asarray(v).astype(np.float64) for a, v in out.items()}
+
+
+def nan_probe(x: Any) -> Any:
+    """``x`` itself, or, for a global array spanning several processes, a replicated float32 scalar that is
+    NaN iff ``x`` holds a NaN (reduced on device): ``np.isnan(np.asarray(nan_probe(x))).any()`` works in every
+    process without transferring ``x``.
+
+    >>> nan_probe(np.ones(2)).shape
+    (2,)
+    """
+    if not is_multiprocess_array(x) or not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    return _nan_probe_fn(_replicated(x))(x)
 
 
 def _check_normalize(how: str | None) -> None:
@@ -226,7 +286,7 @@ def group_scores(
     def elem(path: str) -> np.ndarray | None:
         if path not in leaves:
             raise ValueError(f"graph leaf {path!r} is not in params; trace the graph on these params")
-        w = np.asarray(leaves[path])
+        w = np.asarray(leaves[path])  # fully addressable here (global arrays take device_vectors)
         if not np.issubdtype(w.dtype, np.floating) or w.dtype.itemsize < 4:
             w = w.astype(np.float32)
         if power is not None:
@@ -248,8 +308,33 @@ def group_scores(
                 raise ValueError(f"scores leaf {path!r} has shape {e.shape}, expected {w.shape}")
         return e
 
+    def device_vectors(path: str) -> dict[int, np.ndarray] | None:
+        """Multi-process: the leaf is a global array; reduce it on its devices (collectives), read the vectors."""
+        w = leaves[path]
+        e = None
+        if power is None:
+            assert extra is not None  # taylor / custom, set above
+            if method == "taylor" and path not in extra:
+                raise ValueError(f"grads has no leaf {path!r}")
+            src = extra.get(path)
+            if src is None:
+                return None
+            if tuple(np.shape(src)) != tuple(w.shape):
+                raise ValueError(f"scores leaf {path!r} has shape {tuple(np.shape(src))}, expected {tuple(w.shape)}")
+            if not is_multiprocess_array(src):  # a host copy (the same in every process): onto w's devices
+                src = put_global(np.asarray(src), w.sharding)
+            wf = (
+                w
+                if jnp.issubdtype(w.dtype, jnp.floating) and jnp.dtype(w.dtype).itemsize >= 4
+                else w.astype(jnp.float32)
+            )
+            e = jnp.abs(wf * src.astype(wf.dtype)) if method == "taylor" else src.astype(jnp.float32)
+        return device_axis_vectors(w, e, power, sorted(axes_of[path]))
+
     def axis_vector(path: str, axis: int) -> np.ndarray | None:
         """Per-index score along ``axis`` of leaf ``path`` (summed over the other axes)."""
+        if path not in vec_cache and path in leaves and is_multiprocess_array(leaves[path]):
+            vec_cache[path] = device_vectors(path)
         if path not in vec_cache:
             e = elem(path)
             vec_cache[path] = None if e is None else {a: _axis_sum(e, a) for a in sorted(axes_of[path])}

@@ -14,6 +14,9 @@
 * ``budget=flops_budget(...)`` or ``param_bytes_budget(...)``: the number of
   globally pruned units is bisected so that the shrunk model's cost is at or
   below the target and pruning one ``round_to`` step less would exceed it.
+* ``budget=latency_budget(...)``: greedy over groups by importance lost per
+  second of *measured* latency saved (a :class:`LatencyTable`, see
+  ``latency.py``), each group stopping at one of the table's probed widths.
 * ``unit_scores={group name: 1-D scores}``: rank units by scores computed
   elsewhere (e.g. a mask vote) instead of ``method``; eligible groups without
   an entry are kept whole.
@@ -34,9 +37,17 @@ from typing import Any, Mapping, Sequence, TypeVar, cast
 import jax
 import numpy as np
 
-from jaxprune._src.structured.budget import Budget, flops_budget, param_bytes_budget, plan_cost, plan_for_budget
+from jaxprune._src.structured.budget import (
+    Budget,
+    flops_budget,
+    latency_budget,
+    param_bytes_budget,
+    plan_cost,
+    plan_for_budget,
+    plan_for_latency,
+)
 from jaxprune._src.structured.groups import DependencyGraph, Group
-from jaxprune._src.structured.importance import group_scores, normalize_scores
+from jaxprune._src.structured.importance import group_scores, nan_probe, normalize_scores
 from jaxprune._src.structured.prune_plan import EMPTY_HINT, PrunePlan, plan_from_kept
 from jaxprune._src.tree import leaves_with_paths
 
@@ -49,6 +60,7 @@ __all__ = [
     "Budget",
     "flops_budget",
     "param_bytes_budget",
+    "latency_budget",
     "DEFAULT_KINDS",
     "EMPTY_HINT",
     "eligible_groups",
@@ -125,7 +137,7 @@ def make_plan(
         least ``(1 - max_ratio)`` of its units.
       ignore: regexes on root leaf paths; matching groups are kept whole.
       kinds: group kinds that may be pruned (``None``: all).
-      budget: :func:`flops_budget` or :func:`param_bytes_budget`; overrides
+      budget: :func:`flops_budget`, :func:`param_bytes_budget` or :func:`latency_budget`; overrides
         ``ratio`` (global ranking).
       unit_scores: ``{group name: scores of shape (group.size,)}`` (names as
         in ``Group.name``, e.g. ``'conv1/kernel[3]'``): use these per-unit
@@ -214,6 +226,21 @@ def make_plan(
                 g, _keep_count(g.size, int(math.floor(g.size * r + 1e-9)), min_keep, max_ratio, round_to)
             )
         return plan_from_kept(graph, kept, dict(meta, ratio=ratio), allow_empty=allow_empty)
+
+    if budget is not None and budget.kind == "latency":
+        return plan_for_latency(
+            params,
+            graph,
+            budget,
+            eligible,
+            sc,
+            lambda n: _keep_count(n, n, min_keep, max_ratio, round_to),
+            round_to,
+            lambda counts: plan_from_kept(
+                graph, {g.id: keep_top(g, counts[g.id]) for g in eligible}, meta, allow_empty=allow_empty
+            ),
+            meta,
+        )
 
     # global ranking: units sorted by normalised score, pruned lowest first
     if eligible:
@@ -309,7 +336,10 @@ def _check_make_plan_args(ratio, scope, round_to, min_keep, max_ratio, ignore, k
             raise ValueError(f"make_plan: ignore: invalid regex {rx!r}: {e}") from None
     if budget is not None:
         if not isinstance(budget, Budget):
-            raise TypeError(f"make_plan: budget must be flops_budget(...) or param_bytes_budget(...), got {budget!r}")
+            raise TypeError(
+                "make_plan: budget must be flops_budget(...), param_bytes_budget(...) or latency_budget(...), "
+                f"got {budget!r}"
+            )
         if not _is_number(budget.target) or not math.isfinite(budget.target) or budget.target <= 0:
             raise ValueError(f"make_plan: budget target must be a finite number > 0, got {budget.target!r}")
 
@@ -324,7 +354,7 @@ def _check_finite(graph: DependencyGraph, eligible: list[Group], **trees: Any) -
             g = paths.get(path)
             if g is None or x is None or isinstance(x, jax.core.Tracer):
                 continue
-            a = np.asarray(x)
+            a = np.asarray(nan_probe(x))  # a global multi-process array: reduced on device first
             if str(a.dtype) == "bfloat16":
                 a = a.astype(np.float32)
             if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
