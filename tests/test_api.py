@@ -108,7 +108,7 @@ def test_transfer_studies_share_one_shape_and_old_names_warn():
 
 
 def test_public_namespaces_and_unknown_attribute():
-    for name in ("train", "vote", "transfer", "convert", "data", "models", "demo"):
+    for name in ("train", "vote", "llm", "transfer", "convert", "data", "models", "demo"):
         mod = importlib.import_module(f"jaxprune.{name}")
         assert getattr(jp, name) is mod
         if name not in ("models", "demo"):
@@ -151,5 +151,5 @@ def test_public_docstring_examples_use_the_public_api():
 def test_no_deprecation_warnings_from_the_package_itself():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        for name in ("jaxprune.train", "jaxprune.vote", "jaxprune.transfer", "jaxprune.convert"):
+        for name in ("jaxprune.train", "jaxprune.vote", "jaxprune.llm", "jaxprune.transfer", "jaxprune.convert"):
             importlib.reload(importlib.import_module(name))

@@ -37,6 +37,7 @@ from jaxprune.models.efficientnet import (
     efficientnet_lite2,
 )
 from jaxprune.models.layers import Mlp, MultiHeadAttention
+from jaxprune.models.llama import LlamaBlock, LlamaDecoder, llama_rebuild, llama_small, llama_tiny_test
 from jaxprune.models.nnx_models import (
     NnxCifarResNet,
     NnxSmallCNN,
@@ -77,6 +78,11 @@ __all__ = [
     "Mlp",
     "EfficientNetLite",
     "MBConvBlock",
+    "LlamaDecoder",
+    "LlamaBlock",
+    "llama_tiny_test",
+    "llama_small",
+    "llama_rebuild",  # decoder LM
     # configs
     "cifar_resnet20",
     "cifar_resnet32",

@@ -1,0 +1,337 @@
+"""Calibration: the input second moment ``X^T X`` of every weight matrix, for any JAX function.
+
+SparseGPT and Wanda need, for each kernel ``W`` that multiplies an activation
+``X`` (``Y = X W``), the statistics of ``X`` over calibration data:
+``X^T X`` (the layer Hessian of the reconstruction error, up to a factor 2/n)
+and the per-feature squared norms ``diag(X^T X)``.
+
+How (jaxpr-level capture, so Linen ``apply``, NNX ``split``/``merge`` calls and
+plain functions all work the same):
+
+1. ``fn(params, batch)`` is traced once per batch shape with
+   ``jax.make_jaxpr`` with the param leaves as separate inputs.
+2. An interpreter re-evaluates that jaxpr on the real values. Each param leaf
+   carries a *tag* that follows it through dtype casts, copies, sharding
+   constraints and transposes, and into nested calls (``pjit``, ``remat``,
+   ``custom_jvp``...). At a ``dot_general`` whose weight operand is tagged and
+   whose other operand is not, the other operand ``x`` is the activation: its
+   contracted dims (matched to the leaf's contracted dims, in the leaf's axis
+   order) are moved last and flattened, and ``x^T x`` and ``sum x^2`` of the
+   rows are added to the leaf's running statistics.
+3. The instrumented evaluation is ``jax.jit``-ted (once per batch shape) and
+   returns only the statistics, so nothing but ``(d_in, d_in)`` matrices leaves
+   the device; batches are accumulated one by one (memory is bounded by one
+   batch's activations). Inputs keep their sharding; there are no host
+   transfers inside.
+
+The kernel's *input axes* are the leaf axes contracted with the activation:
+``(0,)`` for a Dense ``(d_in, d_out)`` kernel, ``(0, 1)`` for an attention
+output kernel ``(heads, head_dim, d_model)``, ``(1,)`` for a tied embedding
+``(vocab, d)`` used as ``x @ E.T``. :func:`kernel_matrix` gives the ``(d_in,
+d_out)`` view that the pruning methods work on and :func:`from_matrix` restores
+the leaf's shape.
+
+Supported: kernels of ``dot_general`` (Dense, DenseGeneral, Einsum, ``x @ W``,
+``jnp.einsum``). Not supported (``ValueError`` naming the leaf, exclude it with
+``rules``): convolution kernels, kernels with dot_general batch dimensions and
+kernels used inside ``lax.scan``/``while``/``cond`` (unroll the stack or use
+:func:`~jaxprune._src.llm.sparsegpt.sparsegpt_sequential` per layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+from jaxprune._src.structured.axis_rules import CALLS
+from jaxprune._src.tree import Rules, leaves_with_paths, prunable_tree
+from jaxprune._src.types import PyTree
+
+__all__ = ["LayerStats", "calibrate", "kernel_matrix", "from_matrix", "kernel_in_axes"]
+
+_VIEW_OPS = {
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "reduce_precision",
+    "sharding_constraint",
+    "optimization_barrier",
+}
+_LOOPS = {"scan", "while", "cond"}
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """Calibration statistics of the activation multiplied by one kernel leaf.
+
+    ``xtx`` is ``sum x x^T`` ``(d_in, d_in)`` over all ``count`` token rows,
+    ``sq_norms`` its diagonal ``(d_in,)``; ``in_axes`` the leaf axes contracted
+    with the activation (``None``: the leading axes whose sizes multiply to
+    ``d_in``, as for Flax kernels).
+    """
+
+    xtx: jax.Array
+    sq_norms: jax.Array
+    count: int
+    in_axes: tuple[int, ...] | None = None
+
+    @property
+    def d_in(self) -> int:
+        return int(self.xtx.shape[0])
+
+
+def kernel_in_axes(shape: Sequence[int], stats: LayerStats, path: str = "") -> tuple[int, ...]:
+    """The leaf axes that are the kernel's input (contracted) axes, checked against ``stats``."""
+    shape = tuple(int(s) for s in shape)
+    d_in = stats.d_in
+    if stats.in_axes is not None:
+        axes = tuple(stats.in_axes)
+        if math.prod(shape[a] for a in axes) != d_in:
+            raise ValueError(f"leaf {path!r} of shape {shape}: input axes {axes} do not multiply to d_in={d_in}")
+        return axes
+    prod = 1
+    for k, s in enumerate(shape[:-1]):
+        prod *= s
+        if prod == d_in:
+            return tuple(range(k + 1))
+    raise ValueError(
+        f"leaf {path!r} of shape {shape}: no leading axes multiply to the calibrated d_in={d_in} "
+        "(stats from another model, or set LayerStats.in_axes)"
+    )
+
+
+def kernel_matrix(w: jax.Array, in_axes: Sequence[int]) -> jax.Array:
+    """The ``(d_in, d_out)`` matrix view of a kernel leaf (input axes first, in leaf order, flattened).
+
+    >>> kernel_matrix(jnp.zeros((12, 32, 384)), (0, 1)).shape
+    (384, 384)
+    """
+    in_axes = tuple(in_axes)
+    rest = tuple(a for a in range(w.ndim) if a not in in_axes)
+    d_in = math.prod(w.shape[a] for a in in_axes)
+    return jnp.transpose(w, in_axes + rest).reshape(d_in, -1)
+
+
+def from_matrix(m: jax.Array, shape: Sequence[int], in_axes: Sequence[int]) -> jax.Array:
+    """Inverse of :func:`kernel_matrix`: the ``(d_in, d_out)`` matrix back in the leaf's ``shape``."""
+    in_axes = tuple(in_axes)
+    rest = tuple(a for a in range(len(shape)) if a not in in_axes)
+    perm = in_axes + rest
+    t = m.reshape(tuple(shape[a] for a in perm))
+    return jnp.transpose(t, tuple(int(i) for i in np.argsort(perm)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tag:
+    leaf: int
+    perm: tuple[int, ...]  # operand axis -> leaf axis
+
+
+class _Capture:
+    """Interpreter state for one traced evaluation: accumulated stats and per-leaf use records."""
+
+    def __init__(self, dtype: Any, row_mask: jax.Array | None):
+        self.dtype = dtype
+        self.row_mask = row_mask
+        self.stats: dict[int, list] = {}  # leaf -> [xtx, sq, count]
+        self.in_axes: dict[int, tuple[int, ...]] = {}
+        self.bad: dict[int, str] = {}
+
+    def dot(self, eqn, vals, tags, memo: dict) -> None:
+        """Adds the stats of the activation operand of one dot_general (``memo``: per evaluated jaxpr frame)."""
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        lt, rt = tags
+        if (lt is None) == (rt is None):
+            return
+        if rt is not None:
+            tag, xv, xvar, kc, xc, kb = rt, vals[0], eqn.invars[0], rc, lc, rb
+        else:
+            tag, xv, xvar, kc, xc, kb = lt, vals[1], eqn.invars[1], lc, rc, lb
+        if kb:
+            self.bad.setdefault(tag.leaf, "is a dot_general operand with batch dimensions")
+            return
+        leaf_c = [tag.perm[d] for d in kc]
+        order = np.argsort(leaf_c)
+        axes = tuple(int(leaf_c[i]) for i in order)
+        xc_sorted = tuple(int(xc[i]) for i in order)
+        if self.in_axes.setdefault(tag.leaf, axes) != axes:
+            self.bad.setdefault(tag.leaf, f"is contracted on axes {axes} and on {self.in_axes[tag.leaf]}")
+            return
+        key = (xvar, xc_sorted)
+        if key not in memo:
+            memo[key] = self._moments(xv, xc_sorted)
+        xtx, sq, n = memo[key]
+        acc = self.stats.get(tag.leaf)
+        self.stats[tag.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
+
+    def _moments(self, x, xc):
+        rest = tuple(d for d in range(x.ndim) if d not in xc)
+        d_in = math.prod(x.shape[d] for d in xc)
+        rows_shape = tuple(x.shape[d] for d in rest)
+        x2 = jnp.transpose(x, rest + xc).reshape(-1, d_in).astype(self.dtype)
+        if self.row_mask is not None:
+            if tuple(self.row_mask.shape) != rows_shape:
+                raise ValueError(
+                    f"calibrate: row_mask has shape {tuple(self.row_mask.shape)} but an activation has rows of "
+                    f"shape {rows_shape} (its non-contracted axes); row_mask must match every calibrated input"
+                )
+            keep = self.row_mask.reshape(-1) > 0
+            x2 = jnp.where(keep[:, None], x2, 0)
+            n = jnp.sum(keep, dtype=jnp.int32)
+        else:
+            n = jnp.asarray(x2.shape[0], jnp.int32)
+        xtx = jnp.matmul(x2.T, x2, precision=jax.lax.Precision.HIGHEST)
+        return xtx, jnp.sum(jnp.square(x2), axis=0), n
+
+    def eval(self, jaxpr, consts, args, arg_tags) -> tuple[list, list]:
+        env: dict = {}
+        tenv: dict = {}
+        memo: dict = {}  # shared sub-jaxprs (e.g. jnp.matmul's) reuse Var objects: never share across frames
+        for v, c in zip(jaxpr.constvars, consts):
+            env[v] = c
+        for v, a, t in zip(jaxpr.invars, args, arg_tags):
+            env[v] = a
+            if t is not None:
+                tenv[v] = t
+
+        def read(v):
+            return v.val if isinstance(v, jcore.Literal) else env[v]
+
+        def rtag(v):
+            return None if isinstance(v, jcore.Literal) else tenv.get(v)
+
+        for eqn in jaxpr.eqns:
+            vals = [read(v) for v in eqn.invars]
+            tags = [rtag(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            call = CALLS.get(name)
+            out_tags: list = [None] * len(eqn.outvars)
+            if call and any(t is not None for t in tags):
+                sub = eqn.params[call]
+                closed = sub if isinstance(sub, jcore.ClosedJaxpr) else None
+                inner = closed.jaxpr if closed is not None else sub
+                outs, out_tags = self.eval(inner, closed.consts if closed is not None else (), vals, tags)
+            else:
+                if any(t is not None for t in tags):
+                    self._note(eqn, tags, out_tags)
+                with eqn.ctx.manager:
+                    ans = eqn.primitive.bind(*vals, **eqn.primitive.get_bind_params(eqn.params))
+                outs = list(ans) if eqn.primitive.multiple_results else [ans]
+                if name == "dot_general":
+                    self.dot(eqn, vals, tags, memo)
+            for v, o, t in zip(eqn.outvars, outs, out_tags):
+                env[v] = o
+                if t is not None:
+                    tenv[v] = t
+        return [read(v) for v in jaxpr.outvars], [rtag(v) for v in jaxpr.outvars]
+
+    def _note(self, eqn, tags, out_tags) -> None:
+        name = eqn.primitive.name
+        if name in _VIEW_OPS and len(eqn.outvars) == len(tags):
+            out_tags[:] = tags
+        elif name == "transpose" and tags[0] is not None:
+            perm = eqn.params["permutation"]
+            out_tags[0] = _Tag(tags[0].leaf, tuple(tags[0].perm[p] for p in perm))
+        elif name.startswith("conv_general_dilated"):
+            for t in tags:
+                if t is not None:
+                    self.bad.setdefault(t.leaf, "is a convolution kernel (only dense/einsum kernels are supported)")
+        elif name in _LOOPS:
+            for t in tags:
+                if t is not None:
+                    self.bad.setdefault(
+                        t.leaf, f"is used inside lax.{name} (unroll the stack or calibrate layer by layer)"
+                    )
+
+
+def _batch_key(tree: PyTree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+
+
+def calibrate(
+    fn: Callable[[PyTree, Any], Any],
+    params: PyTree,
+    batches: Iterable[Any],
+    *,
+    rules: Rules | None = None,
+    dtype: Any = jnp.float32,
+    progress: bool = False,
+    row_mask: Callable[[Any], jax.Array] | None = None,
+) -> dict[str, LayerStats]:
+    """``{leaf path: LayerStats}`` of every kernel leaf that multiplies an activation in ``fn(params, batch)``.
+
+    ``fn`` is any pure function (Linen ``apply``, an NNX split/merge call, plain
+    JAX). Statistics are accumulated over ``batches`` in ``dtype`` (float32),
+    one jitted call per batch (compiled once per batch shape). ``rules`` is a
+    list of ``(regex, bool)`` choosing the leaves (default: every prunable leaf
+    with ``ndim >= 2`` that is found as a matmul weight). ``row_mask(batch)``
+    (optional) gives a 0/1 array over the token rows (e.g. the attention mask
+    ``(batch, seq)``) so padding tokens are left out; it must match the
+    non-contracted axes of every calibrated activation.
+
+    >>> p = {'d': {'kernel': jnp.ones((3, 2))}}
+    >>> x = jnp.array([[1., 2., 0.], [0., 1., 1.]])
+    >>> s = calibrate(lambda p, x: x @ p['d']['kernel'], p, [x, x])
+    >>> s['d/kernel'].xtx.tolist()[0], s['d/kernel'].count
+    ([2.0, 4.0, 0.0], 4)
+    """
+    if not callable(fn):
+        raise TypeError(f"calibrate: fn must be callable fn(params, batch), got {type(fn).__name__}")
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [p for p, _ in leaves_with_paths(params)]
+    leaves = [x for _, x in flat]
+    ok = [bool(o) for o in jax.tree.leaves(prunable_tree(params, rules))]
+    cand = [i for i, leaf in enumerate(leaves) if ok[i] and np.ndim(leaf) >= 2]
+    cache: dict[tuple, Any] = {}
+    totals: dict[int, list] = {}
+    in_axes: dict[int, tuple[int, ...]] = {}
+    iterator: Iterable[Any] = batches
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(batches, desc="calibrate")
+    n_batches = 0
+    for batch in iterator:
+        n_batches += 1
+        key = _batch_key(batch)
+        if key not in cache:
+            cache[key] = _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes)
+        out = cache[key](leaves, batch)
+        for i, (xtx, sq, n) in out.items():
+            acc = totals.get(i)
+            totals[i] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
+    if n_batches == 0:
+        raise ValueError("calibrate: batches is empty")
+    return {paths[i]: LayerStats(t[0], t[1], int(t[2]), in_axes[i]) for i, t in sorted(totals.items())}
+
+
+def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes_out):
+    closed = jax.make_jaxpr(lambda ls, b: fn(jax.tree_util.tree_unflatten(treedef, ls), b))(leaves, batch)
+    n_leaves = len(leaves)
+    if len(closed.jaxpr.invars) < n_leaves:
+        raise ValueError("calibrate: could not match the traced inputs to the param leaves")
+    cset = set(cand)
+    arg_tags = [_Tag(i, tuple(range(np.ndim(leaves[i])))) if i in cset else None for i in range(n_leaves)]
+
+    def run(ls, b, consts):
+        mask = None if row_mask is None else jnp.asarray(row_mask(b))
+        cap = _Capture(dtype, mask)
+        args = list(ls) + jax.tree.leaves(b)
+        cap.eval(closed.jaxpr, consts, args, arg_tags + [None] * (len(args) - n_leaves))
+        for i, why in cap.bad.items():
+            raise ValueError(
+                f"calibrate: leaf {paths[i]!r} {why}; exclude it with rules=[({paths[i]!r}, False)] "
+                "or restructure the model"
+            )
+        in_axes_out.update(cap.in_axes)
+        return {i: tuple(v) for i, v in cap.stats.items()}
+
+    jitted = jax.jit(run)
+    return lambda ls, b: jitted(ls, b, closed.consts)

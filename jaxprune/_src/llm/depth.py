@@ -1,0 +1,215 @@
+"""Depth pruning: score whole residual blocks and remove the least important ones.
+
+* :func:`block_influence` (ShortGPT's Block Influence): ``BI_i = 1 - E[cos(h_i, h_{i+1})]``
+  over calibration tokens, where ``h_i`` is the residual stream entering block
+  ``i``: a block that barely turns its input is cheap to drop.
+* :func:`ablation_scores`: the increase of the calibration loss when block
+  ``i`` alone is replaced by the identity.
+* :func:`blocks_to_remove`: the ``n`` lowest-scoring blocks.
+* :func:`remove_blocks_params` / :func:`remove_blocks`: drop blocks from an
+  unrolled stack (``block_0 .. block_{L-1}`` subtrees, renumbered) or from a
+  scanned stack (leaves under ``blocks`` with a leading layer axis, sliced),
+  and return a runnable shallower model (``model.clone(num_layers=...)``).
+
+Example:
+  >>> import numpy as np
+  >>> p = {'block_0': {'w': 0}, 'block_1': {'w': 1}, 'block_2': {'w': 2}, 'head': 3}
+  >>> remove_blocks_params(p, [1])
+  {'block_0': {'w': 0}, 'block_1': {'w': 2}, 'head': 3}
+  >>> blocks_to_remove(np.array([0.3, 0.1, 0.2, 0.9]), 2)
+  (1, 2)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = ["block_influence", "ablation_scores", "blocks_to_remove", "remove_blocks_params", "remove_blocks"]
+
+
+def block_influence(hidden_fn: Callable[[Any, jax.Array], Any], params: Any, batches: Iterable[Any]) -> np.ndarray:
+    """Block Influence of every block, ``(num_blocks,)``: ``1 - mean cos(h_i, h_{i+1})`` over all tokens.
+
+    Args:
+      hidden_fn: ``hidden_fn(params, tokens)`` -> the residual stream before the first block and after every
+        block: a list of ``L + 1`` arrays ``(..., d)`` or one array ``(L + 1, ..., d)``.
+      batches: token batches (for LM batches ``(b, s + 1)`` pass ``b[:, :-1]`` yourself if you want).
+
+    >>> f = lambda p, t: [t, 2 * t, -2 * t]   # block 0 scales (cos 1), block 1 flips (cos -1)
+    >>> block_influence(f, None, [jnp.ones((1, 2, 3))]).tolist()
+    [0.0, 2.0]
+    """
+
+    @jax.jit
+    def cos_sums(p, tokens):
+        h = hidden_fn(p, tokens)
+        h = jnp.stack(list(h)) if isinstance(h, (list, tuple)) else h
+        h = h.astype(jnp.float32)
+        a, b = h[:-1], h[1:]
+        cos = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-12)
+        return cos.reshape(cos.shape[0], -1).sum(1), cos[0].size
+
+    total, count = None, 0
+    for tokens in batches:
+        s, n = cos_sums(params, jnp.asarray(tokens))
+        total = np.asarray(s, np.float64) if total is None else total + np.asarray(s, np.float64)
+        count += int(n)
+    if total is None:
+        raise ValueError("block_influence: no calibration batches")
+    return 1.0 - total / count
+
+
+def ablation_scores(
+    apply_fn: Callable[..., jax.Array], params: Any, batches: Sequence[Any], num_blocks: int
+) -> np.ndarray:
+    """Loss increase ``(num_blocks,)`` when each block alone is replaced by the identity.
+
+    Args:
+      apply_fn: ``apply_fn(params, tokens, skip) -> logits`` where ``skip`` is a tuple of block indices run
+        as the identity (``LlamaDecoder.apply(v, t, skip=...)``).
+      batches: LM batches ``(b, s + 1)`` (inputs and next-token targets); a sequence (read ``L + 1`` times).
+
+    >>> f = lambda p, t, skip: jnp.zeros(t.shape + (4,)) + (1 in skip) * jax.nn.one_hot(t, 4) * 5
+    >>> float(ablation_scores(f, None, [jnp.zeros((1, 3), jnp.int32)], 2)[0])
+    0.0
+    """
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"ablation_scores: num_blocks must be a positive int, got {num_blocks!r}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("ablation_scores: no calibration batches")
+
+    def mean_loss(skip: tuple[int, ...]) -> float:
+        f = jax.jit(
+            lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
+                apply_fn(p, b[:, :-1], skip).astype(jnp.float32), b[:, 1:]
+            ).sum()
+        )
+        tot = sum(float(f(params, jnp.asarray(b))) for b in batches)
+        return tot / sum(int(np.shape(b)[0]) * (int(np.shape(b)[1]) - 1) for b in batches)
+
+    base = mean_loss(())
+    return np.asarray([mean_loss((i,)) - base for i in range(num_blocks)])
+
+
+def blocks_to_remove(scores: Any, n: int) -> tuple[int, ...]:
+    """The ``n`` blocks with the lowest scores (ties: lower index first), sorted.
+
+    >>> blocks_to_remove([0.5, 0.5, 0.1], 2)
+    (0, 2)
+    """
+    s = np.asarray(scores, np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"blocks_to_remove: scores must be 1-D (one per block), got shape {s.shape}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n < s.size:
+        raise ValueError(f"blocks_to_remove: n must be an int in [0, {s.size}), got {n!r}")
+    if np.isnan(s).any():
+        raise ValueError("blocks_to_remove: scores contain NaN")
+    return tuple(sorted(int(i) for i in np.argsort(s, kind="stable")[:n]))
+
+
+class _NoBlocks(ValueError):
+    """No block subtrees at this level of the params."""
+
+
+def _check_blocks(blocks: Iterable[int], num: int) -> list[int]:
+    out = sorted({int(b) for b in blocks})
+    bad = [b for b in out if not 0 <= b < num]
+    if bad:
+        raise ValueError(f"remove_blocks: block indices {bad} out of range for {num} blocks")
+    if len(out) >= num:
+        raise ValueError(f"remove_blocks: cannot remove all {num} blocks")
+    return out
+
+
+def remove_blocks_params(
+    params: Mapping[str, Any], blocks: Iterable[int], *, prefix: str = "block_", scan_key: str = "blocks"
+) -> dict:
+    """``params`` without the given blocks: ``{prefix}{i}`` subtrees renumbered, or ``scan_key`` leaves sliced.
+
+    Works on the first level holding the blocks (a Linen ``{'params': ...}`` dict: each collection).
+    Raises ``ValueError`` if no blocks are found or an index is out of range.
+
+    >>> import numpy as np
+    >>> remove_blocks_params({'blocks': {'w': np.arange(3)}}, [0])['blocks']['w'].tolist()
+    [1, 2]
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"remove_blocks_params: params must be a mapping, got {type(params).__name__}")
+    rx = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+    idx = sorted(int(m.group(1)) for k in params if (m := rx.match(str(k))))
+    if idx:
+        if idx != list(range(len(idx))):
+            raise ValueError(f"remove_blocks_params: blocks must be numbered {prefix}0.., got indices {idx}")
+        drop = _check_blocks(blocks, len(idx))
+        new_index = {i: j for j, i in enumerate(i for i in idx if i not in drop)}
+        out = {}
+        for k, v in params.items():
+            m = rx.match(str(k))
+            if m is None:
+                out[k] = v
+            elif int(m.group(1)) in new_index:
+                out[f"{prefix}{new_index[int(m.group(1))]}"] = v
+        return out
+    if scan_key in params:
+        leaves = jax.tree.leaves(params[scan_key])
+        num = int(np.shape(leaves[0])[0])
+        drop = _check_blocks(blocks, num)
+        keep = np.asarray([i for i in range(num) if i not in drop])
+        return {**params, scan_key: jax.tree.map(lambda x: x[keep], params[scan_key])}
+    nested = [k for k, v in params.items() if isinstance(v, Mapping)]
+    if nested and all(isinstance(params[k], Mapping) for k in nested):
+        found = {}
+        for k in nested:
+            try:
+                found[k] = remove_blocks_params(params[k], blocks, prefix=prefix, scan_key=scan_key)
+            except _NoBlocks:
+                continue
+        if found:
+            return {**params, **found}
+    raise _NoBlocks(f"remove_blocks_params: no '{prefix}<i>' subtrees and no {scan_key!r} key in {list(params)}")
+
+
+def remove_blocks(model: Any, variables: Any, blocks: Iterable[int]) -> tuple[Any, Any]:
+    """``(shallower_model, variables)``: ``model.clone(num_layers=L - k)`` and the variables without ``blocks``.
+
+    ``model`` is a Linen model with a ``num_layers`` field whose blocks are ``block_{i}`` submodules or one
+    scanned ``blocks`` submodule (e.g. :class:`jaxprune.models.llama.LlamaDecoder`). The shallower model
+    computes exactly what the original computes with those blocks replaced by the identity.
+
+    >>> import jax
+    >>> from jaxprune.models.llama import llama_tiny_test
+    >>> m = llama_tiny_test(num_layers=3); v = m.init(jax.random.key(0), m.example_input(1))
+    >>> m2, v2 = remove_blocks(m, v, [1]); m2.num_layers, sorted(k for k in v2['params'] if k.startswith('block'))
+    (2, ['block_0', 'block_1'])
+    """
+    if not hasattr(model, "num_layers") or not hasattr(model, "clone"):
+        raise TypeError(
+            f"remove_blocks: model must be a Linen model with a num_layers field, got {type(model).__name__}"
+        )
+    blocks = _check_blocks(blocks, int(model.num_layers))
+    new_vars = remove_blocks_params(variables, blocks)
+    old_to_new = {i: j for j, i in enumerate(i for i in range(model.num_layers) if i not in blocks)}
+
+    def renumber(entries, key=lambda e: e, rebuild=lambda e, k: k):
+        out = []
+        for e in entries:
+            m = re.match(r"^block_(\d+)(/.*)$", key(e))
+            if m is None:
+                out.append(e)
+            elif int(m.group(1)) in old_to_new:
+                out.append(rebuild(e, f"block_{old_to_new[int(m.group(1))]}{m.group(2)}"))
+        return tuple(out)
+
+    changes: dict[str, Any] = {"num_layers": model.num_layers - len(blocks)}
+    if getattr(model, "widths", ()):
+        changes["widths"] = renumber(model.widths, key=lambda e: e[0], rebuild=lambda e, k: (k, e[1]))
+    if getattr(model, "biases", ()):
+        changes["biases"] = renumber(model.biases)
+    return model.clone(**changes), new_vars

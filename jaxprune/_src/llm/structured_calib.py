@@ -1,0 +1,341 @@
+"""Calibrated structured pruning with bias compensation (FLAP-style), through the structured engine.
+
+1. :func:`input_moments` runs a Linen model on calibration batches and
+   accumulates, for the input of every ``nn.Dense`` / ``nn.DenseGeneral``, the
+   per-input-element sum and sum of squares over tokens (memory: two arrays the
+   size of the layer's input features; activations are never stored).
+2. :func:`calibrated_unit_scores` scores every prunable group of a
+   :func:`jaxprune.trace_groups` graph from the layers that *consume* its units
+   (a head group's ``o`` rows, an MLP group's ``down`` rows, the residual
+   width's ``q/k/v/gate/up`` rows): FLAP's fluctuation metric
+   ``Var_tokens(x_j) * ||W_j||^2`` or a Wanda-style ``sqrt(E[x_j^2]) * ||W_j||_1``,
+   summed over a unit's input elements and its consumers.
+3. :func:`compensate_biases`: for every consumer layer whose inputs lose
+   elements ``P`` under a plan, the pruned elements' mean contribution
+   ``sum_{j in P} E[x_j] W_j`` is added to the layer's output bias (a bias leaf is
+   created if the layer has none), so the layer's mean output over the
+   calibration tokens is unchanged; the bias is then shrunk like the layer's
+   output axes.
+4. :func:`flap_prune` ties it together: trace -> moments -> scores -> ``make_plan(unit_scores=...)``
+   -> ``shrink`` -> compensation.
+
+Example:
+  >>> import jax, jax.numpy as jnp, flax.linen as nn
+  >>> class M(nn.Module):
+  ...     @nn.compact
+  ...     def __call__(self, x):
+  ...         return nn.Dense(3, name='down')(jax.nn.relu(nn.Dense(8, name='up')(x)))
+  >>> m = M(); v = m.init(jax.random.key(0), jnp.ones((1, 4)))
+  >>> xs = [jax.random.normal(jax.random.key(1), (16, 4))]
+  >>> small, plan, info = flap_prune(lambda v, x: m.apply(v, x), v, xs[0], xs, 0.5)
+  >>> small['params']['down']['kernel'].shape, small['params']['down']['bias'].shape
+  ((4, 3), (3,))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxprune._src.tree import leaves_with_paths
+
+__all__ = [
+    "InputMoments",
+    "input_moments",
+    "calibrated_unit_scores",
+    "compensate_biases",
+    "flap_prune",
+    "within_kv_groups",
+    "DEFAULT_COMPENSATE",
+]
+
+#: Consumer kernels (regexes on leaf paths) that get output-bias compensation by default: attention output
+#: and MLP down projections (their outputs are not themselves pruned through RoPE or gating).
+DEFAULT_COMPENSATE = (r"(^|/)(o|out|o_proj|out_proj|down|down_proj|fc2|wo)/kernel$",)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputMoments:
+    """Per-input-element statistics of one linear layer's input over calibration tokens.
+
+    ``sum`` and ``sq_sum`` have the shape of the kernel's input axes (``kernel.shape[:n_in]``); ``count`` is
+    the number of tokens.
+    """
+
+    sum: np.ndarray
+    sq_sum: np.ndarray
+    count: int
+    n_in: int
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Variance over tokens (population; clipped at 0)."""
+        return np.maximum(self.sq_sum / max(self.count, 1) - self.mean**2, 0.0)
+
+
+def _n_in(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Dense):
+        return 1
+    if isinstance(module, nn.DenseGeneral):
+        axis = module.axis
+        return len(axis) if isinstance(axis, (tuple, list)) else 1
+    return None
+
+
+def input_moments(
+    apply_fn: Callable[[Any, Any], Any], variables: Any, batches: Iterable[Any], *, dtype: Any = jnp.float32
+) -> dict[str, InputMoments]:
+    """``{kernel leaf path: InputMoments}`` of every ``nn.Dense`` / ``nn.DenseGeneral`` called by ``apply_fn``.
+
+    ``apply_fn(variables, batch)`` must call a Linen ``Module.apply`` (the interception is
+    ``nn.intercept_methods``). Paths are those of ``variables`` (``'params/block_0/mlp/down/kernel'`` for a
+    Linen variables dict). One jit compilation per batch shape; float32 accumulation.
+
+    >>> import flax.linen as nn
+    >>> d = nn.Dense(2); v = d.init(jax.random.key(0), jnp.ones((1, 3)))
+    >>> mom = input_moments(d.apply, v, [jnp.arange(6.).reshape(2, 3)])
+    >>> mom['params/kernel'].mean.tolist(), mom['params/kernel'].count
+    ([1.5, 2.5, 3.5], 2)
+    """
+    prefix = ["params"] if isinstance(variables, Mapping) and "params" in variables else []
+
+    def stats(v, batch):
+        found: dict[str, tuple[jax.Array, jax.Array, jax.Array]] = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            n_in = _n_in(context.module) if context.method_name == "__call__" else None
+            if n_in is not None and args:
+                x = jnp.asarray(args[0]).astype(dtype)
+                flat = x.reshape((-1,) + x.shape[x.ndim - n_in :])
+                path = "/".join([*prefix, *context.module.path, "kernel"])
+                s, q, c = flat.sum(0), (flat * flat).sum(0), jnp.asarray(flat.shape[0], jnp.float32)
+                if path in found:  # a layer called twice: accumulate
+                    s0, q0, c0 = found[path]
+                    s, q, c = s + s0, q + q0, c + c0
+                found[path] = (s, q, c)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(interceptor):
+            apply_fn(v, batch)
+        return found
+
+    f = jax.jit(stats)
+    out: dict[str, list] = {}
+    for batch in batches:
+        for k, (s, q, c) in f(variables, jnp.asarray(batch)).items():
+            s, q = np.asarray(s, np.float64), np.asarray(q, np.float64)
+            if k in out:
+                out[k][0] += s
+                out[k][1] += q
+                out[k][2] += int(c)
+            else:
+                out[k] = [s, q, int(c)]
+    if not out:
+        raise ValueError("input_moments: no calibration batches, or apply_fn calls no nn.Dense / nn.DenseGeneral")
+    return {k: InputMoments(s, q, c, s.ndim) for k, (s, q, c) in out.items()}
+
+
+def _params_by_path(params: Any) -> dict[str, np.ndarray]:
+    return {p: x for p, x in leaves_with_paths(params)}
+
+
+def _element_scores(kernel: np.ndarray, mom: InputMoments, method: str) -> np.ndarray:
+    """Score of every input element of a consumer layer (shape ``kernel.shape[:n_in]``)."""
+    w = np.asarray(kernel, np.float64)
+    out_axes = tuple(range(mom.n_in, w.ndim))
+    if method == "fluctuation":
+        return mom.var * np.sum(w * w, axis=out_axes)
+    if method == "wanda":
+        return np.sqrt(mom.sq_sum / max(mom.count, 1)) * np.sum(np.abs(w), axis=out_axes)
+    raise ValueError(f"method must be 'fluctuation' or 'wanda', got {method!r}")
+
+
+def calibrated_unit_scores(
+    params: Any, graph: Any, moments: Mapping[str, InputMoments], *, method: str = "fluctuation"
+) -> dict[str, np.ndarray]:
+    """``{group name: per-unit scores}`` for every prunable group with at least one calibrated consumer.
+
+    A consumer is a group member on a kernel in ``moments`` along one of its input axes; a unit's score is the
+    sum of the element scores (``method``: ``'fluctuation'`` = ``Var(x_j) ||W_j||^2``, ``'wanda'`` =
+    ``sqrt(E x_j^2) ||W_j||_1``) over the input elements it owns, over all its consumers. Pass the result
+    to ``make_plan(..., unit_scores=...)``.
+    """
+    if method not in ("fluctuation", "wanda"):
+        raise ValueError(f"calibrated_unit_scores: method must be 'fluctuation' or 'wanda', got {method!r}")
+    leaves = _params_by_path(params)
+    cache: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
+    for g in graph.prunable:
+        total = np.zeros(g.size, np.float64)
+        used = False
+        for m in g.members:
+            mom = moments.get(m.path)
+            if mom is None or m.axis >= mom.n_in:
+                continue
+            if m.path not in cache:
+                cache[m.path] = _element_scores(np.asarray(leaves[m.path]), mom, method)
+            el = cache[m.path]
+            other = tuple(a for a in range(el.ndim) if a != m.axis)
+            per_index = el.sum(axis=other) if other else el
+            total += per_index[np.asarray(m.index_map)].sum(1)
+            used = True
+        if used:
+            out[g.name] = total
+    return out
+
+
+def within_kv_groups(graph: Any) -> list[Any]:
+    """The head groups of a GQA graph that select query heads *within* every kv group.
+
+    Such a group's roots all lie on one leaf (the query kernel) that is also a root of another head group
+    with more root leaves (the kv group: k, v and the query kernel, whole query groups per unit).
+    """
+    heads = [g for g in graph.groups if g.kind == "heads"]
+    multi = {p for g in heads if len({m.path for m in g.roots}) > 1 for p in (m.path for m in g.roots)}
+    out = []
+    for g in graph.prunable:
+        roots = {m.path for m in g.roots}
+        if g.kind == "heads" and len(roots) == 1 and roots <= multi:
+            out.append(g)
+    return out
+
+
+def compensate_biases(
+    params: Any,
+    shrunk_params: Any,
+    plan: Any,
+    moments: Mapping[str, InputMoments],
+    *,
+    compensate: Sequence[str] = DEFAULT_COMPENSATE,
+) -> tuple[Any, list[str]]:
+    """Adds each pruned input element's mean contribution to its layer's (new or existing) output bias.
+
+    For a consumer kernel ``W`` (dense coordinates, from ``params``) matching a ``compensate`` regex whose
+    input axes lose elements ``P`` in ``plan``: ``b' = b + sum_{j in P} E[x_j] W_j``, then shrunk along the
+    kernel's pruned output axes, written next to the kernel in ``shrunk_params`` (nested dicts). Returns
+    ``(new_shrunk_params, [compensated kernel paths])``.
+    """
+    leaves = _params_by_path(params)
+    rx = [re.compile(r) for r in compensate]
+    out = jax.tree.map(lambda x: x, shrunk_params)  # a copy of the containers
+    done = []
+    for path, axes in plan.leaves.items():
+        mom = moments.get(path)
+        if mom is None or not any(r.search(path) for r in rx):
+            continue
+        in_axes = {a: k for a, k in axes.items() if a < mom.n_in}
+        if not in_axes:
+            continue
+        w = np.asarray(leaves[path], np.float64)
+        kept = np.ones(w.shape[: mom.n_in], bool)
+        for a, k in in_axes.items():
+            along = np.zeros(w.shape[a], bool)
+            along[list(k)] = True
+            kept &= along.reshape([-1 if i == a else 1 for i in range(mom.n_in)])
+        contrib = mom.mean * (~kept)
+        comp = np.tensordot(contrib, w, axes=(list(range(mom.n_in)), list(range(mom.n_in))))
+        bias_path = path[: -len("kernel")] + "bias"
+        old = leaves.get(bias_path)
+        bias = comp + (np.asarray(old, np.float64) if old is not None else 0.0)
+        for a, k in axes.items():
+            if a >= mom.n_in:
+                bias = np.take(bias, list(k), axis=a - mom.n_in)
+        dtype = np.asarray(leaves[path]).dtype
+        _set_path(out, bias_path, jnp.asarray(bias, dtype))
+        done.append(path)
+    return out, done
+
+
+def _set_path(tree: Any, path: str, value: Any) -> None:
+    parts = path.split("/")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node, dict):
+            raise TypeError(f"compensate_biases: cannot add leaf {path!r}: {p!r} is not in a plain dict")
+        node = node[p]
+    if not isinstance(node, dict):
+        raise TypeError(f"compensate_biases: cannot add leaf {path!r} (its parent is not a plain dict)")
+    node[parts[-1]] = value
+
+
+def _to_dicts(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _to_dicts(v) for k, v in tree.items()}
+    return tree
+
+
+def flap_prune(
+    apply_fn: Callable[[Any, Any], Any],
+    variables: Any,
+    example: Any,
+    batches: Iterable[Any],
+    ratio: float,
+    *,
+    method: str = "fluctuation",
+    compensate: bool | Sequence[str] = True,
+    kinds: Sequence[str] = ("heads", "units"),
+    through_norms: bool = False,
+    ignore: Sequence[str] | None = None,
+    round_to: int = 1,
+    query_heads: bool = False,
+) -> tuple[Any, Any, dict]:
+    """Calibrated structured pruning: ``(shrunk_variables, plan, info)``.
+
+    Args:
+      apply_fn, variables, example: the model as for :func:`jaxprune.trace_groups` (a Linen
+        ``Module.apply`` inside ``apply_fn``, for :func:`input_moments`).
+      batches: calibration inputs (each a valid ``apply_fn`` input).
+      ratio: fraction of the units of every eligible group pruned (layerwise).
+      method: ``'fluctuation'`` (FLAP) or ``'wanda'``.
+      compensate: ``True`` (the :data:`DEFAULT_COMPENSATE` layers), ``False``, or regexes of consumer kernels.
+      kinds: group kinds pruned (``'heads'``: query heads and kv groups; ``'units'``: MLP channels and, with
+        ``through_norms=True``, the residual width).
+      ignore: regexes of root leaf paths kept whole.
+      query_heads: also prune query heads *within* each kv group (GQA). Default ``False``: heads go by whole
+        query groups (a kv head with its query heads), so ``ratio`` is the fraction of heads removed.
+
+    ``info``: ``calibration_seconds``, ``compensated`` (kernel paths), ``scored_groups``.
+    Rebuild the model from the shrunk variables (e.g. :func:`jaxprune.models.llama.llama_rebuild`) or run it
+    with :func:`jaxprune.make_shrunk_fn`.
+    """
+    from jaxprune._src.structured.plan import make_plan
+    from jaxprune._src.structured.shrink import shrink
+    from jaxprune._src.structured.trace import trace_groups
+
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
+        raise ValueError(f"flap_prune: ratio must be a number in [0, 1), got {ratio!r}")
+    t0 = time.perf_counter()
+    moments = input_moments(apply_fn, variables, batches)
+    calib_s = time.perf_counter() - t0
+    graph = trace_groups(apply_fn, variables, example, through_norms=through_norms)
+    scores = calibrated_unit_scores(variables, graph, moments, method=method)
+    if not query_heads:
+        for g in within_kv_groups(graph):
+            scores.pop(g.name, None)
+    plan = make_plan(
+        variables, graph, float(ratio), unit_scores=scores, kinds=tuple(kinds), ignore=ignore, round_to=round_to
+    )
+    small = _to_dicts(shrink(variables, plan))
+    done: list[str] = []
+    if compensate:
+        regexes = DEFAULT_COMPENSATE if compensate is True else tuple(compensate)  # type: ignore[arg-type]
+        small, done = compensate_biases(variables, small, plan, moments, compensate=regexes)
+    info = dict(
+        calibration_seconds=calib_s,
+        seconds=time.perf_counter() - t0,
+        compensated=done,
+        scored_groups=sorted(scores),
+        method=method,
+    )
+    return small, plan, info
