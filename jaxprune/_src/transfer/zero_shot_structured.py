@@ -51,6 +51,7 @@ __all__ = [
     "conv_forward_flops",
     "effective_step_flops",
     "forward_flops",
+    "random_init",
 ]
 
 METHODS = ("dense", "filter", "channel", "kernel")
@@ -264,11 +265,11 @@ def zero_shot_prune(model, variables, method: str, ratio: float = 0.0) -> Pruned
         plan = zero_shot_plan(variables, trace_model_groups(model, variables), method, ratio)
         out_vars = shrink(variables, plan)
         out_model = models_lib.rebuild(model, out_vars)
-    dense_conv = conv_forward_flops(model, variables)
     fwd = forward_flops(out_model, out_vars)
     eff = fwd
     nonzero = _param_count(out_vars["params"])
     if masks is not None:
+        dense_conv = conv_forward_flops(model, variables)  # one compile per conv: only where needed
         eff = fwd - sum(
             dense_conv[p if p.startswith("params/") else f"params/{p}"] * (1 - float(np.mean(m)))
             for p, m in leaves_with_paths(masks, is_leaf=lambda x: x is None)
@@ -286,9 +287,32 @@ def zero_shot_prune(model, variables, method: str, ratio: float = 0.0) -> Pruned
         "nonzero_params": nonzero,
         "forward_flops": fwd,
         "effective_forward_flops": eff,
-        "conv_forward_flops": conv_forward_flops(out_model, out_vars),
     }
     return PrunedModel(method, float(ratio), out_model, out_vars, masks, plan, stats)
+
+
+def random_init(model, variables, key: jax.Array) -> PrunedModel:
+    """The same architecture as the pretrained ``model`` with freshly initialised weights (method ``'random_init'``).
+
+    The baseline that shows what pretraining is worth: ``variables`` only fix
+    the structure (they must match ``model.init``'s).
+
+    Example:
+      >>> import jax
+      >>> m = models_lib.CifarResNet(stage_sizes=(1, 1, 1), stage_widths=(8, 16, 32), image_size=8)
+      >>> v = m.init(jax.random.key(0), m.example_input(1))
+      >>> pm = random_init(m, v, jax.random.key(1))
+      >>> pm.method, pm.stats['params'] == _param_count(v['params'])
+      ('random_init', True)
+    """
+    from jaxprune._src.tree import check_same_structure
+
+    fresh = dict(jax.jit(model.init)(key, _example(model, 1)))
+    check_same_structure(variables, fresh, "random_init: model.init variables")
+    n = _param_count(fresh["params"])
+    fwd = forward_flops(model, fresh)
+    stats = {"params": n, "nonzero_params": n, "forward_flops": fwd, "effective_forward_flops": fwd}
+    return PrunedModel("random_init", 0.0, model, fresh, None, None, stats)
 
 
 def with_new_head(pm: PrunedModel, num_classes: int, key: jax.Array):
