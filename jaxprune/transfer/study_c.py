@@ -16,7 +16,13 @@ Example:
 """
 
 from jaxprune._src.transfer.study_c import StudyCConfig as Config
-from jaxprune._src.transfer.study_c import default_config, full_config, quick_config
+from jaxprune._src.transfer.study_c import (
+    default_config,
+    effnet_config,
+    effnet_quick_config,
+    full_config,
+    quick_config,
+)
 from jaxprune._src.transfer.study_c import run_study_c as run
 from jaxprune._src.transfer.study_c_probe import penultimate_features, ridge_head
 from jaxprune._src.transfer.study_c_report import METHODS, summarize, write_outputs
@@ -26,6 +32,8 @@ __all__ = [
     "quick_config",
     "default_config",
     "full_config",
+    "effnet_config",
+    "effnet_quick_config",
     "run",
     "summarize",
     "write_outputs",

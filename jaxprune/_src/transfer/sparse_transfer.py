@@ -65,6 +65,9 @@ __all__ = [
     "run_study_b",
     "study_b_tables",
     "write_study_b",
+    "pretrained_transfer",
+    "run_pretrained_study_b",
+    "pretrained_claim",
 ]
 
 #: Small-scale downstream tasks (offline): the real digits plus shapes tasks other than the upstream one.
@@ -121,10 +124,14 @@ class TransferConfig:
     max_train_examples: int | None = None
     feature_batch_size: int = 256
     seed: int = 0
+    normalize: str = "imagenet"  # 'imagenet' mean/std, or 'lite': EfficientNet-Lite's (x*255 - 127.5) / 128
+    max_eval_examples: int | None = None  # cap on the dev and test splits
 
     def __post_init__(self):
         if self.head_init not in ("random", "zeros", "linear"):
             raise ValueError(f"TransferConfig.head_init must be 'random', 'zeros' or 'linear', got {self.head_init!r}")
+        if self.normalize not in ("imagenet", "lite"):
+            raise ValueError(f"TransferConfig.normalize must be 'imagenet' or 'lite', got {self.normalize!r}")
         for name in ("linear_epochs", "linear_batch_size", "full_steps", "full_batch_size", "augment_views"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -280,10 +287,11 @@ def load_transfer_data(
     """
     from jaxprune._src.data import Dataset, load_dataset
 
-    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=data_dir)
+    norm: Any = ((0.5,) * 3, (128 / 255,) * 3) if cfg.normalize == "lite" else "imagenet"
+    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=data_dir, normalize=norm)
     train = load_dataset(name, "train", max_examples=cfg.max_train_examples, **kw)
     try:
-        dev = load_dataset(name, "validation", **kw)
+        dev = load_dataset(name, "validation", max_examples=cfg.max_eval_examples, **kw)
     except ValueError:
         order = np.random.default_rng(cfg.seed).permutation(len(train))
         k = max(len(train) // 10, 1)
@@ -298,7 +306,7 @@ def load_transfer_data(
             train.class_names,
         )
         train, dev = pick(np.sort(order[k:]), "train"), pick(np.sort(order[:k]), "validation")
-    test = load_dataset(name, "test", **kw)
+    test = load_dataset(name, "test", max_examples=cfg.max_eval_examples, **kw)
     return TransferData(name, train, dev, test)
 
 
@@ -624,3 +632,116 @@ def write_study_b(out_dir: str, result: dict) -> str:
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "results.png"), dpi=100)
     return text
+
+
+# ------------------------------------------------------------------------ real pretrained model (EfficientNet-Lite)
+def pretrained_transfer(up, data: TransferData, cfg: TransferConfig, *, freeze: str | None = "dw_conv/kernel") -> list:
+    """Linear probe and fixed-mask full finetuning of one (sparse) pretrained upstream; two run dicts.
+
+    ``linear``: :func:`linear_finetune` (frozen features, new head). ``full``:
+    LP-FT -- starts from the linear probe's head and trains every weight for
+    ``cfg.full_steps`` steps with the upstream mask fixed
+    (:func:`~jaxprune._src.transfer.study_c_probe.masked_finetune`: SGD with
+    Nesterov momentum, warm-up + cosine, BatchNorm statistics kept, params
+    matching ``freeze`` not trained -- depthwise kernels by default, whose CPU
+    backward dominates the step). ``sparsity_after`` checks the mask held.
+    """
+    from jaxprune._src.train import evaluate
+    from jaxprune._src.transfer.sparse_upstream import prunable_sparsity
+    from jaxprune._src.transfer.study_c_probe import masked_finetune
+
+    lin = linear_finetune(up.model, up.variables, data, cfg, up.masks)
+    t0 = time.perf_counter()
+    params = lin.variables["params"]
+    masks = (
+        jax.tree.map(lambda p: np.ones(np.shape(p), bool), params)
+        if lin.masks is None
+        else jax.tree.map(
+            lambda p, m: np.ones(np.shape(p), bool) if m is None else np.asarray(m, bool),
+            params,
+            lin.masks,
+            is_leaf=tree_lib.is_none,
+        )
+    )
+    v = masked_finetune(
+        lin.model,
+        lin.variables,
+        masks,
+        data.train,
+        steps=cfg.full_steps,
+        batch_size=min(cfg.full_batch_size, len(data.train)),
+        learning_rate=cfg.full_lr,
+        weight_decay=cfg.full_weight_decay,
+        warmup_steps=cfg.full_warmup_steps,
+        seed=cfg.seed,
+        freeze=freeze,
+    )
+    test = evaluate(lin.model, v, data.test)
+    dev = evaluate(lin.model, v, data.dev)
+    after = 0.0 if up.masks is None else prunable_sparsity(v["params"], lin.masks)
+    full = TransferResult(
+        "full",
+        data.name,
+        float(test["accuracy"]),
+        float(dev["accuracy"]),
+        float(test["top5"]),
+        lin.seconds + time.perf_counter() - t0,
+        extra={"steps": int(cfg.full_steps), "sparsity_after": float(after), "frozen": freeze},
+    )
+    return [lin, full]
+
+
+def run_pretrained_study_b(
+    upstreams, datasets, cfg: TransferConfig, *, freeze: str | None = "dw_conv/kernel", data_dir=None, log=print
+) -> dict:
+    """Study B on sparse versions of a real pretrained model: every upstream x dataset, both modes."""
+    runs = []
+    for name in datasets:
+        data = load_transfer_data(name, cfg, data_dir=data_dir)
+        for up in upstreams:
+            for r in pretrained_transfer(up, data, cfg, freeze=freeze):
+                runs.append(
+                    {
+                        "method": up.method,
+                        "sparsity": float(up.sparsity),
+                        "upstream_sparsity": float(up.stats.get("sparsity", up.sparsity)),
+                        "upstream_agreement": float(up.stats.get("agreement", float("nan"))),
+                        **r.summary(),
+                    }
+                )
+                log(f"{name:>24} {r.mode:>6} {up.method:>17} s={up.sparsity:.2f}: top-1 {r.test_accuracy:.3f}")
+    return {
+        "config": dataclasses.asdict(cfg),
+        "datasets": list(datasets),
+        "runs": runs,
+        "backend": jax.default_backend(),
+    }
+
+
+def pretrained_claim(result: dict) -> str:
+    """Markdown: per mode and sparsity, the mean delta vs dense of each method (the seed claim's direction)."""
+    tables = study_b_tables(result)
+    lines = [
+        "Seed claim (Iofinova et al.): sparse upstreams transfer about as well as dense ones. Measured here "
+        "(mean over datasets of sparse minus dense top-1, points; |delta| <= 1 counts as 'as well'):",
+        "",
+    ]
+    for mode, t in tables.items():
+        sps = sorted({row[1] for row in t["rows"] if row[0] != "dense"})
+        methods = list(dict.fromkeys(row[0] for row in t["rows"] if row[0] != "dense"))
+        lines += [f"| {mode} | " + " | ".join(f"{100 * s:.0f}%" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+        for m in methods:
+            cells = [t["mean_delta"].get((m, s), float("nan")) for s in sps]
+            lines.append(f"| {m} | " + " | ".join(f"{c:+.2f}" for c in cells) + " |")
+        deltas = [(row, d) for row, d in t["mean_delta"].items() if row[0] != "dense"]
+        held = [(row, d) for row, d in deltas if abs(d) <= 1.0]
+        worse = [(row, d) for row, d in deltas if d < -1.0]
+        better = [(row, d) for row, d in deltas if d > 1.0]
+        lines += [
+            "",
+            f"{mode}: {len(held)}/{len(deltas)} sparse upstreams within 1 point of dense; above dense by more than "
+            f"1 point: {len(better)}; below dense by more than 1 point: "
+            + (", ".join(f"{r[0]}@{100 * r[1]:.0f}% ({d:+.1f})" for r, d in worse) or "none"),
+            "",
+        ]
+    return "\n".join(lines)

