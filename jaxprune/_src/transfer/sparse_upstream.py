@@ -808,11 +808,11 @@ def sparse_pretrained_upstreams(
             lambda p, g: fisher_inverse(p, g, block_size=cfg.woodfisher_block, damp=cfg.woodfisher_damp, prunable=ok)
         )(params, grads)
         del grads
-        prune = jax.jit(lambda p, f, s: obs_prune(p, f, s, spec))
+        prune = jax.jit(lambda p, f, s: obs_prune(p, f, s, spec), static_argnums=2)  # sparsity: a Python float
         t_fisher = time.perf_counter() - t0
         for s in cfg.sparsities:
             t0 = time.perf_counter()
-            new, masks = prune(params, finv, jnp.float32(s))
+            new, masks = prune(params, finv, float(s))
             masks = jax.tree.map(lambda m: None if m is None else np.asarray(m), masks, is_leaf=tree_lib.is_none)
             add("woodfisher", s, dict(dense, params=jax.tree.map(np.asarray, new)), masks, t0, fisher_seconds=t_fisher)
         del finv
