@@ -8,6 +8,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -106,3 +107,15 @@ class NNXDecoder(nnx.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.embed.attend(self.final_norm(x))
+
+
+def random_variables(m, seed=0):
+    """Random variables of ``m`` without compiling anything (norm scales around 1, weights ~ N(0, 0.2))."""
+    shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), m.example_input(1)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        scale = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
+        return jnp.asarray(scale + 0.2 * rng.standard_normal(s.shape), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from decoder_models import LinenDecoder
+from decoder_models import LinenDecoder, random_variables
 
 from jaxprune._src.llm.perplexity import embedding_fidelity, finetune_lm, lm_loss, perplexity
 from jaxprune._src.llm.recipe import load_llm_recipe, recipe_from_dict
@@ -17,18 +17,6 @@ from jaxprune.models import from_config, get_config
 from jaxprune.models.llama import llama_rebuild, llama_tiny_test
 
 TOK = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 7)))
-
-
-def _random_variables(m, seed=0):
-    """Random variables of ``m`` without compiling anything (norm scales around 1, weights ~ N(0, 0.2))."""
-    shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), m.example_input(1)))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        scale = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return jnp.asarray(scale + 0.2 * rng.standard_normal(s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _same_math_params(v):
@@ -52,7 +40,7 @@ def _same_math_params(v):
 
 def test_decoder_matches_reference_math_and_scanned_stack():
     m = llama_tiny_test(vocab_size=50)
-    v = _random_variables(m)
+    v = random_variables(m)
     ref = LinenDecoder(vocab=50, dim=32, heads=4, kv_heads=2, head_dim=8, hidden=48, layers=2)
     ms = m.clone(scan_layers=True)
     blocks = [v["params"][f"block_{i}"] for i in range(2)]
@@ -113,7 +101,7 @@ def test_text_data_is_real_deterministic_and_split_by_topic():
 
 def test_perplexity_and_masked_finetune():
     m = llama_tiny_test(num_layers=1)
-    v = _random_variables(m)
+    v = random_variables(m)
     f = lambda p, t: m.apply({"params": p}, t)  # noqa: E731
     batch = jnp.asarray(np.random.default_rng(1).integers(0, 8, (4, 9)))
     ppl = perplexity(f, v["params"], [batch, batch])

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from decoder_models import random_variables
 
 from jaxprune._src.llm.depth import (
     ablation_scores,
@@ -17,26 +18,13 @@ from jaxprune._src.llm.depth import (
 )
 from jaxprune.models.llama import llama_rebuild, llama_tiny_test
 
-
-def _random_variables(m, seed=0):
-    """Random variables of ``m`` without compiling anything (norm scales around 1, weights ~ N(0, 0.2))."""
-    shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), m.example_input(1)))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        scale = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return jnp.asarray(scale + 0.2 * rng.standard_normal(s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 TOK = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 10)))
 
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_removed_blocks_equal_identity_blocks(scan):
     m = llama_tiny_test(num_layers=4, scan_layers=scan)
-    v = _random_variables(m)
+    v = random_variables(m)
     m2, v2 = remove_blocks(m, v, [2, 0])
     assert m2.num_layers == 2
     ref, full, out = jax.jit(lambda v, v2, t: (m.apply(v, t, skip=(0, 2)), m.apply(v, t), m2.apply(v2, t)))(v, v2, TOK)
@@ -54,7 +42,7 @@ def test_removed_blocks_equal_identity_blocks(scan):
 
 def test_block_influence_and_ablation_match_direct_computation():
     m = llama_tiny_test(num_layers=2)
-    v = _random_variables(m, 3)
+    v = random_variables(m, 3)
     hidden = lambda p, t: m.apply(p, t, return_hidden=True)[1]  # noqa: E731
     bi = block_influence(hidden, v, [TOK])
     h = [np.asarray(x, np.float64).reshape(-1, x.shape[-1]) for x in jax.jit(hidden)(v, TOK)]
@@ -77,7 +65,7 @@ def test_block_influence_and_ablation_match_direct_computation():
 
 def test_depth_errors_name_the_problem():
     m = llama_tiny_test(num_layers=2)
-    v = _random_variables(m)
+    v = random_variables(m)
     with pytest.raises(ValueError, match="out of range"):
         remove_blocks(m, v, [2])
     with pytest.raises(ValueError, match="all 2 blocks"):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from decoder_models import random_variables
 
 from jaxprune._src.llm.structured_calib import (
     calibrated_unit_scores,
@@ -20,22 +21,10 @@ from jaxprune.models.llama import llama_rebuild, llama_tiny_test
 DOWN = "params/block_0/mlp/down/kernel"
 
 
-def _random_variables(m, seed=0):
-    """Random variables of ``m`` without compiling anything (norm scales around 1, weights ~ N(0, 0.2))."""
-    shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), m.example_input(1)))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        scale = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return jnp.asarray(scale + 0.2 * rng.standard_normal(s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module")
 def setup():
     m = llama_tiny_test(num_heads=4, num_kv_heads=2)
-    v = _random_variables(m)
+    v = random_variables(m)
     rng = np.random.default_rng(0)
     calib = [jnp.asarray(rng.integers(0, 64, (4, 12))) for _ in range(2)]
     apply = lambda v, t: m.apply(v, t)  # noqa: E731
