@@ -10,7 +10,8 @@ Namespaces kept out of ``import jaxprune`` (they import heavier libraries):
 ``jaxprune.models`` (reference Linen/NNX models), ``jaxprune.train`` (the
 finetuning harness), ``jaxprune.data`` (tfds + offline datasets),
 ``jaxprune.convert`` (torchvision / timm / HF weights), ``jaxprune.vote``
-(study C's mask library and vote), ``jaxprune.llm`` (calibration-based pruning of transformers), ``jaxprune.transfer`` (the studies),
+(study C's mask library and vote), ``jaxprune.llm`` (calibration-based pruning of
+transformers), ``jaxprune.transfer`` (the studies),
 ``jaxprune.cli`` and ``jaxprune.demo``.
 """
 
