@@ -171,8 +171,15 @@ def test_quick_measurement_on_a_tiny_cnn():
     for s in t.sites:
         for f in t.probes[s["probe"]]["factors"]:
             assert f["widths"] == sorted(f["widths"]) and len(f["times"]) == len(f["widths"])
-    plan = make_plan(v, g, budget=latency_budget(0.6, table=t))
-    assert t.predict(plan) <= 0.6 * t.dense_s + 1e-12
+    # A model this small is dispatch-bound: whether 0.6x is reachable depends on the measured times, so
+    # either the plan meets the budget or the documented "unreachable" error names the floor (the budget
+    # logic itself is tested on synthetic tables above; timings are never asserted).
+    try:
+        plan = make_plan(v, g, budget=latency_budget(0.6, table=t))
+        assert t.predict(plan) <= 0.6 * t.dense_s + 1e-12
+    except ValueError as e:
+        assert "unreachable" in str(e) and "narrowest" in str(e), e
+        plan = make_plan(v, g, 0.5)
     rows = validate_latency(v, g, t, {"planned": plan}, reps=1, warmup=0)
     assert [r["name"] for r in rows] == ["dense", "planned"]
     assert all(r["measured_s"] > 0 and np.isfinite(r["error"]) for r in rows)
