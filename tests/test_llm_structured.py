@@ -1,4 +1,4 @@
-"""Calibrated structured pruning (FLAP-style fluctuation scores + bias compensation) on the Llama decoder."""
+"""Calibrated structured pruning (FLAP-style fluctuation scores + bias compensation): Llama decoder, BERT encoder."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from jaxprune._src.llm.structured_calib import (
     within_kv_groups,
 )
 from jaxprune._src.structured.trace import trace_groups
+from jaxprune.models import rebuild
+from jaxprune.models.bert import bert_tiny_test
 from jaxprune.models.llama import llama_rebuild, llama_tiny_test
 
 DOWN = "params/block_0/mlp/down/kernel"
@@ -70,7 +72,8 @@ def test_compensation_preserves_mean_output_and_lowers_error(setup):
     dense = x @ w
     errs = {}
     for comp in (False, True):
-        small, plan, info = flap_prune(apply, v, calib[0], calib, 0.5, compensate=comp)
+        # one-shot compensation (dense-model means): exact for block 0's down projection on dense inputs
+        small, plan, info = flap_prune(apply, v, calib[0], calib, 0.5, compensate=comp, recalibrate=False)
         kept = list(plan.leaves[DOWN][0])
         assert len(kept) == 24
         ws = np.asarray(small["params"]["block_0"]["mlp"]["down"]["kernel"], np.float64)
@@ -85,6 +88,94 @@ def test_compensation_preserves_mean_output_and_lowers_error(setup):
             assert bias is None and not info["compensated"]
             assert np.abs(out.mean(0) - dense.mean(0)).max() > 1e-3
     assert errs[True] < errs[False]
+
+
+def _mean_outputs(apply, v, batches, paths, mask=None):
+    """Mean output over (unmasked) tokens of the modules at ``paths`` (e.g. ``'layer_0/mlp/fc2'``)."""
+
+    def outs(v, b):
+        found = {}
+
+        def grab(next_fun, args, kwargs, context):
+            y = next_fun(*args, **kwargs)
+            name = "/".join(context.module.path)
+            if context.method_name == "__call__" and name in paths:
+                w = jnp.ones(y.shape[:2]) if mask is None else mask(b).astype(y.dtype)
+                found[name] = (jnp.einsum("bs...,bs->...", y, w), w.sum())
+            return y
+
+        with nn.intercept_methods(grab):
+            apply(v, b)
+        return found
+
+    f = jax.jit(outs)
+    tot = {}
+    for b in batches:
+        for k, (s, n) in f(v, b).items():
+            s0, n0 = tot.get(k, (0.0, 0.0))
+            tot[k] = (s0 + np.asarray(s, np.float64), n0 + float(n))
+    return {k: s / n for k, (s, n) in tot.items()}
+
+
+def test_recalibrated_compensation_matches_dense_mean_outputs_on_the_pruned_decoder(setup):
+    m, v, apply, calib = setup
+    paths = {f"block_{i}/{n}" for i in range(2) for n in ("attn/o", "mlp/down")}
+    dense = _mean_outputs(apply, v, calib, paths)
+    means = {}
+    for rec in (False, True):
+        small, _, info = flap_prune(apply, v, calib[0], calib, 0.5, recalibrate=rec)
+        if not rec:
+            assert info["recalibration_passes"] == 0
+        m2 = llama_rebuild(m, small)
+        means[rec] = _mean_outputs(lambda v, t: m2.apply(v, t), small, calib, paths)
+    assert 1 <= info["recalibration_passes"] <= 4
+    for p in paths:  # every layer's mean output on the pruned model equals the dense layer's
+        np.testing.assert_allclose(means[True][p], dense[p], atol=1e-4 * max(1.0, np.abs(dense[p]).max()))
+    # one-shot (dense means) misses the drift of the later layers' inputs
+    assert max(np.abs(means[False][p] - dense[p]).max() for p in paths) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    m = bert_tiny_test(num_hidden_layers=2)
+    rng = np.random.default_rng(0)
+
+    def batch(n, s):
+        lengths = rng.integers(3, s + 1, n)
+        mask = (np.arange(s)[None] < lengths[:, None]).astype(np.int32)
+        ids = rng.integers(1, 100, (n, s)) * mask
+        return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
+
+    v = jax.jit(m.init)(jax.random.key(0), batch(1, 8)["input_ids"])
+    noise = lambda x: 0.1 * np.random.default_rng(x.size).standard_normal(x.shape, np.float32)  # noqa: E731
+    v = jax.tree.map(lambda x: x + noise(x), v)  # non-trivial biases
+    apply = lambda v, b: m.apply(v, b["input_ids"], b["attention_mask"])[0]  # noqa: E731
+    return m, v, apply, [batch(4, 8) for _ in range(2)], batch
+
+
+def test_flap_on_encoder_dict_batches_shrinks_rebuilds_and_keeps_mean_outputs(encoder):
+    m, v, apply, calib, batch = encoder
+    mask = lambda b: b["attention_mask"]  # noqa: E731
+    small, plan, info = flap_prune(apply, v, calib[0], calib, 0.5, ignore=[r"pooler"], row_mask=mask)
+    m2 = rebuild(m, small)
+    widths = dict(m2.widths)
+    assert widths["layer_0/attention"] == 2 and widths["layer_1/mlp/fc1"] == 32 and "pooler" not in widths
+    assert sorted(info["compensated"]) == sorted(
+        f"params/layer_{i}/{n}/kernel" for i in range(2) for n in ("attention/out", "mlp/fc2")
+    )
+    apply2 = lambda v, b: m2.apply(v, b["input_ids"], b["attention_mask"])[0]  # noqa: E731
+    paths = {f"layer_{i}/{n}" for i in range(2) for n in ("attention/out", "mlp/fc2")}
+    dense = _mean_outputs(apply, v, calib, paths, mask)
+    pruned = _mean_outputs(apply2, small, calib, paths, mask)
+    for p in paths:  # padding left out of the means: compensation matches the dense means on real tokens
+        np.testing.assert_allclose(pruned[p], dense[p], atol=1e-4 * max(1.0, np.abs(dense[p]).max()))
+    out = jax.jit(apply2)(small, batch(3, 11))  # another shape than calibration
+    assert out.shape == (3, 11, 32) and bool(jnp.isfinite(out).all())
+    mom = input_moments(apply, v, calib, row_mask=mask)
+    assert mom["params/layer_0/mlp/fc1/kernel"].count == int(sum(b["attention_mask"].sum() for b in calib))
+    assert mom["params/pooler/kernel"].count == 8  # the first token of each sentence: no (batch, seq) axes
+    with pytest.raises(ValueError, match="recalibrate"):
+        flap_prune(apply, v, calib[0], calib, 0.5, recalibrate=-1)
 
 
 def test_shrunk_decoder_runs_smaller_and_keeps_whole_query_groups(setup):

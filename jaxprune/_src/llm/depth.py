@@ -9,7 +9,8 @@
 * :func:`remove_blocks_params` / :func:`remove_blocks`: drop blocks from an
   unrolled stack (``block_0 .. block_{L-1}`` subtrees, renumbered) or from a
   scanned stack (leaves under ``blocks`` with a leading layer axis, sliced),
-  and return a runnable shallower model (``model.clone(num_layers=...)``).
+  and return a runnable shallower model (``model.clone(num_layers=...)``, or
+  ``num_hidden_layers`` for a BERT/MiniLM encoder whose layers are ``layer_{i}``).
 
 Example:
   >>> import numpy as np
@@ -33,13 +34,22 @@ import optax
 __all__ = ["block_influence", "ablation_scores", "blocks_to_remove", "remove_blocks_params", "remove_blocks"]
 
 
-def block_influence(hidden_fn: Callable[[Any, jax.Array], Any], params: Any, batches: Iterable[Any]) -> np.ndarray:
+def block_influence(
+    hidden_fn: Callable[[Any, Any], Any],
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    row_mask: Callable[[Any], Any] | None = None,
+) -> np.ndarray:
     """Block Influence of every block, ``(num_blocks,)``: ``1 - mean cos(h_i, h_{i+1})`` over all tokens.
 
     Args:
-      hidden_fn: ``hidden_fn(params, tokens)`` -> the residual stream before the first block and after every
+      hidden_fn: ``hidden_fn(params, batch)`` -> the residual stream before the first block and after every
         block: a list of ``L + 1`` arrays ``(..., d)`` or one array ``(L + 1, ..., d)``.
-      batches: token batches (for LM batches ``(b, s + 1)`` pass ``b[:, :-1]`` yourself if you want).
+      batches: token batches (for LM batches ``(b, s + 1)`` pass ``b[:, :-1]`` yourself if you want), or any
+        pytree batches ``hidden_fn`` accepts (e.g. a BERT batch dict).
+      row_mask: ``row_mask(batch)`` -> 0/1 weights of the hidden states' leading ``(..., )`` token axes
+        (e.g. an encoder's attention mask, to leave padding out); default: every token counts.
 
     >>> f = lambda p, t: [t, 2 * t, -2 * t]   # block 0 scales (cos 1), block 1 flips (cos -1)
     >>> block_influence(f, None, [jnp.ones((1, 2, 3))]).tolist()
@@ -53,20 +63,27 @@ def block_influence(hidden_fn: Callable[[Any, jax.Array], Any], params: Any, bat
         h = h.astype(jnp.float32)
         a, b = h[:-1], h[1:]
         cos = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-12)
-        return cos.reshape(cos.shape[0], -1).sum(1), cos[0].size
+        w = jnp.ones(cos.shape[1:]) if row_mask is None else jnp.broadcast_to(row_mask(tokens), cos.shape[1:])
+        w = w.astype(jnp.float32)
+        return (cos * w).reshape(cos.shape[0], -1).sum(1), w.sum()
 
-    total, count = None, 0
+    total, count = None, 0.0
     for tokens in batches:
-        s, n = cos_sums(params, jnp.asarray(tokens))
+        s, n = cos_sums(params, jax.tree.map(jnp.asarray, tokens))
         total = np.asarray(s, np.float64) if total is None else total + np.asarray(s, np.float64)
-        count += int(n)
+        count += float(n)
     if total is None:
         raise ValueError("block_influence: no calibration batches")
     return 1.0 - total / count
 
 
 def ablation_scores(
-    apply_fn: Callable[..., jax.Array], params: Any, batches: Sequence[Any], num_blocks: int
+    apply_fn: Callable[..., Any],
+    params: Any,
+    batches: Sequence[Any],
+    num_blocks: int,
+    *,
+    metric: Callable[[Any, Any, Any], jax.Array] | None = None,
 ) -> np.ndarray:
     """Loss increase ``(num_blocks,)`` when each block alone is replaced by the identity.
 
@@ -74,6 +91,11 @@ def ablation_scores(
       apply_fn: ``apply_fn(params, tokens, skip) -> logits`` where ``skip`` is a tuple of block indices run
         as the identity (``LlamaDecoder.apply(v, t, skip=...)``).
       batches: LM batches ``(b, s + 1)`` (inputs and next-token targets); a sequence (read ``L + 1`` times).
+      metric: for any other model (an encoder): ``metric(out, dense_out, batch) -> scalar`` (lower is
+        better), where ``out = apply_fn(params, batch, skip)`` gets the *whole* batch and ``dense_out`` is
+        the output with no block skipped. Score ``i`` = mean over batches of ``metric`` with block ``i``
+        skipped minus the same with none skipped; e.g. ``1 - cos`` of sentence embeddings to the dense
+        ones (0 for the unpruned model). Default: next-token cross-entropy of an LM, as above.
 
     >>> f = lambda p, t, skip: jnp.zeros(t.shape + (4,)) + (1 in skip) * jax.nn.one_hot(t, 4) * 5
     >>> float(ablation_scores(f, None, [jnp.zeros((1, 3), jnp.int32)], 2)[0])
@@ -94,8 +116,25 @@ def ablation_scores(
         tot = sum(float(f(params, jnp.asarray(b))) for b in batches)
         return tot / sum(int(np.shape(b)[0]) * (int(np.shape(b)[1]) - 1) for b in batches)
 
+    if metric is not None:
+        return _metric_ablation(apply_fn, params, batches, num_blocks, metric)
     base = mean_loss(())
     return np.asarray([mean_loss((i,)) - base for i in range(num_blocks)])
+
+
+def _metric_ablation(apply_fn, params, batches, num_blocks, metric) -> np.ndarray:
+    def scores(p, b, skip):
+        ref = apply_fn(p, b, ())
+        return metric(apply_fn(p, b, skip), ref, b)
+
+    f = jax.jit(scores, static_argnums=2)
+    batches = [jax.tree.map(jnp.asarray, b) for b in batches]
+
+    def mean(skip):
+        return float(np.mean([float(f(params, b, skip)) for b in batches]))
+
+    base = mean(())
+    return np.asarray([mean((i,)) - base for i in range(num_blocks)])
 
 
 def blocks_to_remove(scores: Any, n: int) -> tuple[int, ...]:
@@ -176,12 +215,14 @@ def remove_blocks_params(
     raise _NoBlocks(f"remove_blocks_params: no '{prefix}<i>' subtrees and no {scan_key!r} key in {list(params)}")
 
 
-def remove_blocks(model: Any, variables: Any, blocks: Iterable[int]) -> tuple[Any, Any]:
-    """``(shallower_model, variables)``: ``model.clone(num_layers=L - k)`` and the variables without ``blocks``.
+def remove_blocks(model: Any, variables: Any, blocks: Iterable[int], *, prefix: str | None = None) -> tuple[Any, Any]:
+    """``(shallower_model, variables)``: the model cloned with ``L - k`` layers and the variables without ``blocks``.
 
-    ``model`` is a Linen model with a ``num_layers`` field whose blocks are ``block_{i}`` submodules or one
-    scanned ``blocks`` submodule (e.g. :class:`jaxprune.models.llama.LlamaDecoder`). The shallower model
-    computes exactly what the original computes with those blocks replaced by the identity.
+    ``model`` is a Linen model with a ``num_layers`` (e.g. :class:`jaxprune.models.llama.LlamaDecoder`) or
+    ``num_hidden_layers`` (e.g. :class:`jaxprune.models.bert.BertEncoder`) field whose blocks are
+    ``{prefix}{i}`` submodules (``prefix`` default: ``'block_'``, else ``'layer_'``, whichever the variables
+    hold) or one scanned ``blocks`` submodule. The shallower model computes exactly what the original
+    computes with those blocks replaced by the identity.
 
     >>> import jax
     >>> from jaxprune.models.llama import llama_tiny_test
@@ -189,25 +230,38 @@ def remove_blocks(model: Any, variables: Any, blocks: Iterable[int]) -> tuple[An
     >>> m2, v2 = remove_blocks(m, v, [1]); m2.num_layers, sorted(k for k in v2['params'] if k.startswith('block'))
     (2, ['block_0', 'block_1'])
     """
-    if not hasattr(model, "num_layers") or not hasattr(model, "clone"):
+    field = next((f for f in ("num_layers", "num_hidden_layers") if hasattr(model, f)), None)
+    if field is None or not hasattr(model, "clone"):
         raise TypeError(
-            f"remove_blocks: model must be a Linen model with a num_layers field, got {type(model).__name__}"
+            "remove_blocks: model must be a Linen model with a num_layers or num_hidden_layers field, "
+            f"got {type(model).__name__}"
         )
-    blocks = _check_blocks(blocks, int(model.num_layers))
-    new_vars = remove_blocks_params(variables, blocks)
-    old_to_new = {i: j for j, i in enumerate(i for i in range(model.num_layers) if i not in blocks)}
+    num = int(getattr(model, field))
+    blocks = _check_blocks(blocks, num)
+    new_vars = None
+    for pre in (prefix,) if prefix is not None else ("block_", "layer_"):
+        try:
+            new_vars = remove_blocks_params(variables, blocks, prefix=pre)
+        except _NoBlocks:
+            if prefix is not None or pre == "layer_":
+                raise
+            continue
+        prefix = pre
+        break
+    old_to_new = {i: j for j, i in enumerate(i for i in range(num) if i not in blocks)}
+    rx = re.compile(rf"^{re.escape(str(prefix))}(\d+)(/.*)?$")
 
     def renumber(entries, key=lambda e: e, rebuild=lambda e, k: k):
         out = []
         for e in entries:
-            m = re.match(r"^block_(\d+)(/.*)$", key(e))
+            m = rx.match(key(e))
             if m is None:
                 out.append(e)
             elif int(m.group(1)) in old_to_new:
-                out.append(rebuild(e, f"block_{old_to_new[int(m.group(1))]}{m.group(2)}"))
+                out.append(rebuild(e, f"{prefix}{old_to_new[int(m.group(1))]}{m.group(2) or ''}"))
         return tuple(out)
 
-    changes: dict[str, Any] = {"num_layers": model.num_layers - len(blocks)}
+    changes: dict[str, Any] = {field: num - len(blocks)}
     if getattr(model, "widths", ()):
         changes["widths"] = renumber(model.widths, key=lambda e: e[0], rebuild=lambda e, k: (k, e[1]))
     if getattr(model, "biases", ()):

@@ -17,7 +17,12 @@
    calibration tokens is unchanged; the bias is then shrunk like the layer's
    output axes.
 4. :func:`flap_prune` ties it together: trace -> moments -> scores -> ``make_plan(unit_scores=...)``
-   -> ``shrink`` -> compensation.
+   -> ``shrink`` -> compensation. By default (``recalibrate=True``) the compensation is then refined on
+   the pruned model itself: the calibration batches are run again through the pruned, compensated model
+   and every bias is set so that its layer's mean output equals the dense layer's
+   (``b + E_dense[x] W - E_pruned[x_kept] W_kept``), pass after pass until it no longer changes -- the
+   one-shot biases use dense-model means, which are wrong for layers whose inputs changed upstream.
+5. Inputs may be any pytree (a BERT batch dict); ``row_mask`` leaves padding tokens out.
 
 Example:
   >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -44,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxprune._src.tree import leaves_with_paths
+from jaxprune._src.tree import leaves_with_paths, map_with_path
 
 __all__ = [
     "InputMoments",
@@ -94,13 +99,24 @@ def _n_in(module: nn.Module) -> int | None:
 
 
 def input_moments(
-    apply_fn: Callable[[Any, Any], Any], variables: Any, batches: Iterable[Any], *, dtype: Any = jnp.float32
+    apply_fn: Callable[[Any, Any], Any],
+    variables: Any,
+    batches: Iterable[Any],
+    *,
+    dtype: Any = jnp.float32,
+    row_mask: Callable[[Any], Any] | None = None,
 ) -> dict[str, InputMoments]:
     """``{kernel leaf path: InputMoments}`` of every ``nn.Dense`` / ``nn.DenseGeneral`` called by ``apply_fn``.
 
     ``apply_fn(variables, batch)`` must call a Linen ``Module.apply`` (the interception is
-    ``nn.intercept_methods``). Paths are those of ``variables`` (``'params/block_0/mlp/down/kernel'`` for a
-    Linen variables dict). One jit compilation per batch shape; float32 accumulation.
+    ``nn.intercept_methods``); a batch is any pytree of arrays (e.g. a BERT batch
+    ``{'input_ids', 'attention_mask', ...}``). Paths are those of ``variables``
+    (``'params/block_0/mlp/down/kernel'`` for a Linen variables dict). One jit compilation per batch shape;
+    float32 accumulation.
+
+    ``row_mask(batch)`` (optional) gives a ``(batch, seq)`` 0/1 array of the tokens to count (e.g. the
+    attention mask, to leave padding out); it applies to every layer whose input has those leading axes
+    (layers on other shapes, e.g. a pooler on the first token only, count all their rows).
 
     >>> import flax.linen as nn
     >>> d = nn.Dense(2); v = d.init(jax.random.key(0), jnp.ones((1, 3)))
@@ -108,10 +124,48 @@ def input_moments(
     >>> mom['params/kernel'].mean.tolist(), mom['params/kernel'].count
     ([1.5, 2.5, 3.5], 2)
     """
+    return _moments(apply_fn, variables, batches, dtype=dtype, row_mask=row_mask)
+
+
+def _moments(
+    apply_fn: Callable[[Any, Any], Any],
+    variables: Any,
+    batches: Iterable[Any],
+    *,
+    dtype: Any = jnp.float32,
+    row_mask: Callable[[Any], Any] | None = None,
+    offsets: Mapping[str, np.ndarray] | None = None,
+    stats_fn: Callable[..., Any] | None = None,
+) -> dict[str, InputMoments]:
+    """:func:`input_moments`; ``offsets`` (``{kernel path: array of the layer's output features}``) are added
+    to those layers' outputs while calibrating (compensation biases on a model whose layers have none).
+    ``stats_fn``: a :func:`_stats_fn` to reuse (one compilation for repeated passes)."""
+    offs = {k: jnp.asarray(v, dtype) for k, v in (offsets or {}).items()}
+    f = stats_fn or _stats_fn(apply_fn, variables, dtype, row_mask)
+    out: dict[str, list] = {}
+    for batch in batches:
+        for k, (s, q, c) in f(variables, jax.tree.map(jnp.asarray, batch), offs).items():
+            s, q = np.asarray(s, np.float64), np.asarray(q, np.float64)
+            if k in out:
+                out[k][0] += s
+                out[k][1] += q
+                out[k][2] += int(round(float(c)))
+            else:
+                out[k] = [s, q, int(round(float(c)))]
+    if not out:
+        raise ValueError("input_moments: no calibration batches, or apply_fn calls no nn.Dense / nn.DenseGeneral")
+    return {k: InputMoments(s, q, c, s.ndim) for k, (s, q, c) in out.items()}
+
+
+def _stats_fn(
+    apply_fn: Callable[[Any, Any], Any], variables: Any, dtype: Any, row_mask: Callable[[Any], Any] | None
+) -> Callable[..., Any]:
+    """Jitted ``(variables, batch, offsets) -> {kernel path: (sum, sq_sum, count)}`` for one batch."""
     prefix = ["params"] if isinstance(variables, Mapping) and "params" in variables else []
 
-    def stats(v, batch):
+    def stats(v, batch, offs):
         found: dict[str, tuple[jax.Array, jax.Array, jax.Array]] = {}
+        mask = None if row_mask is None else jnp.asarray(row_mask(batch)).astype(dtype)
 
         def interceptor(next_fun, args, kwargs, context):
             n_in = _n_in(context.module) if context.method_name == "__call__" else None
@@ -119,31 +173,25 @@ def input_moments(
                 x = jnp.asarray(args[0]).astype(dtype)
                 flat = x.reshape((-1,) + x.shape[x.ndim - n_in :])
                 path = "/".join([*prefix, *context.module.path, "kernel"])
-                s, q, c = flat.sum(0), (flat * flat).sum(0), jnp.asarray(flat.shape[0], jnp.float32)
+                if mask is not None and x.shape[: x.ndim - n_in] == mask.shape:
+                    r = mask.reshape((-1,) + (1,) * n_in)
+                    s, q, c = (flat * r).sum(0), (flat * flat * r).sum(0), mask.sum()
+                else:
+                    s, q, c = flat.sum(0), (flat * flat).sum(0), jnp.asarray(flat.shape[0], dtype)
                 if path in found:  # a layer called twice: accumulate
                     s0, q0, c0 = found[path]
                     s, q, c = s + s0, q + q0, c + c0
                 found[path] = (s, q, c)
+                if path in offs:
+                    y = next_fun(*args, **kwargs)
+                    return y + offs[path].astype(y.dtype)
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(interceptor):
             apply_fn(v, batch)
         return found
 
-    f = jax.jit(stats)
-    out: dict[str, list] = {}
-    for batch in batches:
-        for k, (s, q, c) in f(variables, jnp.asarray(batch)).items():
-            s, q = np.asarray(s, np.float64), np.asarray(q, np.float64)
-            if k in out:
-                out[k][0] += s
-                out[k][1] += q
-                out[k][2] += int(c)
-            else:
-                out[k] = [s, q, int(c)]
-    if not out:
-        raise ValueError("input_moments: no calibration batches, or apply_fn calls no nn.Dense / nn.DenseGeneral")
-    return {k: InputMoments(s, q, c, s.ndim) for k, (s, q, c) in out.items()}
+    return jax.jit(stats)
 
 
 def _params_by_path(params: Any) -> dict[str, np.ndarray]:
@@ -211,25 +259,31 @@ def within_kv_groups(graph: Any) -> list[Any]:
     return out
 
 
-def compensate_biases(
+def _kept_inputs(shape: tuple[int, ...], n_in: int, in_axes: Mapping[int, Sequence[int]]) -> np.ndarray:
+    kept = np.ones(shape[:n_in], bool)
+    for a, k in in_axes.items():
+        along = np.zeros(shape[a], bool)
+        along[list(k)] = True
+        kept &= along.reshape([-1 if i == a else 1 for i in range(n_in)])
+    return kept
+
+
+def _bias_offsets(
     params: Any,
-    shrunk_params: Any,
     plan: Any,
     moments: Mapping[str, InputMoments],
-    *,
-    compensate: Sequence[str] = DEFAULT_COMPENSATE,
-) -> tuple[Any, list[str]]:
-    """Adds each pruned input element's mean contribution to its layer's (new or existing) output bias.
+    compensate: Sequence[str],
+    pruned_moments: Mapping[str, InputMoments] | None = None,
+) -> dict[str, np.ndarray]:
+    """``{consumer kernel path: output offset (dense output coordinates)}``.
 
-    For a consumer kernel ``W`` (dense coordinates, from ``params``) matching a ``compensate`` regex whose
-    input axes lose elements ``P`` in ``plan``: ``b' = b + sum_{j in P} E[x_j] W_j``, then shrunk along the
-    kernel's pruned output axes, written next to the kernel in ``shrunk_params`` (nested dicts). Returns
-    ``(new_shrunk_params, [compensated kernel paths])``.
+    Without ``pruned_moments``: ``sum_{j in P} E[x_j] W_j`` (FLAP). With them (the consumer's input moments
+    measured on the pruned, already compensated model): ``E_dense[x] W - E_pruned[x_kept] W_kept``, which
+    makes the consumer's mean output over the calibration tokens equal the dense model's.
     """
     leaves = _params_by_path(params)
     rx = [re.compile(r) for r in compensate]
-    out = jax.tree.map(lambda x: x, shrunk_params)  # a copy of the containers
-    done = []
+    out = {}
     for path, axes in plan.leaves.items():
         mom = moments.get(path)
         if mom is None or not any(r.search(path) for r in rx):
@@ -238,23 +292,69 @@ def compensate_biases(
         if not in_axes:
             continue
         w = np.asarray(leaves[path], np.float64)
-        kept = np.ones(w.shape[: mom.n_in], bool)
-        for a, k in in_axes.items():
-            along = np.zeros(w.shape[a], bool)
-            along[list(k)] = True
-            kept &= along.reshape([-1 if i == a else 1 for i in range(mom.n_in)])
-        contrib = mom.mean * (~kept)
-        comp = np.tensordot(contrib, w, axes=(list(range(mom.n_in)), list(range(mom.n_in))))
+        kept = _kept_inputs(w.shape, mom.n_in, in_axes)
+        if pruned_moments is None or path not in pruned_moments:
+            contrib = mom.mean * (~kept)
+        else:
+            contrib = mom.mean - pruned_moments[path].mean * kept
+        out[path] = np.tensordot(contrib, w, axes=(list(range(mom.n_in)), list(range(mom.n_in))))
+    return out
+
+
+def _write_biases(params: Any, shrunk_params: Any, plan: Any, offsets: Mapping[str, np.ndarray]) -> Any:
+    leaves = _params_by_path(params)
+    out = jax.tree.map(lambda x: x, shrunk_params)  # a copy of the containers
+    for path, comp in offsets.items():
+        n_in = np.ndim(leaves[path]) - comp.ndim
         bias_path = path[: -len("kernel")] + "bias"
         old = leaves.get(bias_path)
         bias = comp + (np.asarray(old, np.float64) if old is not None else 0.0)
+        for a, k in plan.leaves[path].items():
+            if a >= n_in:
+                bias = np.take(bias, list(k), axis=a - n_in)
+        _set_path(out, bias_path, jnp.asarray(bias, np.asarray(leaves[path]).dtype))
+    return out
+
+
+def compensate_biases(
+    params: Any,
+    shrunk_params: Any,
+    plan: Any,
+    moments: Mapping[str, InputMoments],
+    *,
+    compensate: Sequence[str] = DEFAULT_COMPENSATE,
+    pruned_moments: Mapping[str, InputMoments] | None = None,
+) -> tuple[Any, list[str]]:
+    """Adds each pruned input element's mean contribution to its layer's (new or existing) output bias.
+
+    For a consumer kernel ``W`` (dense coordinates, from ``params``) matching a ``compensate`` regex whose
+    input axes lose elements ``P`` in ``plan``: ``b' = b + sum_{j in P} E[x_j] W_j``, then shrunk along the
+    kernel's pruned output axes, written next to the kernel in ``shrunk_params`` (nested dicts). Returns
+    ``(new_shrunk_params, [compensated kernel paths])``.
+
+    ``pruned_moments`` (optional, the consumers' input moments on the pruned model, see
+    :func:`flap_prune`'s ``recalibrate``): ``b' = b + E_dense[x] W - E_pruned[x_kept] W_kept`` instead, which
+    also corrects the drift of the kept inputs' means caused by pruning upstream layers.
+    """
+    offsets = _bias_offsets(params, plan, moments, tuple(compensate), pruned_moments)
+    return _write_biases(params, shrunk_params, plan, offsets), list(offsets)
+
+
+def _masked_dense(variables: Any, plan: Any) -> Any:
+    """``variables`` with every unit the plan prunes zeroed (dense shapes: the shrunk model's computation)."""
+
+    def one(path, x):
+        axes = plan.leaves.get(path)
+        if not axes:
+            return x
+        keep = np.ones(np.shape(x), bool)
         for a, k in axes.items():
-            if a >= mom.n_in:
-                bias = np.take(bias, list(k), axis=a - mom.n_in)
-        dtype = np.asarray(leaves[path]).dtype
-        _set_path(out, bias_path, jnp.asarray(bias, dtype))
-        done.append(path)
-    return out, done
+            along = np.zeros(np.shape(x)[a], bool)
+            along[list(k)] = True
+            keep &= along.reshape([-1 if i == a else 1 for i in range(np.ndim(x))])
+        return jnp.where(jnp.asarray(keep), x, jnp.zeros((), jnp.asarray(x).dtype))
+
+    return map_with_path(one, variables)
 
 
 def _set_path(tree: Any, path: str, value: Any) -> None:
@@ -289,6 +389,8 @@ def flap_prune(
     ignore: Sequence[str] | None = None,
     round_to: int = 1,
     query_heads: bool = False,
+    row_mask: Callable[[Any], Any] | None = None,
+    recalibrate: bool | int = True,
 ) -> tuple[Any, Any, dict]:
     """Calibrated structured pruning: ``(shrunk_variables, plan, info)``.
 
@@ -304,8 +406,20 @@ def flap_prune(
       ignore: regexes of root leaf paths kept whole.
       query_heads: also prune query heads *within* each kv group (GQA). Default ``False``: heads go by whole
         query groups (a kv head with its query heads), so ``ratio`` is the fraction of heads removed.
+      row_mask: ``row_mask(batch)`` -> ``(batch, seq)`` 0/1 tokens to calibrate on (see :func:`input_moments`;
+        e.g. ``lambda b: b['attention_mask']`` for a padded encoder batch).
+      recalibrate: compensation on the pruned model. ``False`` (one shot): every bias gets the pruned
+        inputs' *dense-model* means, although the inputs of a layer change once the layers before it are
+        pruned (on the byte-level decoder at 50% width this made perplexity worse than no compensation).
+        ``True`` (default; FLAP also calibrates each layer on the pruned layers before it) or a number of
+        passes: re-run the calibration batches through the pruned,
+        compensated model (dense shapes, pruned units zeroed; compensation added at the consumers' outputs)
+        and set each bias so that the layer's mean output equals the dense model's, ``b + E_dense[x] W -
+        E_pruned[x_kept] W_kept``; repeated until no bias changes (``True``: at most one pass per
+        compensated layer, which makes every layer exact given the ones before it). With
+        ``through_norms=True`` the zeroed dense model only approximates the shrunk one (norm statistics).
 
-    ``info``: ``calibration_seconds``, ``compensated`` (kernel paths), ``scored_groups``.
+    ``info``: ``calibration_seconds``, ``compensated`` (kernel paths), ``scored_groups``, ``recalibration_passes``.
     Rebuild the model from the shrunk variables (e.g. :func:`jaxprune.models.llama.llama_rebuild`) or run it
     with :func:`jaxprune.make_shrunk_fn`.
     """
@@ -315,8 +429,11 @@ def flap_prune(
 
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
         raise ValueError(f"flap_prune: ratio must be a number in [0, 1), got {ratio!r}")
+    if not isinstance(recalibrate, (bool, int)) or recalibrate < 0:
+        raise ValueError(f"flap_prune: recalibrate must be a bool or an int >= 0, got {recalibrate!r}")
+    batches = list(batches)
     t0 = time.perf_counter()
-    moments = input_moments(apply_fn, variables, batches)
+    moments = input_moments(apply_fn, variables, batches, row_mask=row_mask)
     calib_s = time.perf_counter() - t0
     graph = trace_groups(apply_fn, variables, example, through_norms=through_norms)
     scores = calibrated_unit_scores(variables, graph, moments, method=method)
@@ -328,14 +445,32 @@ def flap_prune(
     )
     small = _to_dicts(shrink(variables, plan))
     done: list[str] = []
+    passes = 0
     if compensate:
         regexes = DEFAULT_COMPENSATE if compensate is True else tuple(compensate)  # type: ignore[arg-type]
-        small, done = compensate_biases(variables, small, plan, moments, compensate=regexes)
+        offsets = _bias_offsets(variables, plan, moments, regexes)
+        most = len(offsets) if recalibrate is True else int(recalibrate)
+        if most and offsets:
+            masked = _masked_dense(variables, plan)
+            fn = _stats_fn(apply_fn, masked, jnp.float32, row_mask)
+            while passes < most:
+                t = time.perf_counter()
+                pruned = _moments(apply_fn, masked, batches, row_mask=row_mask, offsets=offsets, stats_fn=fn)
+                calib_s += time.perf_counter() - t
+                new = _bias_offsets(variables, plan, moments, regexes, pruned)
+                change = max(float(np.max(np.abs(new[k] - offsets[k]))) for k in new)
+                scale = max(float(np.max(np.abs(v))) for v in new.values())
+                offsets, passes = new, passes + 1
+                if change <= 1e-6 * max(scale, 1e-30):
+                    break
+        small = _write_biases(variables, small, plan, offsets)
+        done = list(offsets)
     info = dict(
         calibration_seconds=calib_s,
         seconds=time.perf_counter() - t0,
         compensated=done,
         scored_groups=sorted(scores),
         method=method,
+        recalibration_passes=passes,
     )
     return small, plan, info
