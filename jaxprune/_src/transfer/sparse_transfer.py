@@ -126,6 +126,7 @@ class TransferConfig:
     seed: int = 0
     normalize: str = "imagenet"  # 'imagenet' mean/std, or 'lite': EfficientNet-Lite's (x*255 - 127.5) / 128
     max_eval_examples: int | None = None  # cap on the dev and test splits
+    full_freeze_batch_stats: bool = False  # full mode: BatchNorm in inference mode (TrainConfig.freeze_batch_stats)
 
     def __post_init__(self):
         if self.head_init not in ("random", "zeros", "linear"):
@@ -465,6 +466,7 @@ def full_finetune(
         eval_every=max(cfg.full_steps // 5, 1),
         augment=cfg.augment,
         seed=cfg.seed,
+        freeze_batch_stats=cfg.full_freeze_batch_stats,
     )
     res = fit(
         new_model, new_vars, data.train, tc, eval_ds=data.dev, masks=new_masks, progress=False, desc=f"full/{data.name}"
