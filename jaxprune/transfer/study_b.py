@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxprune._src.transfer.pretrained_sparse import PRETRAINED_METHODS, PretrainedSparseConfig
+from jaxprune._src.transfer.pretrained_sparse import sparse_pretrained_upstreams as pretrained_upstreams
 from jaxprune._src.transfer.sparse_transfer import (
     MODES,
     PAPER_DATASETS,
@@ -48,20 +50,17 @@ from jaxprune._src.transfer.sparse_transfer import study_b_tables as summarize
 from jaxprune._src.transfer.sparse_transfer import write_study_b as _write_study_b
 from jaxprune._src.transfer.sparse_upstream import DEFAULT_METHODS as DEFAULT_UPSTREAM_METHODS
 from jaxprune._src.transfer.sparse_upstream import METHODS as UPSTREAM_METHODS
+from jaxprune._src.transfer.sparse_upstream import SparseUpstream as Upstream
+from jaxprune._src.transfer.sparse_upstream import SparseUpstreamConfig as UpstreamConfig
 from jaxprune._src.transfer.sparse_upstream import (
-    PRETRAINED_METHODS,
-    PretrainedSparseConfig,
     full_upstream_config,
     load_upstream_splits,
     prunable_sparsity,
     write_upstream_report,
 )
-from jaxprune._src.transfer.sparse_upstream import SparseUpstream as Upstream
-from jaxprune._src.transfer.sparse_upstream import SparseUpstreamConfig as UpstreamConfig
 from jaxprune._src.transfer.sparse_upstream import load_sparse_upstream as load_upstream
 from jaxprune._src.transfer.sparse_upstream import run_sparse_upstream as run_upstreams
 from jaxprune._src.transfer.sparse_upstream import save_sparse_upstream as save_upstream
-from jaxprune._src.transfer.sparse_upstream import sparse_pretrained_upstreams as pretrained_upstreams
 from jaxprune._src.transfer.sparse_upstream import train_sparse_upstream as train_upstream
 
 __all__ = [
