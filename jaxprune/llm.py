@@ -31,7 +31,14 @@ Example:
   16
 """
 
-from jaxprune._src.llm.calibration import LayerStats, calibrate, from_matrix, kernel_in_axes, kernel_matrix
+from jaxprune._src.llm.calibration import (
+    LayerStats,
+    calibrate,
+    from_matrix,
+    kernel_in_axes,
+    kernel_matrix,
+    reconstruction_error,
+)
 from jaxprune._src.llm.depth import (
     ablation_scores,
     block_influence,
@@ -61,6 +68,7 @@ __all__ = [
     "kernel_matrix",
     "from_matrix",
     "kernel_in_axes",
+    "reconstruction_error",
     # unstructured / N:M
     "wanda_masks",
     "sparsegpt",

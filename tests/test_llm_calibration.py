@@ -7,7 +7,14 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from jaxprune._src.llm.calibration import LayerStats, calibrate, from_matrix, kernel_in_axes, kernel_matrix
+from jaxprune._src.llm.calibration import (
+    LayerStats,
+    calibrate,
+    from_matrix,
+    kernel_in_axes,
+    kernel_matrix,
+    reconstruction_error,
+)
 
 
 def _xtx(x, d_in):
@@ -107,14 +114,16 @@ def test_kernel_matrix_round_trip_and_inferred_axes():
 
 
 def test_rules_select_and_unsupported_uses_are_named():
-    params = {"conv": jnp.ones((3, 3, 2, 4)), "dense": jnp.ones((4, 2))}
+    params = {"conv": jnp.ones((3, 3, 1, 4)), "dense": jnp.ones((4, 2))}  # grouped (depthwise-like) conv
 
     def fn(p, x):
-        y = jax.lax.conv_general_dilated(x, p["conv"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(
+            x, p["conv"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2
+        )
         return y.mean((1, 2)) @ p["dense"]
 
     x = jnp.ones((1, 5, 5, 2))
-    with pytest.raises(ValueError, match=r"'conv' is a convolution kernel"):
+    with pytest.raises(ValueError, match=r"'conv' is a grouped/depthwise convolution kernel"):
         calibrate(fn, params, [x])
     stats = calibrate(fn, params, [x], rules=[("conv", False)])
     assert list(stats) == ["dense"]
@@ -126,3 +135,24 @@ def test_rules_select_and_unsupported_uses_are_named():
         calibrate(scanned, {"stack": jnp.ones((2, 3, 3))}, [jnp.ones((1, 3))])
     with pytest.raises(ValueError, match="batches is empty"):
         calibrate(lambda p, x: x @ p["dense"], params, [])
+
+
+def test_reconstruction_error_equals_the_output_error_on_the_calibration_inputs():
+    """From X^T X alone: ||X W - X W'||^2 / ||X W||^2 of a multi-axis (heads, head_dim, d) kernel, per leaf."""
+    model = nn.DenseGeneral(5, axis=(-2, -1))
+    xs = _batches([(2, 3, 2, 4), (1, 3, 2, 4)], seed=9)
+    v = model.init(jax.random.key(1), xs[0])
+    stats = calibrate(model.apply, v, xs)
+    w = np.asarray(v["params"]["kernel"], np.float64)
+    w2 = w * (np.random.default_rng(0).uniform(size=w.shape) > 0.5)
+    pruned = {"params": {"kernel": jnp.asarray(w2, jnp.float32), "bias": v["params"]["bias"]}}
+    err = reconstruction_error(v, pruned, stats)
+    assert set(err) == {"params/kernel"}  # the bias is not calibrated
+    x = np.concatenate([np.asarray(b, np.float64).reshape(-1, 8) for b in xs])
+    want = np.sum((x @ (w - w2).reshape(8, 5)) ** 2) / np.sum((x @ w.reshape(8, 5)) ** 2)
+    np.testing.assert_allclose(err["params/kernel"], want, rtol=1e-4)
+    assert reconstruction_error(v, v, stats)["params/kernel"] == 0.0
+    with pytest.raises(ValueError, match="'params/kernel'.*shape"):
+        reconstruction_error(v, {"params": {"kernel": jnp.zeros((2, 4, 4)), "bias": v["params"]["bias"]}}, stats)
+    with pytest.raises(TypeError, match="calibrate"):
+        reconstruction_error(v, v, {"params/kernel": 1.0})

@@ -31,11 +31,20 @@ output kernel ``(heads, head_dim, d_model)``, ``(1,)`` for a tied embedding
 d_out)`` view that the pruning methods work on and :func:`from_matrix` restores
 the leaf's shape.
 
+Convolutions: at a ``conv_general_dilated`` whose kernel is tagged, the rows are
+the input patches under every output position (im2col,
+:func:`~jaxprune._src.llm.conv_rows.conv_rows`), flattened in the kernel leaf's
+order of its input axes (``(kh, kw, c_in)`` for a Flax HWIO kernel): the kernel's
+input axes are its window and input-feature axes, and ``X^T X`` is
+``(kh*kw*c_in)^2``.
+
 Supported: kernels of ``dot_general`` (Dense, DenseGeneral, Einsum, ``x @ W``,
-``jnp.einsum``). Not supported (``ValueError`` naming the leaf, exclude it with
-``rules``): convolution kernels, kernels with dot_general batch dimensions and
-kernels used inside ``lax.scan``/``while``/``cond`` (unroll the stack or use
-:func:`~jaxprune._src.llm.sparsegpt.sparsegpt_sequential` per layer).
+``jnp.einsum``) and of ungrouped convolutions (any layout, stride, padding,
+dilation). Not supported (``ValueError`` naming the leaf, exclude it with
+``rules``): grouped / depthwise convolution kernels, kernels with dot_general
+batch dimensions and kernels used inside ``lax.scan``/``while``/``cond`` (unroll
+the stack or use :func:`~jaxprune._src.llm.sparsegpt.sparsegpt_sequential` per
+layer).
 """
 
 from __future__ import annotations
@@ -49,11 +58,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from jaxprune._src.llm.conv_rows import conv_kernel_in_axes, conv_rows
 from jaxprune._src.structured.axis_rules import CALLS
 from jaxprune._src.tree import Rules, leaves_with_paths, prunable_tree
 from jaxprune._src.types import PyTree
 
-__all__ = ["LayerStats", "calibrate", "kernel_matrix", "from_matrix", "kernel_in_axes"]
+__all__ = ["LayerStats", "calibrate", "kernel_matrix", "from_matrix", "kernel_in_axes", "reconstruction_error"]
 
 _VIEW_OPS = {
     "convert_element_type",
@@ -170,6 +180,27 @@ class _Capture:
         acc = self.stats.get(tag.leaf)
         self.stats[tag.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
 
+    def conv(self, eqn, vals, tags, memo: dict) -> None:
+        """Adds the im2col patch stats of the input of one convolution whose kernel is a tagged leaf."""
+        lt, rt = tags
+        if lt is not None:
+            self.bad.setdefault(lt.leaf, "is the input (not the kernel) of a convolution")
+        if rt is None or lt is not None:
+            return
+        axes, why = conv_kernel_in_axes(eqn.params, rt.perm)
+        if why is not None:
+            self.bad.setdefault(rt.leaf, why)
+            return
+        if self.in_axes.setdefault(rt.leaf, axes) != axes:
+            self.bad.setdefault(rt.leaf, f"is contracted on axes {axes} and on {self.in_axes[rt.leaf]}")
+            return
+        key = (eqn.invars[0], "conv", id(eqn))
+        if key not in memo:
+            memo[key] = self._moments(conv_rows(vals[0], np.shape(vals[1]), eqn.params, rt.perm), (1,))
+        xtx, sq, n = memo[key]
+        acc = self.stats.get(rt.leaf)
+        self.stats[rt.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
+
     def _moments(self, x, xc):
         rest = tuple(d for d in range(x.ndim) if d not in xc)
         d_in = math.prod(x.shape[d] for d in xc)
@@ -225,6 +256,8 @@ class _Capture:
                 outs = list(ans) if eqn.primitive.multiple_results else [ans]
                 if name == "dot_general":
                     self.dot(eqn, vals, tags, memo)
+                elif name == "conv_general_dilated":
+                    self.conv(eqn, vals, tags, memo)
             for v, o, t in zip(eqn.outvars, outs, out_tags):
                 env[v] = o
                 if t is not None:
@@ -238,10 +271,6 @@ class _Capture:
         elif name == "transpose" and tags[0] is not None:
             perm = eqn.params["permutation"]
             out_tags[0] = _Tag(tags[0].leaf, tuple(tags[0].perm[p] for p in perm))
-        elif name.startswith("conv_general_dilated"):
-            for t in tags:
-                if t is not None:
-                    self.bad.setdefault(t.leaf, "is a convolution kernel (only dense/einsum kernels are supported)")
         elif name in _LOOPS:
             for t in tags:
                 if t is not None:
@@ -335,3 +364,41 @@ def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axe
 
     jitted = jax.jit(run)
     return lambda ls, b: jitted(ls, b, closed.consts)
+
+
+def reconstruction_error(params: PyTree, pruned: PyTree, stats: dict[str, LayerStats]) -> dict[str, float]:
+    """``{path: ||X W - X W'||^2 / ||X W||^2}`` per calibrated kernel, on the calibration inputs of ``stats``.
+
+    ``W`` is the leaf in ``params``, ``W'`` the same leaf in ``pruned`` (masked
+    or updated weights, same structure); ``X`` the calibration inputs whose
+    ``X^T X`` is in ``stats`` (so nothing but the statistics is needed:
+    ``tr(D^T X^T X D)`` with ``D = W - W'``). Compares pruning methods layer by
+    layer (Wanda's and SparseGPT's objective).
+
+    >>> p = {'w': jnp.array([[3., 0.], [0., 4.]])}
+    >>> s = calibrate(lambda p, x: x @ p['w'], p, [jnp.eye(2)])
+    >>> round(reconstruction_error(p, {'w': jnp.array([[0., 0.], [0., 4.]])}, s)['w'], 4)  # 3^2 / (3^2 + 4^2)
+    0.36
+    """
+    if not isinstance(stats, dict) or not all(isinstance(v, LayerStats) for v in stats.values()):
+        raise TypeError("reconstruction_error: stats must be the dict {path: LayerStats} returned by calibrate")
+    a = dict(leaves_with_paths(params))
+    b = dict(leaves_with_paths(pruned))
+    out: dict[str, float] = {}
+    for path, st in stats.items():
+        if path not in a or path not in b:
+            raise ValueError(f"reconstruction_error: leaf {path!r} of stats is missing from params or pruned")
+        if np.shape(a[path]) != np.shape(b[path]):
+            raise ValueError(
+                f"reconstruction_error: leaf {path!r} has shape {np.shape(a[path])} in params but "
+                f"{np.shape(b[path])} in pruned"
+            )
+        axes = kernel_in_axes(np.shape(a[path]), st, path)
+        w = kernel_matrix(jnp.asarray(a[path], jnp.float32), axes)
+        d = w - kernel_matrix(jnp.asarray(b[path], jnp.float32), axes)
+        h = st.xtx.astype(jnp.float32)
+        hp = jax.lax.Precision.HIGHEST
+        err = jnp.sum(d * jnp.matmul(h, d, precision=hp))
+        ref = jnp.sum(w * jnp.matmul(h, w, precision=hp))
+        out[path] = float(err / jnp.maximum(ref, jnp.finfo(jnp.float32).tiny))
+    return out
