@@ -1,0 +1,44 @@
+"""scripts/prune_llm.py --quick runs end to end: every method gives a finite held-out perplexity."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "flap", "depth")
+
+
+def test_prune_llm_quick_has_every_method(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prune_llm.py"), "--quick", "--no-cache", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert result["meta"]["quick"] is True
+    dense = rows["dense"]
+    assert math.isfinite(dense["ppl"]) and 1.0 < dense["ppl"] < 256.0  # byte vocabulary: below uniform
+    for method in METHODS:
+        mine = [r for r in result["rows"] if r.get("recipe", {}).get("method") == method]
+        assert mine, f"no row for method {method!r}: {sorted(rows)}"
+        for r in mine:
+            assert math.isfinite(r["ppl"]) and r["ppl"] > 1.0, r
+            assert r["ppl_ft"] is None or math.isfinite(r["ppl_ft"]), r
+            assert r["nonzero"] < dense["nonzero"], r  # every method removes parameters
+    for name in ("magnitude 50%", "wanda 50%", "sparsegpt 2:4"):  # masks on half of every block kernel
+        assert rows[name]["params"] == dense["params"] and rows[name]["nonzero"] < 0.75 * dense["params"]
+    assert rows["depth BI 25%"]["params"] < dense["params"] and len(rows["depth BI 25%"]["removed"]) == 1
+    finetuned = [r for r in result["rows"] if r["ppl_ft"] is not None]
+    assert {r["recipe"]["method"] for r in finetuned} == {"magnitude", "flap"}  # a masked and a shrunk model
+    assert "| dense |" in (out / "results.md").read_text()
+    assert (out / "prune_llm.png").stat().st_size > 1000
