@@ -14,6 +14,7 @@ from jaxprune._src.data import Dataset
 from jaxprune._src.pruner import MaskSpec, masks_from_scores
 from jaxprune._src.scores import magnitude_scores
 from jaxprune._src.transfer import sparse_transfer as st
+from jaxprune._src.transfer.pretrained_transfer import pretrained_transfer
 
 
 def _ds(n, seed, split, classes=3):
@@ -149,7 +150,7 @@ def test_pretrained_transfer_linear_then_fixed_mask_full(setup):
 
     model, variables, masks, data, cfg = setup
     up = types.SimpleNamespace(model=model, variables=variables, masks=masks, method="m", sparsity=0.5, stats={})
-    lin, full = st.pretrained_transfer(up, data, cfg, freeze="conv_0")
+    lin, full = pretrained_transfer(up, data, cfg, freeze="conv_0")
     assert (lin.mode, full.mode) == ("linear", "full")
     assert 0.0 <= full.test_accuracy <= 1.0 and full.extra["steps"] == cfg.full_steps
     from jaxprune._src.transfer.sparse_upstream import prunable_sparsity
@@ -188,6 +189,6 @@ def test_effnet_quick_sparse_pretrained_upstreams():
     data = st.load_transfer_data("digits_offline", cfg)
     assert data.train.images.shape[1:] == (16, 16, 3) and len(data.test) == 64
     assert -1.0 <= data.train.images.min() and data.train.images.max() <= 1.0  # the Lite input scale
-    lin, full = st.pretrained_transfer(ups[1], data, cfg)
+    lin, full = pretrained_transfer(ups[1], data, cfg)
     assert full.extra["sparsity_after"] == pytest.approx(ups[1].stats["sparsity"])
     assert 0.0 <= lin.test_accuracy <= 1.0

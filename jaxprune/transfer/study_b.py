@@ -24,6 +24,8 @@ from typing import Any
 
 from jaxprune._src.transfer.pretrained_sparse import PRETRAINED_METHODS, PretrainedSparseConfig
 from jaxprune._src.transfer.pretrained_sparse import sparse_pretrained_upstreams as pretrained_upstreams
+from jaxprune._src.transfer.pretrained_transfer import pretrained_claim, pretrained_transfer
+from jaxprune._src.transfer.pretrained_transfer import run_pretrained_study_b as run_pretrained
 from jaxprune._src.transfer.sparse_transfer import (
     MODES,
     PAPER_DATASETS,
@@ -36,15 +38,12 @@ from jaxprune._src.transfer.sparse_transfer import (
     full_finetune,
     linear_finetune,
     load_transfer_data,
-    pretrained_claim,
-    pretrained_transfer,
     resolve_datasets,
     train_linear_head,
     transfer,
     with_fresh_head,
 )
 from jaxprune._src.transfer.sparse_transfer import TransferConfig as Config
-from jaxprune._src.transfer.sparse_transfer import run_pretrained_study_b as run_pretrained
 from jaxprune._src.transfer.sparse_transfer import run_study_b as run
 from jaxprune._src.transfer.sparse_transfer import study_b_tables as summarize
 from jaxprune._src.transfer.sparse_transfer import write_study_b as _write_study_b
