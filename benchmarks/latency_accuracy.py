@@ -68,9 +68,8 @@ def make_plans(variables, graph, table, args):
     return plans, skipped
 
 
-def transfer_accuracy(model, variables, plan, data, args, sb) -> dict:
-    """Shrinks ``variables`` by ``plan`` and transfers the rebuilt model: probe and LP-FT test accuracy."""
-    small = jax.tree.map(np.asarray, jp.shrink(variables, plan))
+def transfer_accuracy(model, small, plan, data, args, sb) -> dict:
+    """Transfers the model rebuilt at the widths of ``small`` (the params shrunk by ``plan``): probe and LP-FT."""
     net = models.rebuild(model, small) if plan.groups else model
     cfg = sb.Config(
         image_size=args.image_size,
@@ -157,6 +156,7 @@ def run(args) -> dict:
     )
     rows = []
     for k, p in plans.items():
+        small = jax.tree.map(np.asarray, jp.shrink(variables, p))
         r = dict(
             plan=k,
             planner=k.split("@")[0],
@@ -167,10 +167,10 @@ def run(args) -> dict:
             gflops=flops[k] / 1e9,
             flops_ratio=flops["dense"] / flops[k],
             importance_retained=importance_retained(variables, graph, p, jp.DEFAULT_KINDS),
-            params=int(sum(np.size(v) for v in jax.tree.leaves(jp.shrink(variables, p)["params"]))),
+            params=int(sum(np.size(v) for v in jax.tree.leaves(small["params"]))),
         )
         r["efficiency"] = r["speedup"] / r["flops_ratio"]
-        r.update(transfer_accuracy(model, variables, p, data, args, sb))
+        r.update(transfer_accuracy(model, small, p, data, args, sb))
         rows.append(r)
         print(
             f"{k:14s} {r['measured_ms']:7.1f} ms x{r['speedup']:.2f} FLOPs x{r['flops_ratio']:.2f} "

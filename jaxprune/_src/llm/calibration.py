@@ -180,7 +180,7 @@ class _Capture:
         acc = self.stats.get(tag.leaf)
         self.stats[tag.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
 
-    def conv(self, eqn, vals, tags, memo: dict) -> None:
+    def conv(self, eqn, vals, tags) -> None:
         """Adds the im2col patch stats of the input of one convolution whose kernel is a tagged leaf."""
         lt, rt = tags
         if lt is not None:
@@ -194,10 +194,7 @@ class _Capture:
         if self.in_axes.setdefault(rt.leaf, axes) != axes:
             self.bad.setdefault(rt.leaf, f"is contracted on axes {axes} and on {self.in_axes[rt.leaf]}")
             return
-        key = (eqn.invars[0], "conv", id(eqn))
-        if key not in memo:
-            memo[key] = self._moments(conv_rows(vals[0], np.shape(vals[1]), eqn.params, rt.perm), (1,))
-        xtx, sq, n = memo[key]
+        xtx, sq, n = self._moments(conv_rows(vals[0], np.shape(vals[1]), eqn.params, rt.perm), (1,))
         acc = self.stats.get(rt.leaf)
         self.stats[rt.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
 
@@ -257,7 +254,7 @@ class _Capture:
                 if name == "dot_general":
                     self.dot(eqn, vals, tags, memo)
                 elif name == "conv_general_dilated":
-                    self.conv(eqn, vals, tags, memo)
+                    self.conv(eqn, vals, tags)
             for v, o, t in zip(eqn.outvars, outs, out_tags):
                 env[v] = o
                 if t is not None:
