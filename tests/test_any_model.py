@@ -367,3 +367,92 @@ def test_config_driven_linen_attention_runs_through_the_generic_path():
     v = _perturb(m.init(jax.random.key(0), x))
     _, plan, _, _ = _check_any_shape(lambda v, x: m.apply(v, x), v, x, [_images(1, 5, 32), _images(3, 8, 32)])
     assert [g["kind"] for g in plan.groups] == ["heads"]
+
+
+# ------------------------------------------------------------------------------ scanned layer stacks
+def _stacked_roots(plan_or_graph):
+    return {(m.path, m.axis) for g in plan_or_graph.groups if g.prunable for m in g.roots}
+
+
+def test_linen_scanned_blocks_prune_the_same_units_in_every_layer():
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h, _):
+            return h + nn.Dense(16, name="down")(nn.relu(nn.Dense(40, name="up")(nn.RMSNorm()(h)))), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(16)(x)
+            scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+            h, _ = scanned(name="blocks")(h, None)
+            return nn.Dense(2)(h)
+
+    m = Net()
+    x = _images(4, 10)
+    v = _perturb(m.init(jax.random.key(0), x))
+    graph, plan, small, _ = _check_any_shape(m.apply, v, x, [_images(1, 10), _images(9, 10)])
+    # the hidden width of the stacked MLP is one group (rooted at the stacked kernel's output axis), cut
+    # to the same units in all three layers; the scanned (layer) axis itself is never pruned
+    assert ("params/blocks/up/kernel", 2) in _stacked_roots(graph)
+    assert small["params"]["blocks"]["up"]["kernel"].shape == (3, 16, 20)
+    assert small["params"]["blocks"]["down"]["kernel"].shape == (3, 20, 16)
+
+
+def test_scanned_llama_decoder_prunes_heads_and_mlp_like_the_unrolled_one():
+    from jaxprune.models.llama import llama_rebuild, llama_tiny_test
+
+    tok = _tokens(2, 6, seed=0)
+    kinds = {}
+    for scan in (False, True):
+        m = llama_tiny_test(num_layers=3, scan_layers=scan)
+        v = _perturb(m.init(jax.random.key(0), tok), scale=0.02)
+        graph, plan, small, _ = _check_any_shape(m.apply, v, tok, [_tokens(1, 6), _tokens(3, 9)])
+        kinds[scan] = sorted(g["kind"] for g in plan.groups)
+        if scan:
+            stacked = [k for k in jax.tree.leaves(jax.tree.map(jnp.shape, small["params"]["blocks"]))]
+            assert stacked and all(isinstance(n, int) for n in stacked)
+            rebuilt = llama_rebuild(m, small)  # widths read from the shrunk stacked params
+            masked = jp.apply_masks(v, jp.plan_to_masks(v, plan))
+            _rel_close(rebuilt.apply(small, _tokens(3, 9)), m.apply(masked, _tokens(3, 9)))
+    # one group per kind for the whole scanned stack, one per kind and layer when unrolled
+    assert set(kinds[True]) == set(kinds[False]) and len(kinds[False]) == 3 * len(kinds[True])
+
+
+def test_nnx_scanned_blocks_prune_width():
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.norm = nnx.RMSNorm(16, rngs=rngs)
+            self.up = nnx.Linear(16, 40, rngs=rngs)
+            self.down = nnx.Linear(40, 16, rngs=rngs)
+
+        def __call__(self, h):
+            return h + self.down(nnx.relu(self.up(self.norm(h))))
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.inp = nnx.Linear(8, 16, rngs=rngs)
+
+            @nnx.split_rngs(splits=3)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make(rngs):
+                return Block(rngs)
+
+            self.blocks = make(rngs)
+            self.out = nnx.Linear(16, 2, rngs=rngs)
+
+        def __call__(self, x):
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+            def body(h, blk):
+                return blk(h)
+
+            return self.out(body(self.inp(x), self.blocks))
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+    state = _perturb(state)
+    apply = lambda s, x: nnx.merge(graphdef, s)(x)  # noqa: E731
+    graph, plan, small, _ = _check_any_shape(apply, state, _images(4, 8), [_images(7, 8)])
+    assert ("blocks/up/kernel", 2) in _stacked_roots(graph)
+    assert jax.tree.leaves(small["blocks"]["up"]["kernel"])[0].shape == (3, 16, 20)

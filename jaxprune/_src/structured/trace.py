@@ -154,6 +154,7 @@ class _Walker:
         jaxpr = closed.jaxpr
         nc, ncarry = p["num_consts"], p["num_carry"]
         env = {}
+        sliced: list[tuple[int, int, int]] = []  # (body var, stacked leaf's var, body ndim)
         for v, c in zip(jaxpr.constvars, closed.consts):
             env[v] = self.new_var(np.shape(c))
             self.mark_var(env[v], np.shape(c), "constant captured inside the function")
@@ -167,8 +168,15 @@ class _Walker:
                     self.mark(b, "scanned axis of lax.scan")
                     for ax in range(len(shape)):
                         self.union(b + ax + 1, nb + ax)
+                    if b in self.param_base:  # one layer's slice of a stacked leaf is a parameter too
+                        self.param_base[nb] = self.param_base[b]
+                        sliced.append((nb, b, len(shape)))
                 env[inner] = nb
         self.walk(jaxpr, env, key)
+        for nb, b, ndim in sliced:  # a layer that produces units in the body: its stacked leaf is a root
+            for ax in range(ndim):
+                if nb + ax in self.roots:
+                    self.root(b + ax + 1)
         for k, v in enumerate(jaxpr.outvars):
             b = self.read(env, v)
             if b is None:
