@@ -45,3 +45,40 @@ def test_compare_models_table():
     assert rows[1].startswith("FLOPs") and rows[1].split()[-1] == "2.00x"
     stats = model_stats(f, jnp.ones((8, 4)), x)
     assert stats == {"flops": 64.0, "params": 32, "bytes": 128}
+
+
+def test_scanned_layers_count_every_iteration():
+    """XLA counts a loop body once; flops() unrolls scans, so a scanned stack costs what the unrolled one does."""
+    from jax import lax
+
+    w = jnp.ones((5, 16, 16))
+    x = jnp.ones((4, 16))
+
+    def scanned(w, x):
+        h, _ = lax.scan(lambda c, wi: (c @ wi, None), x, w)
+        return h
+
+    def unrolled(w, x):
+        for i in range(w.shape[0]):
+            x = x @ w[i]
+        return x
+
+    def nested(w, x):  # a jitted function holding the scan, scanned twice over (reverse too)
+        inner = jax.jit(scanned)
+        h, _ = lax.scan(lambda c, _: (inner(w, c), None), x, None, length=3, reverse=True)
+        return h
+
+    per_layer = 2 * 4 * 16 * 16
+    assert flops(unrolled, w, x) == 5 * per_layer
+    assert flops(scanned, w, x) == 5 * per_layer
+    assert flops(nested, w, x) == 15 * per_layer
+    np.testing.assert_allclose(jax.jit(nested)(w, x), unrolled(w, unrolled(w, unrolled(w, x))))
+
+    from jaxprune.models.llama import llama_tiny_test
+
+    tok = jnp.ones((2, 8), jnp.int32)
+    costs = []
+    for scan in (False, True):
+        m = llama_tiny_test(num_layers=3, scan_layers=scan)
+        costs.append(flops(m.apply, m.init(jax.random.key(0), tok), tok))
+    assert costs[0] == costs[1]

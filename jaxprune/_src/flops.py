@@ -4,6 +4,13 @@
 ``jax.ShapeDtypeStruct``; nothing is executed) and reads ``"flops"`` from
 ``compiled.cost_analysis()`` -- the count the compute-optimal-transfer study
 uses. Non-array arguments and keyword arguments are static.
+
+XLA's cost analysis counts a loop body once, whatever its trip count, so a
+model whose layers are one ``lax.scan`` (``nn.scan``, ``nnx.scan``) would read
+about ``num_layers`` times too cheap. Functions containing ``scan`` are
+therefore compiled with every scan fully unrolled (same arithmetic, counted
+per iteration). ``while_loop`` bodies (trip count unknown when compiling) are
+still counted once.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax import lax
+from jax.extend import core as jcore
 
 from jaxprune._src.tree import leaves_with_paths
 
@@ -59,7 +68,68 @@ def counted_flops(fn: Callable[..., Any], *args: Any) -> float:
     if jax.default_backend() != "cpu":
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=cpu), args)
+    closed = jax.make_jaxpr(fn)(*args)
+    if _has_scan(closed.jaxpr):
+        out_tree = jax.tree_util.tree_structure(jax.eval_shape(fn, *args))
+
+        def fn(*a):  # the same computation with every scan unrolled
+            flat = _eval_unrolled(closed.jaxpr, closed.consts, jax.tree.leaves(a))
+            return jax.tree_util.tree_unflatten(out_tree, flat)
+
     return float(cost_analysis(jax.jit(fn).lower(*args).compile()).get("flops", 0.0))
+
+
+def _sub_jaxprs(eqn):
+    for v in eqn.params.values():
+        for x in v if isinstance(v, (tuple, list)) else (v,):
+            if isinstance(x, jcore.ClosedJaxpr):
+                yield x.jaxpr
+            elif isinstance(x, jcore.Jaxpr):
+                yield x
+
+
+def _has_scan(jaxpr) -> bool:
+    return any(e.primitive.name == "scan" or any(_has_scan(j) for j in _sub_jaxprs(e)) for e in jaxpr.eqns)
+
+
+def _eval_unrolled(jaxpr, consts, args) -> list:
+    """Evaluates ``jaxpr``; ``scan`` equations whose body holds the work run as ``lax.scan(unroll=True)``."""
+    env: dict = {}
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        if eqn.primitive.name == "scan":
+            outs = _unrolled_scan(eqn.params, invals)
+        elif eqn.primitive.name in ("pjit", "jit", "closed_call", "remat", "checkpoint") and _has_scan(
+            next(iter(_sub_jaxprs(eqn)))
+        ):
+            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            inner, sub_consts = (sub.jaxpr, sub.consts) if isinstance(sub, jcore.ClosedJaxpr) else (sub, ())
+            outs = _eval_unrolled(inner, sub_consts, invals)
+        else:
+            outs = eqn.primitive.bind(*invals, **eqn.params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+        for v, o in zip(eqn.outvars, outs):
+            if not isinstance(v, jcore.DropVar):
+                env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _unrolled_scan(p: dict, invals: list) -> list:
+    nc, ncarry, body = p["num_consts"], p["num_carry"], p["jaxpr"]
+    consts, init, xs = invals[:nc], invals[nc : nc + ncarry], invals[nc + ncarry :]
+
+    def step(carry, x):
+        outs = _eval_unrolled(body.jaxpr, body.consts, [*consts, *carry, *x])
+        return outs[:ncarry], outs[ncarry:]
+
+    carry, ys = lax.scan(step, list(init), list(xs), length=p["length"], reverse=p["reverse"], unroll=True)
+    return [*carry, *ys]
 
 
 def _array_leaves(tree: Any):
