@@ -63,7 +63,15 @@ from jaxprune._src.structured.axis_rules import CALLS
 from jaxprune._src.tree import Rules, leaves_with_paths, prunable_tree
 from jaxprune._src.types import PyTree
 
-__all__ = ["LayerStats", "calibrate", "kernel_matrix", "from_matrix", "kernel_in_axes", "reconstruction_error"]
+__all__ = [
+    "LayerStats",
+    "calibrate",
+    "check_layer_stats",
+    "kernel_matrix",
+    "from_matrix",
+    "kernel_in_axes",
+    "reconstruction_error",
+]
 
 _VIEW_OPS = {
     "convert_element_type",
@@ -96,12 +104,49 @@ class LayerStats:
         return int(self.xtx.shape[0])
 
 
+def check_layer_stats(stats: Any, path: str = "") -> None:
+    """Raises ``TypeError``/``ValueError`` naming ``path`` unless ``stats`` is a usable :class:`LayerStats`.
+
+    ``xtx`` must be a square ``(d_in, d_in)`` matrix, ``sq_norms`` ``(d_in,)``, ``count`` an int >= 1 (a
+    kernel that saw no calibration token has no statistics) and both arrays finite.
+    """
+    if not isinstance(stats, LayerStats):
+        raise TypeError(f"stats[{path!r}] must be a LayerStats (from calibrate), got {type(stats).__name__}")
+    xs, qs = np.shape(stats.xtx), np.shape(stats.sq_norms)
+    if len(xs) != 2 or xs[0] != xs[1]:
+        raise ValueError(f"stats[{path!r}].xtx must be a square (d_in, d_in) matrix, got shape {xs}")
+    if qs != (xs[0],):
+        raise ValueError(f"stats[{path!r}].sq_norms must have shape ({xs[0]},) to match xtx {xs}, got {qs}")
+    count = stats.count
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(
+            f"stats[{path!r}].count must be an int >= 1 (number of calibration token rows), got {count!r}: "
+            "the kernel saw no calibration tokens (empty batches, or row_mask all zero?)"
+        )
+    if not bool(jnp.all(jnp.isfinite(stats.xtx))) or not bool(jnp.all(jnp.isfinite(stats.sq_norms))):
+        raise ValueError(
+            f"stats[{path!r}] contains NaN/Inf (NaN/Inf in the calibration batches or activations, or overflow "
+            "in low precision); recalibrate on finite data"
+        )
+
+
+def _check_axes(in_axes: Sequence[int], ndim: int, what: str) -> tuple[int, ...]:
+    try:
+        axes = tuple(int(a) for a in in_axes)
+    except TypeError:
+        raise TypeError(f"{what}: in_axes must be a sequence of ints, got {in_axes!r}") from None
+    if not axes or len(set(axes)) != len(axes) or any(not 0 <= a < ndim for a in axes):
+        raise ValueError(f"{what}: in_axes must be distinct axes in [0, {ndim}), got {in_axes!r}")
+    return axes
+
+
 def kernel_in_axes(shape: Sequence[int], stats: LayerStats, path: str = "") -> tuple[int, ...]:
     """The leaf axes that are the kernel's input (contracted) axes, checked against ``stats``."""
     shape = tuple(int(s) for s in shape)
+    check_layer_stats(stats, path)
     d_in = stats.d_in
     if stats.in_axes is not None:
-        axes = tuple(stats.in_axes)
+        axes = _check_axes(stats.in_axes, len(shape), f"leaf {path!r} of shape {shape}")
         if math.prod(shape[a] for a in axes) != d_in:
             raise ValueError(f"leaf {path!r} of shape {shape}: input axes {axes} do not multiply to d_in={d_in}")
         return axes
@@ -122,7 +167,7 @@ def kernel_matrix(w: jax.Array, in_axes: Sequence[int]) -> jax.Array:
     >>> kernel_matrix(jnp.zeros((12, 32, 384)), (0, 1)).shape
     (384, 384)
     """
-    in_axes = tuple(in_axes)
+    in_axes = _check_axes(in_axes, np.ndim(w), f"kernel_matrix of shape {np.shape(w)}")
     rest = tuple(a for a in range(w.ndim) if a not in in_axes)
     d_in = math.prod(w.shape[a] for a in in_axes)
     return jnp.transpose(w, in_axes + rest).reshape(d_in, -1)
@@ -130,8 +175,15 @@ def kernel_matrix(w: jax.Array, in_axes: Sequence[int]) -> jax.Array:
 
 def from_matrix(m: jax.Array, shape: Sequence[int], in_axes: Sequence[int]) -> jax.Array:
     """Inverse of :func:`kernel_matrix`: the ``(d_in, d_out)`` matrix back in the leaf's ``shape``."""
-    in_axes = tuple(in_axes)
+    shape = tuple(int(d) for d in shape)
+    in_axes = _check_axes(in_axes, len(shape), f"from_matrix to shape {shape}")
     rest = tuple(a for a in range(len(shape)) if a not in in_axes)
+    want = (math.prod(shape[a] for a in in_axes), math.prod(shape[a] for a in rest))
+    if tuple(np.shape(m)) != want:
+        raise ValueError(
+            f"from_matrix: m must be the (d_in, d_out) = {want} matrix of shape {shape} with in_axes {in_axes}, "
+            f"got shape {tuple(np.shape(m))}"
+        )
     perm = in_axes + rest
     t = m.reshape(tuple(shape[a] for a in perm))
     return jnp.transpose(t, tuple(int(i) for i in np.argsort(perm)))
@@ -310,6 +362,16 @@ def calibrate(
     """
     if not callable(fn):
         raise TypeError(f"calibrate: fn must be callable fn(params, batch), got {type(fn).__name__}")
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"calibrate: batches must be an iterable of batches (e.g. a list), got {type(batches).__name__}"
+        )
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(f"calibrate: dtype must be a floating dtype (the accumulation precision), got {dtype!r}")
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [p for p, _ in leaves_with_paths(params)]
     leaves = [x for _, x in flat]
@@ -324,22 +386,52 @@ def calibrate(
 
         iterator = tqdm(batches, desc="calibrate")
     n_batches = 0
+    finite: list[jax.Array] = []  # per batch: all of its statistics finite (checked only if the totals are not)
     for batch in iterator:
         n_batches += 1
         key = _batch_key(batch)
         if key not in cache:
-            cache[key] = _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes)
-        out = cache[key](leaves, batch)
+            cache[key] = _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes, n_batches - 1)
+        out, ok_batch = cache[key](leaves, batch)
+        finite.append(ok_batch)
         for i, (xtx, sq, n) in out.items():
             acc = totals.get(i)
             totals[i] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
     if n_batches == 0:
         raise ValueError("calibrate: batches is empty")
-    return {paths[i]: LayerStats(t[0], t[1], int(t[2]), in_axes[i]) for i, t in sorted(totals.items())}
+    stats = {paths[i]: LayerStats(t[0], t[1], int(t[2]), in_axes[i]) for i, t in sorted(totals.items())}
+    _check_calibrated(stats, finite)
+    return stats
 
 
-def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes_out):
-    closed = jax.make_jaxpr(lambda ls, b: fn(jax.tree_util.tree_unflatten(treedef, ls), b))(leaves, batch)
+def _check_calibrated(stats: dict[str, LayerStats], finite: list[jax.Array]) -> None:
+    """``ValueError`` naming the kernels whose statistics are empty (no token rows) or not finite."""
+    empty = [p for p, st in stats.items() if st.count < 1]
+    if empty:
+        raise ValueError(
+            f"calibrate: kernels {empty[:5]} saw no calibration token rows (row_mask is all zero on every batch?)"
+        )
+    ok = jax.device_get([jnp.all(jnp.isfinite(st.xtx)) for st in stats.values()])
+    bad = [p for p, o in zip(stats, ok) if not o]
+    if bad:
+        first = next((i for i, f in enumerate(jax.device_get(finite)) if not f), None)
+        where = f" (first in batch {first})" if first is not None else ""
+        raise ValueError(
+            f"calibrate: the input statistics of kernels {bad[:5]} are not finite{where}: NaN/Inf in the "
+            "calibration batches or params, or overflow in a low-precision model"
+        )
+
+
+def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes_out, index=0):
+    try:
+        closed = jax.make_jaxpr(lambda ls, b: fn(jax.tree_util.tree_unflatten(treedef, ls), b))(leaves, batch)
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        shapes = jax.tree.map(lambda x: tuple(np.shape(x)), batch)
+        msg = f"calibrate: fn(params, batch) failed on batch {index} (array shapes {shapes}): {e}"
+        if type(e) not in (TypeError, ValueError, IndexError, KeyError):  # subclasses: keep them, add a note
+            e.add_note(msg)
+            raise
+        raise type(e)(msg) from e
     n_leaves = len(leaves)
     if len(closed.jaxpr.invars) < n_leaves:
         raise ValueError("calibrate: could not match the traced inputs to the param leaves")
@@ -357,7 +449,8 @@ def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axe
                 "or restructure the model"
             )
         in_axes_out.update(cap.in_axes)
-        return {i: tuple(v) for i, v in cap.stats.items()}
+        ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v[0])) for v in cap.stats.values()] or [True]))
+        return {i: tuple(v) for i, v in cap.stats.items()}, ok
 
     jitted = jax.jit(run)
     return lambda ls, b: jitted(ls, b, closed.consts)

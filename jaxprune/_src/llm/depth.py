@@ -30,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.core import FrozenDict
+
+from jaxprune._src.tree import leaves_with_paths
 
 __all__ = ["block_influence", "ablation_scores", "blocks_to_remove", "remove_blocks_params", "remove_blocks"]
 
@@ -60,13 +63,28 @@ def block_influence(
     def cos_sums(p, tokens):
         h = hidden_fn(p, tokens)
         h = jnp.stack(list(h)) if isinstance(h, (list, tuple)) else h
+        if h.ndim < 2 or h.shape[0] < 2:
+            raise ValueError(
+                "block_influence: hidden_fn must return the L + 1 >= 2 hidden states (before the first block and "
+                f"after every block) as a list of (..., d) arrays or one (L + 1, ..., d) array, got shape {h.shape}"
+            )
         h = h.astype(jnp.float32)
         a, b = h[:-1], h[1:]
         cos = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-12)
-        w = jnp.ones(cos.shape[1:]) if row_mask is None else jnp.broadcast_to(row_mask(tokens), cos.shape[1:])
+        if row_mask is None:
+            w = jnp.ones(cos.shape[1:])
+        else:
+            w = jnp.asarray(row_mask(tokens))
+            if w.shape != cos.shape[1:]:
+                raise ValueError(
+                    f"block_influence: row_mask(batch) has shape {w.shape}, expected the hidden states' token "
+                    f"axes {cos.shape[1:]}"
+                )
         w = w.astype(jnp.float32)
         return (cos * w).reshape(cos.shape[0], -1).sum(1), w.sum()
 
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Iterable):
+        raise TypeError(f"block_influence: batches must be an iterable of batches, got {type(batches).__name__}")
     total, count = None, 0.0
     for tokens in batches:
         s, n = cos_sums(params, jax.tree.map(jnp.asarray, tokens))
@@ -74,7 +92,15 @@ def block_influence(
         count += float(n)
     if total is None:
         raise ValueError("block_influence: no calibration batches")
-    return 1.0 - total / count
+    if count <= 0:
+        raise ValueError("block_influence: row_mask selected no token in any batch")
+    out = 1.0 - total / count
+    if not np.all(np.isfinite(out)):
+        raise ValueError(
+            f"block_influence: the scores of blocks {np.flatnonzero(~np.isfinite(out)).tolist()} are not finite "
+            "(NaN/Inf hidden states: check the params and batches)"
+        )
+    return out
 
 
 def ablation_scores(
@@ -106,6 +132,15 @@ def ablation_scores(
     batches = list(batches)
     if not batches:
         raise ValueError("ablation_scores: no calibration batches")
+
+    if metric is None:
+        for i, b in enumerate(batches):
+            shape, dt = np.shape(b), getattr(b, "dtype", np.asarray(b).dtype)
+            if len(shape) != 2 or shape[1] < 2 or not np.issubdtype(dt, np.integer):
+                raise ValueError(
+                    f"ablation_scores: batch {i} must be integer tokens of shape (batch, seq_len + 1) with "
+                    f"seq_len >= 1, got {dt} {shape} (pass metric= for non-LM models)"
+                )
 
     def mean_loss(skip: tuple[int, ...]) -> float:
         f = jax.jit(
@@ -158,6 +193,12 @@ class _NoBlocks(ValueError):
 
 
 def _check_blocks(blocks: Iterable[int], num: int) -> list[int]:
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
+        raise TypeError(f"remove_blocks: blocks must be an iterable of block indices, got {blocks!r}")
+    blocks = list(np.asarray(blocks).reshape(-1)) if isinstance(blocks, (np.ndarray, jax.Array)) else list(blocks)
+    wrong = [b for b in blocks if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer))]
+    if wrong:
+        raise TypeError(f"remove_blocks: block indices must be ints, got {wrong[:5]}")
     out = sorted({int(b) for b in blocks})
     bad = [b for b in out if not 0 <= b < num]
     if bad:
@@ -181,6 +222,8 @@ def remove_blocks_params(
     """
     if not isinstance(params, Mapping):
         raise TypeError(f"remove_blocks_params: params must be a mapping, got {type(params).__name__}")
+    if isinstance(params, FrozenDict):
+        return FrozenDict(remove_blocks_params(params.unfreeze(), blocks, prefix=prefix, scan_key=scan_key))
     rx = re.compile(rf"^{re.escape(prefix)}(\d+)$")
     idx = sorted(int(m.group(1)) for k in params if (m := rx.match(str(k))))
     if idx:
@@ -197,8 +240,14 @@ def remove_blocks_params(
                 out[f"{prefix}{new_index[int(m.group(1))]}"] = v
         return out
     if scan_key in params:
-        leaves = jax.tree.leaves(params[scan_key])
-        num = int(np.shape(leaves[0])[0])
+        leaves = leaves_with_paths(params[scan_key])
+        sizes = {p: (np.shape(x)[0] if np.ndim(x) else None) for p, x in leaves}
+        if not leaves or len(set(sizes.values())) != 1 or None in sizes.values():
+            raise ValueError(
+                f"remove_blocks_params: the leaves under {scan_key!r} must all have the same leading (layer) axis, "
+                f"got leading sizes {dict(list(sizes.items())[:8])}"
+            )
+        num = int(next(iter(sizes.values())))
         drop = _check_blocks(blocks, num)
         keep = np.asarray([i for i in range(num) if i not in drop])
         return {**params, scan_key: jax.tree.map(lambda x: x[keep], params[scan_key])}

@@ -129,8 +129,16 @@ def load_llm_recipe(path: str | os.PathLike) -> dict[str, Any]:
             text = f.read()
     except OSError as e:
         raise ValueError(f"cannot read recipe file {os.fspath(path)!r}: {e}") from None
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"recipe file {os.fspath(path)!r} repeats field(s) {dup} (JSON keeps only the last)")
+        return dict(pairs)
+
     try:
-        config = json.loads(text)
+        config = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise ValueError(f"recipe file {os.fspath(path)!r} is not valid JSON: {e}") from None
     return recipe_from_dict(config)

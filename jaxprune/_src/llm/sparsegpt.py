@@ -20,6 +20,7 @@ per-layer routine is one jitted function per (shape, settings).
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from jaxprune._src.llm.calibration import LayerStats, calibrate, from_matrix, kernel_in_axes, kernel_matrix
 from jaxprune._src.llm.wanda import parse_structure, resolve_sparsity, selected_leaves
-from jaxprune._src.tree import Rules, is_none, leaves_with_paths, map_with_path
+from jaxprune._src.tree import Rules, check_same_structure, is_none, leaves_with_paths, map_with_path
 from jaxprune._src.types import PyTree
 
 __all__ = ["sparsegpt", "sparsegpt_matrix", "sparsegpt_sequential", "hessian"]
@@ -137,12 +138,33 @@ def sparsegpt_matrix(
 
 
 def _check_settings(block_size: int, damp: float, nm: tuple[int, int] | None) -> None:
-    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if nm is not None and block_size % nm[1]:
         raise ValueError(f"block_size={block_size} must be a multiple of M={nm[1]} for N:M sparsity")
-    if not isinstance(damp, (int, float)) or damp < 0:
-        raise ValueError(f"damp must be a float >= 0, got {damp!r}")
+    if (
+        isinstance(damp, bool)
+        or not isinstance(damp, (int, float, np.integer, np.floating))
+        or not math.isfinite(damp)
+        or damp < 0
+    ):
+        raise ValueError(f"damp must be a finite float >= 0, got {damp!r}")
+
+
+def _fixed_masks(params: PyTree, masks: PyTree) -> dict[str, Any]:
+    """``{path: keep-mask}`` of the non-None leaves of ``masks`` (same structure as ``params``, boolean or 0/1)."""
+    check_same_structure(params, masks, what="sparsegpt: masks")
+    fixed = {}
+    for path, m in leaves_with_paths(masks, is_leaf=is_none):
+        if m is None:
+            continue
+        m = jnp.asarray(m)
+        if m.dtype != jnp.bool_:
+            if not bool(jnp.all((m == 0) | (m == 1))):
+                raise ValueError(f"sparsegpt: masks leaf {path!r} must be boolean keep-masks (or 0/1), got {m.dtype}")
+            m = m.astype(bool)
+        fixed[path] = m
+    return fixed
 
 
 def sparsegpt(
@@ -163,7 +185,8 @@ def sparsegpt(
     ``None`` mask. ``structure``: ``None`` (unstructured) or ``"N:M"`` along the
     input axis (``sparsity`` must then be ``1 - N/M``). ``damp`` is the
     fraction of the mean Hessian diagonal added to it. ``masks`` (optional bool
-    keep-mask pytree): use these masks and only do the OBS reconstruction.
+    keep-mask pytree with the structure of ``params``): use these masks and only do
+    the OBS reconstruction (``sparsity`` is then not used and ``structure`` must be None).
 
     >>> from jaxprune.llm import calibrate
     >>> p = {'w': jnp.array([[1.], [1.]])}
@@ -175,17 +198,27 @@ def sparsegpt(
     nm = parse_structure(structure)
     if masks is None:
         sparsity = resolve_sparsity(sparsity, nm)
+    elif nm is not None:
+        raise ValueError(
+            f"sparsegpt: structure={structure!r} is not used with masks (the given masks fix the pattern); "
+            "pass structure=None"
+        )
     _check_settings(block_size, damp, nm)
     chosen = selected_leaves(params, stats, rules)
     fixed: dict[str, Any] = {}
     if masks is not None:
-        fixed = {p: m for p, m in leaves_with_paths(masks, is_leaf=is_none) if m is not None}
+        fixed = _fixed_masks(params, masks)
     out_masks: dict[str, jax.Array] = {}
 
     def one(path: str, w: Any, ok: bool) -> Any:
         if not ok or (masks is not None and path not in fixed):
             return w
         st = stats[path]
+        if not jnp.issubdtype(jnp.asarray(w).dtype, jnp.floating):
+            raise TypeError(
+                f"sparsegpt: leaf {path!r} has dtype {jnp.asarray(w).dtype}; SparseGPT updates the kept weights and "
+                "needs a floating-point kernel (use wanda_masks, or exclude it with rules)"
+            )
         axes = kernel_in_axes(np.shape(w), st, path)
         mat = kernel_matrix(jnp.asarray(w), axes).astype(jnp.float32)  # float32 math, one compile for any dtype
         if nm is not None and mat.shape[0] % nm[1]:
@@ -202,6 +235,8 @@ def sparsegpt(
             mat, hessian(st, damp), sparsity=float(sparsity or 0.0), nm=nm, block_size=int(block_size), fixed_prune=fp
         )
         if not bool(jnp.all(jnp.isfinite(new))):
+            if not bool(jnp.all(jnp.isfinite(mat))):
+                raise ValueError(f"sparsegpt: leaf {path!r} has NaN/Inf weights")
             raise ValueError(f"sparsegpt: leaf {path!r}: non-finite result (H not positive definite?); raise damp")
         out_masks[path] = from_matrix(keep, np.shape(w), axes)
         return from_matrix(new, np.shape(w), axes).astype(jnp.asarray(w).dtype)
@@ -247,15 +282,29 @@ def sparsegpt_sequential(
     """
     if isinstance(fn_layers, (str, bytes)) or not all(callable(f) for f in fn_layers):
         raise TypeError("fn_layers must be a sequence of callables f(params, h) -> h_next")
+    if not len(fn_layers):
+        raise ValueError("sparsegpt_sequential: fn_layers is empty (give the model's stages f(params, h) -> h_next)")
+    unknown = sorted(set(kw) - {"structure", "block_size", "damp", "rules", "masks"})
+    if unknown:
+        raise TypeError(
+            f"sparsegpt_sequential: unknown keyword argument(s) {unknown}; sparsegpt takes structure, block_size, "
+            "damp, rules, masks"
+        )
+    nm = parse_structure(kw.get("structure"))  # fail before any calibration work
+    if kw.get("masks") is None:
+        resolve_sparsity(sparsity, nm)
+    _check_settings(kw.get("block_size", 128), kw.get("damp", 0.01), nm)
     hs = list(batches)
     if not hs:
         raise ValueError("sparsegpt_sequential: batches is empty")
     done: set[str] = set()
     all_masks: dict[str, jax.Array] = {}
+    calibrated = False
     for k, f in enumerate(fn_layers):
         stats = calibrate(f, params, hs, rules=calib_rules, row_mask=row_mask, progress=progress)
         stats = {p: s for p, s in stats.items() if p not in done}
         if stats:
+            calibrated = True
             params, masks = sparsegpt(params, stats, sparsity, **kw)
             for p, m in leaves_with_paths(masks, is_leaf=is_none):
                 if m is not None:
@@ -264,4 +313,9 @@ def sparsegpt_sequential(
         if k + 1 < len(fn_layers):
             jf = jax.jit(f)
             hs = [jf(params, h) for h in hs]
+    if not calibrated:
+        raise ValueError(
+            f"sparsegpt_sequential: none of the {len(fn_layers)} stages multiplies a calibratable kernel of params "
+            "(check fn_layers and calib_rules), so nothing was pruned"
+        )
     return params, map_with_path(lambda path, _: all_masks.get(path), params)

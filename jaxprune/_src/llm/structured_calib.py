@@ -42,12 +42,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax.core import FrozenDict
 
 from jaxprune._src.tree import leaves_with_paths, map_with_path
 
@@ -64,6 +66,7 @@ __all__ = [
 #: Consumer kernels (regexes on leaf paths) that get output-bias compensation by default: attention output
 #: and MLP down projections (their outputs are not themselves pruned through RoPE or gating).
 DEFAULT_COMPENSATE = (r"(^|/)(o|out|o_proj|out_proj|down|down_proj|fc2|wo)/kernel$",)
+_KINDS = ("heads", "units", "channels", "head_dim")  # the group kinds of jaxprune.trace_groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +157,15 @@ def _moments(
                 out[k] = [s, q, int(round(float(c)))]
     if not out:
         raise ValueError("input_moments: no calibration batches, or apply_fn calls no nn.Dense / nn.DenseGeneral")
+    bad = [k for k, (s, q, _) in out.items() if not (np.all(np.isfinite(s)) and np.all(np.isfinite(q)))]
+    if bad:
+        raise ValueError(
+            f"input_moments: the inputs of kernels {bad[:5]} are not finite (NaN/Inf in the calibration batches "
+            "or variables, or overflow in low precision)"
+        )
+    empty = [k for k, (_, _, c) in out.items() if c < 1]
+    if empty:
+        raise ValueError(f"input_moments: kernels {empty[:5]} saw no calibration token (row_mask all zero?)")
     return {k: InputMoments(s, q, c, s.ndim) for k, (s, q, c) in out.items()}
 
 
@@ -166,6 +178,7 @@ def _stats_fn(
     def stats(v, batch, offs):
         found: dict[str, tuple[jax.Array, jax.Array, jax.Array]] = {}
         mask = None if row_mask is None else jnp.asarray(row_mask(batch)).astype(dtype)
+        token_shapes: list[tuple[int, ...]] = []  # leading (token) axes of every layer input, for row_mask
 
         def interceptor(next_fun, args, kwargs, context):
             n_in = _n_in(context.module) if context.method_name == "__call__" else None
@@ -173,6 +186,7 @@ def _stats_fn(
                 x = jnp.asarray(args[0]).astype(dtype)
                 flat = x.reshape((-1,) + x.shape[x.ndim - n_in :])
                 path = "/".join([*prefix, *context.module.path, "kernel"])
+                token_shapes.append(tuple(x.shape[: x.ndim - n_in]))
                 if mask is not None and x.shape[: x.ndim - n_in] == mask.shape:
                     r = mask.reshape((-1,) + (1,) * n_in)
                     s, q, c = (flat * r).sum(0), (flat * flat * r).sum(0), mask.sum()
@@ -189,6 +203,11 @@ def _stats_fn(
 
         with nn.intercept_methods(interceptor):
             apply_fn(v, batch)
+        if mask is not None and token_shapes and tuple(mask.shape) not in token_shapes:
+            raise ValueError(
+                f"input_moments: row_mask(batch) has shape {tuple(mask.shape)}, but no layer input has those leading "
+                f"(token) axes (they are {sorted(set(token_shapes))}), so it would be ignored"
+            )
         return found
 
     return jax.jit(stats)
@@ -336,8 +355,24 @@ def compensate_biases(
     :func:`flap_prune`'s ``recalibrate``): ``b' = b + E_dense[x] W - E_pruned[x_kept] W_kept`` instead, which
     also corrects the drift of the kept inputs' means caused by pruning upstream layers.
     """
-    offsets = _bias_offsets(params, plan, moments, tuple(compensate), pruned_moments)
+    if not isinstance(getattr(plan, "leaves", None), Mapping):
+        raise TypeError(f"compensate_biases: plan must be a PrunePlan (from make_plan), got {type(plan).__name__}")
+    offsets = _bias_offsets(params, plan, moments, _compensate_regexes(compensate, "compensate_biases"), pruned_moments)
     return _write_biases(params, shrunk_params, plan, offsets), list(offsets)
+
+
+def _compensate_regexes(compensate: Any, where: str) -> tuple[str, ...]:
+    if isinstance(compensate, (str, bytes)) or not isinstance(compensate, Iterable):
+        raise TypeError(f"{where}: compensate must be a list of regexes on kernel paths, got {compensate!r}")
+    out = tuple(compensate)
+    for r in out:
+        if not isinstance(r, str):
+            raise TypeError(f"{where}: compensate must be a list of regex strings, got entry {r!r}")
+        try:
+            re.compile(r)
+        except re.error as e:
+            raise ValueError(f"{where}: compensate: invalid regex {r!r}: {e}") from None
+    return out
 
 
 def _masked_dense(variables: Any, plan: Any) -> Any:
@@ -431,6 +466,12 @@ def flap_prune(
         raise ValueError(f"flap_prune: ratio must be a number in [0, 1), got {ratio!r}")
     if not isinstance(recalibrate, (bool, int)) or recalibrate < 0:
         raise ValueError(f"flap_prune: recalibrate must be a bool or an int >= 0, got {recalibrate!r}")
+    if isinstance(kinds, (str, bytes)) or not isinstance(kinds, Iterable) or not set(kinds) <= set(_KINDS):
+        raise ValueError(f"flap_prune: kinds must be a list of group kinds from {list(_KINDS)}, got {kinds!r}")
+    if not isinstance(compensate, bool):
+        compensate = _compensate_regexes(compensate, "flap_prune")
+    if method not in ("fluctuation", "wanda"):
+        raise ValueError(f"flap_prune: method must be 'fluctuation' or 'wanda', got {method!r}")
     batches = list(batches)
     t0 = time.perf_counter()
     moments = input_moments(apply_fn, variables, batches, row_mask=row_mask)
@@ -443,6 +484,14 @@ def flap_prune(
     plan = make_plan(
         variables, graph, float(ratio), unit_scores=scores, kinds=tuple(kinds), ignore=ignore, round_to=round_to
     )
+    if ratio > 0 and not plan.leaves:
+        warnings.warn(
+            f"flap_prune: ratio={ratio} but the plan prunes nothing ({len(scores)} groups scored; "
+            f"kinds={tuple(kinds)}, ignore={ignore!r}): no eligible group of those kinds was found. Check "
+            "kinds/ignore, and that `example` has the dtype and shapes of the calibration batches",
+            UserWarning,
+            stacklevel=2,
+        )
     small = _to_dicts(shrink(variables, plan))
     done: list[str] = []
     passes = 0
@@ -465,6 +514,8 @@ def flap_prune(
                     break
         small = _write_biases(variables, small, plan, offsets)
         done = list(offsets)
+    if isinstance(variables, FrozenDict):  # keep the caller's container type
+        small = FrozenDict(small)
     info = dict(
         calibration_seconds=calib_s,
         seconds=time.perf_counter() - t0,

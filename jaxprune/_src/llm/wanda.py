@@ -21,7 +21,7 @@ import numpy as np
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.llm.calibration import LayerStats, from_matrix, kernel_in_axes, kernel_matrix
 from jaxprune._src.masks import nm_masks
-from jaxprune._src.tree import Rules, map_with_path, rule_tree
+from jaxprune._src.tree import Rules, leaves_with_paths, map_with_path, rule_tree
 from jaxprune._src.types import PyTree
 
 __all__ = ["wanda_masks", "parse_structure", "resolve_sparsity", "per_column_prune", "selected_leaves"]
@@ -71,10 +71,34 @@ def per_column_prune(scores: jax.Array, sparsity: float) -> jax.Array:
 
 
 def selected_leaves(params: PyTree, stats: dict[str, LayerStats], rules: Rules | None) -> PyTree:
+    """Bool pytree: the leaves of ``params`` that are in ``stats`` and not excluded by ``rules``.
+
+    ``stats`` must be non-empty and every one of its paths a leaf of ``params`` (statistics from another
+    model, or from ``{'params': ...}`` variables applied to the inner params, would otherwise prune nothing).
+    """
     if not isinstance(stats, dict) or not all(isinstance(v, LayerStats) for v in stats.values()):
         raise TypeError("stats must be the dict {path: LayerStats} returned by calibrate")
+    if not stats:
+        raise ValueError(
+            "stats is empty: calibrate found no kernel multiplying an activation (a model without kernels, "
+            "or calibrate's rules excluded them all), so there is nothing to prune"
+        )
+    paths = [p for p, _ in leaves_with_paths(params)]
+    missing = sorted(set(stats) - set(paths))
+    if missing:
+        raise ValueError(
+            f"stats has kernel paths that are not leaves of params: {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} (stats from another model, or calibrated on different "
+            f"variables: calibrate and prune the same pytree); params paths: {paths[:10]}"
+        )
     chosen = rule_tree(params, rules, default=True, name="wanda/sparsegpt rules")
-    return map_with_path(lambda path, c: bool(c) and path in stats, chosen)
+
+    def pick(path: str, c: Any) -> bool:
+        if not isinstance(c, (bool, np.bool_)):
+            raise TypeError(f"wanda/sparsegpt rules must map to bool (prune or not), got {c!r} for leaf {path!r}")
+        return bool(c) and path in stats
+
+    return map_with_path(pick, chosen)
 
 
 def wanda_masks(
@@ -109,6 +133,8 @@ def wanda_masks(
         axes = kernel_in_axes(np.shape(w), st, path)
         mat = kernel_matrix(jnp.asarray(w), axes)
         score = jnp.abs(mat).astype(jnp.float32) * jnp.sqrt(st.sq_norms.astype(jnp.float32))[:, None]
+        if not bool(jnp.all(jnp.isfinite(score))):
+            raise ValueError(f"wanda_masks: leaf {path!r} has NaN/Inf weights, so its scores are not finite")
         if nm is None:
             keep = per_column_prune(score, sparsity)
         else:
