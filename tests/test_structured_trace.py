@@ -310,3 +310,32 @@ def test_every_distinct_blocker_is_listed():
     text = " | ".join(grp.reasons)
     assert "reduced over" in text and "cumsum" in text
     assert all(f"blocker: {r}" in grp.describe() for r in grp.reasons)
+
+
+@pytest.mark.parametrize("layout", ["torch (out, in) used as .T", "bf16 params cast to the f32 input"])
+def test_layers_through_param_views_are_roots(layout):
+    """A kernel used through a view (transpose of a PyTorch-layout weight, a dtype cast) still produces units."""
+    rng = np.random.default_rng(0)
+    if layout.startswith("torch"):
+        p = {"w1": rng.normal(size=(32, 8)), "b1": np.zeros(32), "w2": rng.normal(size=(4, 32))}
+        p = {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
+
+        def f(p, x):
+            return jax.nn.relu(x @ p["w1"].T + p["b1"]) @ p["w2"].T
+
+        produced = ("w1", 0)
+    else:
+        model = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(4)])
+        p = jax.tree.map(lambda a: a.astype(jnp.bfloat16), model.init(jax.random.key(0), jnp.ones((1, 8))))
+        f = model.apply
+        produced = ("params/layers_0/kernel", 1)
+    x = jnp.asarray(rng.normal(size=(2, 8)), jnp.float32)
+    g = trace_groups(f, p, x)
+    grp = _group_with(g, *produced)
+    assert grp.prunable and {(m.path, m.axis) for m in grp.roots} == {produced}
+    plan = make_plan(p, g, 0.5)
+    assert plan.shapes[produced[0]][1][produced[1]] == 16
+    x5 = jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)
+    out = shrunk_fn_from_graph(trace_groups(f, p, x5), plan)(shrink(p, plan), x5)
+    ref = f(apply_plan_masks(p, plan_to_masks(p, plan)), x5)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), rtol=1e-2, atol=1e-2)

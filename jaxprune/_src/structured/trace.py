@@ -48,6 +48,7 @@ class _Walker:
         self.derivs: list[tuple[str, int, list[int]]] = []  # (kind, whole node, part nodes)
         self.param_base: dict[int, int] = {}  # node base -> param leaf index
         self.roots: set[int] = set()
+        self.alias: dict[int, int] = {}  # axis node of a param view (cast, transpose, scan slice) -> the param's
         self.eqn_outs: dict[tuple, list[int]] = {}
         self.eqn_extra: dict[tuple, dict] = {}
 
@@ -83,7 +84,15 @@ class _Walker:
         self.uf.flag(node, name)
 
     def root(self, node: int) -> None:
+        while node in self.alias:  # a layer producing units along a view's axis: the param's axis is the root
+            node = self.alias[node]
         self.roots.add(node)
+
+    def view_of_param(self, out: int, src: int, axes: Sequence[int]) -> None:
+        """``out`` is a view of the param (or param view) at ``src``: its axis ``j`` is the source's ``axes[j]``."""
+        self.param_base[out] = self.param_base[src]
+        for j, a in enumerate(axes):
+            self.alias[out + j] = src + a
 
     def is_param(self, base: int | None) -> bool:
         return base is not None and base in self.param_base
@@ -112,7 +121,9 @@ class _Walker:
                 if self.sums:
                     axis_rules.track_normalizer(self, eqn, ins, outs, key)
                 if name in ("convert_element_type", "copy", "copy_p", "transpose") and ins[0] in self.param_base:
-                    self.param_base[outs[0]] = self.param_base[ins[0]]
+                    ndim = len(axis_rules._shape(eqn.outvars[0]))
+                    perm = eqn.params["permutation"] if name == "transpose" else range(ndim)
+                    self.view_of_param(outs[0], ins[0], perm)
             elif (call_param := axis_rules.CALLS.get(name)) and name in _CALL_OK:
                 self.call(eqn.params[call_param], eqn, ins, outs, key)
             elif name == "scan":
@@ -154,7 +165,6 @@ class _Walker:
         jaxpr = closed.jaxpr
         nc, ncarry = p["num_consts"], p["num_carry"]
         env = {}
-        sliced: list[tuple[int, int, int]] = []  # (body var, stacked leaf's var, body ndim)
         for v, c in zip(jaxpr.constvars, closed.consts):
             env[v] = self.new_var(np.shape(c))
             self.mark_var(env[v], np.shape(c), "constant captured inside the function")
@@ -169,14 +179,9 @@ class _Walker:
                     for ax in range(len(shape)):
                         self.union(b + ax + 1, nb + ax)
                     if b in self.param_base:  # one layer's slice of a stacked leaf is a parameter too
-                        self.param_base[nb] = self.param_base[b]
-                        sliced.append((nb, b, len(shape)))
+                        self.view_of_param(nb, b, range(1, len(shape) + 1))
                 env[inner] = nb
         self.walk(jaxpr, env, key)
-        for nb, b, ndim in sliced:  # a layer that produces units in the body: its stacked leaf is a root
-            for ax in range(ndim):
-                if nb + ax in self.roots:
-                    self.root(b + ax + 1)
         for k, v in enumerate(jaxpr.outvars):
             b = self.read(env, v)
             if b is None:
