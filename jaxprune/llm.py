@@ -58,7 +58,16 @@ from jaxprune._src.llm.structured_calib import (
     input_moments,
     within_kv_groups,
 )
-from jaxprune._src.llm.text_data import BYTE_VOCAB, decode, encode, lm_batches, sequences, text_splits, token_splits
+from jaxprune._src.llm.text_data import (
+    BYTE_VOCAB,
+    decode,
+    encode,
+    lm_batches,
+    sequences,
+    stdlib_docstrings,
+    text_splits,
+    token_splits,
+)
 from jaxprune._src.llm.wanda import wanda_masks
 
 __all__ = [
@@ -98,6 +107,7 @@ __all__ = [
     "encode",
     "decode",
     "token_splits",
+    "stdlib_docstrings",
     "lm_batches",
     "sequences",
     # recipes

@@ -53,15 +53,32 @@ def train_config(quick: bool) -> dict:
         )
     return dict(
         model=dict(vocab_size=256, num_layers=4, d_model=128, num_heads=8, num_kv_heads=4, head_dim=16, mlp_dim=384),
-        # 2000 steps (~19 epochs of the training topics; ~25 min on 2 quiet cores, 43 min shared): held-out
-        # perplexity 2.62 per byte. The earlier 300 steps (6.52) left the model barely trained, and pruning
-        # results on an under-trained model say little about pruning trained LLMs.
+        # 2000 steps (~25 min on 2 quiet cores). The earlier 300 steps left the model barely trained; 2000 steps
+        # on the training topics alone (19 epochs) made it memorise them (training loss 0.53 vs held-out 0.96
+        # nats/byte), which no LLM does: "pydoc+docstrings" adds the standard library's docstrings (1.5 MB,
+        # ~4 epochs in 2000 steps). docs/results/llm_decoder/README.md compares the recipes.
         steps=2000,
         batch=32,
         seq_len=128,
         lr=3e-3,
         seed=0,
+        data="pydoc+docstrings",
     )
+
+
+def training_tokens(cfg: dict):
+    """The decoder's training text: the training topics, plus the stdlib docstrings for ``data="pydoc+docstrings"``."""
+    import numpy as np
+
+    from jaxprune.llm import encode, stdlib_docstrings, text_splits, token_splits
+
+    data = cfg.get("data", "pydoc")
+    train, _ = token_splits()
+    if data == "pydoc":
+        return train
+    if data != "pydoc+docstrings":
+        raise ValueError(f"train config: data must be 'pydoc' or 'pydoc+docstrings', got {data!r}")
+    return np.concatenate([train, encode("\n\n" + stdlib_docstrings(exclude=text_splits()[1]))])
 
 
 def train_or_load(cfg: dict, cache_dir: str | None, log=print):
@@ -71,12 +88,15 @@ def train_or_load(cfg: dict, cache_dir: str | None, log=print):
     import jax
 
     from jaxprune import restore_checkpoint, save_checkpoint
-    from jaxprune.llm import finetune_lm, lm_batches, token_splits
+    from jaxprune.llm import finetune_lm, lm_batches
     from jaxprune.models import get_config
     from jaxprune.models.llama import LlamaDecoder
 
     model = LlamaDecoder(**cfg["model"])
-    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    train = training_tokens(cfg)
+    # the key covers the training text too: another Python version ships other docstrings
+    text = train.tobytes() if cfg.get("data", "pydoc") != "pydoc" else b""
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode() + text).hexdigest()[:12]
     ckpt = os.path.join(cache_dir, "llm_decoder", key) if cache_dir else None
     if ckpt and os.path.isdir(ckpt):
         try:
@@ -85,7 +105,6 @@ def train_or_load(cfg: dict, cache_dir: str | None, log=print):
             return model, jax.tree.map(jax.numpy.asarray, restored.params), dict(restored.data_state or {}, cached=True)
         except Exception as e:  # a broken cache entry: retrain
             log(f"cache {ckpt} unreadable ({e}); retraining")
-    train, _ = token_splits()
     params = model.init(jax.random.key(cfg["seed"]), model.example_input(1))["params"]
     log(f"training the decoder for {cfg['steps']} steps (batch {cfg['batch']} x {cfg['seq_len']} bytes)")
     params, info = finetune_lm(
@@ -612,6 +631,13 @@ def main(argv=None) -> int:
     ap.add_argument("--train-only", action="store_true", help="train (or load) the decoder and stop")
     ap.add_argument("--distill", action="store_true", help="recovery finetune by distillation from the dense model")
     ap.add_argument("--finetune-steps", type=int, default=30, help="recovery finetune steps per method (0: none)")
+    ap.add_argument("--lr", type=float, default=None, help="decoder training learning rate (default: the config's)")
+    ap.add_argument(
+        "--data",
+        choices=("pydoc", "pydoc+docstrings"),
+        default=None,
+        help="decoder training text (default: pydoc+docstrings; --quick: pydoc)",
+    )
     args = ap.parse_args(argv)
     from jaxprune.transfer import default_cache_dir
 
@@ -624,6 +650,13 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     cfg = train_config(args.quick)
+    if args.lr is not None:
+        if not 0 < args.lr < 1:
+            print(f"error: --lr must be in (0, 1), got {args.lr}", file=sys.stderr)
+            return 2
+        cfg["lr"] = args.lr
+    if args.data is not None:
+        cfg["data"] = args.data
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     model, params, info = train_or_load(cfg, cache)
     if args.train_only:

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "flap", "depth")
@@ -42,3 +44,27 @@ def test_prune_llm_quick_has_every_method(tmp_path):
     assert {r["recipe"]["method"] for r in finetuned} == {"magnitude", "flap"}  # a masked and a shrunk model
     assert "| dense |" in (out / "results.md").read_text()
     assert (out / "prune_llm.png").stat().st_size > 1000
+
+
+def test_docstring_corpus_is_larger_and_keeps_the_heldout_text_unseen():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import prune_llm
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from jaxprune.llm import decode, stdlib_docstrings, text_splits, token_splits
+
+    pydoc = prune_llm.training_tokens({"data": "pydoc"})
+    both = prune_llm.training_tokens({"data": "pydoc+docstrings"})
+    assert (pydoc == token_splits()[0]).all()
+    assert len(both) > 3 * len(pydoc) and (both[: len(pydoc)] == pydoc).all()
+    held = text_splits()[1]
+    extra = decode(both[len(pydoc) :])
+    probes = [held[i : i + 48] for i in range(0, len(held) - 48, 997)]
+    assert probes and not any(p in extra for p in probes)
+    # the exclusion really removes a docstring that quotes the held-out text
+    doc = stdlib_docstrings()
+    first = doc.split("\n\n")[0]
+    assert first in doc and first not in stdlib_docstrings(exclude=first[:60])
+    with pytest.raises(ValueError, match="pydoc\\+docstrings"):
+        prune_llm.training_tokens({"data": "wiki"})

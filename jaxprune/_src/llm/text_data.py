@@ -5,7 +5,9 @@ of the language reference). :func:`text_splits` splits it *by topic* into a
 training and a held-out part, deterministically (topics sorted by name, every
 ``heldout_every``-th topic held out); :func:`encode` is a byte-level tokenizer
 (UTF-8 bytes, vocabulary 256, nothing to download); :func:`lm_batches` cuts a
-token stream into fixed-length sequences.
+token stream into fixed-length sequences. :func:`stdlib_docstrings` adds
+~1.5 MB more English (the docstrings of the standard library's modules, also
+shipped with CPython) for training a model on more text than it can memorise.
 
 Example:
   >>> train, held = text_splits()
@@ -21,7 +23,16 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["BYTE_VOCAB", "text_splits", "encode", "decode", "token_splits", "lm_batches", "sequences"]
+__all__ = [
+    "BYTE_VOCAB",
+    "stdlib_docstrings",
+    "text_splits",
+    "encode",
+    "decode",
+    "token_splits",
+    "lm_batches",
+    "sequences",
+]
 
 #: Vocabulary size of the byte-level tokenizer.
 BYTE_VOCAB = 256
@@ -46,6 +57,48 @@ def text_splits(heldout_every: int = 8) -> tuple[str, str]:
     held = [n for i, n in enumerate(names) if i % heldout_every == 3 % heldout_every]
     train = [n for n in names if n not in set(held)]
     return "\n\n".join(topics[n] for n in train), "\n\n".join(topics[n] for n in held)
+
+
+def stdlib_docstrings(*, min_chars: int = 80, exclude: str = "", shingle: int = 48) -> str:
+    """English text of the docstrings of the standard library's ``.py`` files (test suites and idlelib left out).
+
+    Deterministic for one Python version (files sorted by path, docstrings in source order, duplicates
+    dropped). Docstrings shorter than ``min_chars`` are skipped, and so is every docstring that shares a
+    ``shingle``-character substring with ``exclude`` (pass the held-out text to keep it unseen).
+
+    >>> text = stdlib_docstrings()
+    >>> len(text) > 500_000
+    True
+    """
+    import ast
+    import os
+    import sysconfig
+
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for d, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(x for x in subdirs if x not in ("test", "tests", "idlelib", "site-packages", "__pycache__"))
+        files += [os.path.join(d, n) for n in sorted(names) if n.endswith(".py") and not n.startswith("test_")]
+    banned = {exclude[i : i + shingle] for i in range(max(len(exclude) - shingle + 1, 0))}
+    seen: set[str] = set()
+    out = []
+    for path in sorted(files):
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or len(doc) < min_chars or doc in seen:
+                continue
+            if banned and any(doc[i : i + shingle] in banned for i in range(len(doc) - shingle + 1)):
+                continue
+            seen.add(doc)
+            out.append(doc)
+    return "\n\n".join(out)
 
 
 def encode(text: str) -> np.ndarray:
