@@ -135,7 +135,8 @@ from jaxprune._src.flops import compare_models, flops, model_stats, param_bytes,
 # -------------------------------------------------------------------------------- checkpoints
 from jaxprune._src.checkpoint.api import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
 from jaxprune._src.checkpoint.codec import Checkpoint, CheckpointError
-from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
+from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer
+from jaxprune._src.checkpoint.directory import checkpoint_size_bytes, checkpoint_steps
 from jaxprune._src.checkpoint.export import export_dense
 
 # ----------------------------------------------------------------------------------- sharding

@@ -8,8 +8,9 @@ compact sparse leaves) and ``sparse_format.py`` (bit-packed masks, kept values
 """
 
 from jaxprune._src.checkpoint.api import ShrunkModel, restore_checkpoint, restore_shrunk_model, save_checkpoint
-from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, checkpoint_size_bytes, checkpoint_steps
+from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer
 from jaxprune._src.checkpoint.codec import Checkpoint, CheckpointError
+from jaxprune._src.checkpoint.directory import checkpoint_size_bytes, checkpoint_steps
 
 __all__ = [
     "save_checkpoint",

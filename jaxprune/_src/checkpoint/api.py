@@ -59,14 +59,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from jaxprune._src.checkpoint.checkpointer import (  # noqa: F401
-    SparseCheckpointer,
-    checkpoint_size_bytes,
-    checkpoint_steps,
-    item_handlers,
-    recover_directory,
-    try_lock,
-)
+from jaxprune._src.checkpoint.checkpointer import SparseCheckpointer, item_handlers  # noqa: F401
 from jaxprune._src.checkpoint.codec import (  # noqa: F401
     ARRAY_ITEMS,
     COMMIT_MARKER,
@@ -79,6 +72,12 @@ from jaxprune._src.checkpoint.codec import (  # noqa: F401
     check_model_config,
     check_plan_shapes,
     entry_shapes,
+)
+from jaxprune._src.checkpoint.directory import (  # noqa: F401
+    checkpoint_size_bytes,
+    checkpoint_steps,
+    recover_directory,
+    try_lock,
 )
 from jaxprune._src.types import PyTree
 

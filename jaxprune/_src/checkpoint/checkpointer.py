@@ -31,17 +31,12 @@ retention, clean-up); the others wait for it at a barrier.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
-import re
 import shutil
 import threading
-import time
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -72,273 +67,32 @@ from jaxprune._src.checkpoint.codec import (
     shapes_of,
     template_fields,
 )
+from jaxprune._src.checkpoint.diagnostics import QuietFailedSave, save_error, structure_diff, wrap_error
+from jaxprune._src.checkpoint.directory import (
+    BACKUP_SUFFIX,
+    ORBAX_TMP,
+    STAGING_SUFFIX,
+    DirLock,
+    SharedWriter,
+    agree,
+    checkpoint_steps,
+    committed,
+    interrupted_replaces,
+    primary,
+    recover_directory,
+    recovery_hint,
+    rmtree_settled,
+    step_dir,
+    sync,
+    try_lock,
+)
 from jaxprune._src.types import PyTree
-
-_BACKUP_SUFFIX = ".jaxprune-replaced"
-_STAGING_SUFFIX = ".jaxprune-staging"
-_ORBAX_TMP = ".orbax-checkpoint-tmp"
-_SIDE_RE = re.compile(r"^(\d+)(\.jaxprune-replaced|\.jaxprune-staging)$")
-
-
-# --------------------------------------------------------------------------------- directory helpers
-def _step_dir(directory: str, step: int) -> str:
-    return os.path.join(directory, str(step))
-
-
-def checkpoint_steps(directory: str | os.PathLike, *, committed: bool = True) -> list[int]:
-    """Step numbers in ``directory``; with ``committed=True`` only complete ones (orbax commit marker present).
-
-    Orbax's temporary directories (``<step>.orbax-checkpoint-tmp-*``) are never listed.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        return []
-    steps = []
-    for name in os.listdir(directory):
-        if name.isdigit() and os.path.isdir(os.path.join(directory, name)):
-            if not committed or os.path.exists(os.path.join(directory, name, COMMIT_MARKER)):
-                steps.append(int(name))
-    return sorted(steps)
-
-
-def checkpoint_size_bytes(directory: str | os.PathLike, step: int | None = None) -> int:
-    """Total bytes of the files under ``directory`` (or under its step ``step``)."""
-    root = os.fspath(directory) if step is None else _step_dir(os.fspath(directory), step)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"no checkpoint directory {root}")
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
-    return total
-
-
-def _committed(path: str) -> bool:
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, COMMIT_MARKER))
-
-
-def _interrupted_replaces(directory: str) -> dict[int, list[str]]:
-    """``{step: [side paths]}`` of overwrites that did not finish (backups / staging folders)."""
-    out: dict[int, list[str]] = {}
-    if os.path.isdir(directory):
-        for name in sorted(os.listdir(directory)):
-            m = _SIDE_RE.match(name)
-            if m:
-                out.setdefault(int(m.group(1)), []).append(os.path.join(directory, name))
-    return out
-
-
-def recovery_hint(directory: str, step: int) -> str:
-    """Exact shell steps that undo an interrupted overwrite of ``step`` by hand (empty if none)."""
-    step_path = _step_dir(directory, step)
-    backup, staging = step_path + _BACKUP_SUFFIX, step_path + _STAGING_SUFFIX
-    staged = os.path.join(staging, str(step))
-    if os.path.isdir(backup) and not _committed(step_path):
-        if _committed(staged):
-            return (
-                f"an overwrite of step {step} was interrupted after its new version was complete: finish it with "
-                f"`rm -rf {step_path} && mv {staged} {step_path} && rm -rf {backup} {staging}`, or open a "
-                "SparseCheckpointer on the directory (it does this)"
-            )
-        return (
-            f"an overwrite of step {step} was interrupted; the previous version is in {backup}: restore it with "
-            f"`rm -rf {step_path} {staging} && mv {backup} {step_path}`, or open a SparseCheckpointer on the "
-            "directory (it does this)"
-        )
-    return ""
-
-
-def recover_directory(directory: str | os.PathLike, *, tmp: bool = True) -> list[str]:
-    """Finishes or rolls back interrupted overwrites in ``directory``; returns what it did.
-
-    Call only while holding the directory's writer lock (a :class:`SparseCheckpointer`
-    does so when it opens). For every step with a ``<step>.jaxprune-replaced`` backup
-    or ``<step>.jaxprune-staging`` folder: if ``<step>`` is committed the replace had
-    finished (side folders are deleted); else if the staged new step is committed it
-    is moved into place; else the backup is moved back. With ``tmp=True`` orbax's
-    temporary folders of killed saves (``*.orbax-checkpoint-tmp*``) are deleted too.
-    """
-    directory = os.fspath(directory)
-    done: list[str] = []
-    for step in _interrupted_replaces(directory):
-        step_path = _step_dir(directory, step)
-        backup, staging = step_path + _BACKUP_SUFFIX, step_path + _STAGING_SUFFIX
-        staged = os.path.join(staging, str(step))
-        if _committed(step_path):
-            pass
-        elif os.path.isdir(backup) or _committed(staged):
-            if os.path.isdir(step_path):
-                shutil.rmtree(step_path)
-            if _committed(staged):
-                os.rename(staged, step_path)
-                done.append(f"finished the interrupted overwrite of step {step}")
-            else:
-                os.rename(backup, step_path)
-                done.append(f"rolled back the interrupted overwrite of step {step} (previous version restored)")
-        for side in (backup, staging):
-            if os.path.lexists(side):
-                shutil.rmtree(side)
-    if tmp and os.path.isdir(directory):
-        for name in os.listdir(directory):
-            if _ORBAX_TMP in name:
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-                done.append(f"removed {name} (left by an interrupted save)")
-    return done
-
-
-def _rmtree_settled(path: str, tries: int = 30) -> None:
-    """Deletes ``path``, again while background writers of a failed save still add files to it."""
-    for _ in range(tries):
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            time.sleep(0.05)  # a straggling writer may recreate it
-            if not os.path.lexists(path):
-                return
-        else:
-            time.sleep(0.1)
-    shutil.rmtree(path)  # raises: say why it cannot be removed
-
-
-class _DirLock:
-    """Exclusive, non-blocking ``flock`` on a directory (one writer per directory; freed when the process dies)."""
-
-    def __init__(self, directory: str):
-        self.fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            raise
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-
-def try_lock(directory: str) -> _DirLock | None:
-    try:
-        return _DirLock(directory)
-    except OSError:
-        return None
-
-
-def _multiprocess() -> bool:
-    return jax.process_count() > 1
-
-
-def _primary() -> bool:
-    """This process does the directory's lock, moves and deletions (process 0; always on one process)."""
-    return jax.process_index() == 0
-
-
-def _sync(name: str) -> None:
-    """A barrier of every process of a multi-process job (no-op on one process)."""
-    if _multiprocess():
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"jaxprune_checkpoint:{name}")
-
-
-def _agree(ok: bool) -> bool:
-    """Multi-process: process 0's ``ok`` for everyone (so all raise or all go on together)."""
-    if not _multiprocess():
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(ok))))
-
-
-class _SharedWriter:
-    """Stands for the writer lock in processes other than 0 of a multi-process job (process 0 holds it)."""
-
-    def release(self) -> None:
-        pass
 
 
 def item_handlers() -> dict[str, Any]:
     handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
     handlers.update({name: ocp.JsonCheckpointHandler() for name in JSON_ITEMS + (MANIFEST,)})
     return handlers
-
-
-def _wrap(e: Exception, what: str) -> CheckpointError:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return CheckpointError(f"{what}: {type(e).__name__}: {msg[:500]} (checkpoint truncated or corrupted?)")
-
-
-def _save_error(e: BaseException, step: int, directory: str) -> CheckpointError:
-    if isinstance(e, CheckpointError):
-        return e
-    cause = e
-    while not isinstance(cause, OSError):
-        nxt = cause.__cause__ or cause.__context__
-        if nxt is None:
-            break
-        cause = nxt
-    if isinstance(cause, OSError) and cause.errno is not None:
-        what = f"OSError [{errno.errorcode.get(cause.errno, cause.errno)}] {cause.strerror or cause}"
-        if cause.errno == errno.ENOSPC:
-            what += " (the disk is full)"
-        elif cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            what += " (the directory is not writable)"
-    else:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        what = f"{type(e).__name__}: {msg[:300]}"
-    return CheckpointError(
-        f"saving step {step} to {directory} failed: {what}; the partial write was removed and "
-        "the previously saved steps are unchanged"
-    )
-
-
-def _structure_diff(meta: Any, tmpl: Any, path: str = "") -> str | None:
-    """Where the orbax metadata tree and a template first differ in container type (best effort)."""
-
-    def node(x):
-        if isinstance(x, Mapping):
-            return "dict", {str(k): v for k, v in x.items()}
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return f"namedtuple {type(x).__name__}", {f: getattr(x, f) for f in x._fields}
-        if isinstance(x, (list, tuple)):
-            return type(x).__name__, {str(i): v for i, v in enumerate(x)}
-        if x is None or hasattr(x, "shape"):
-            return "leaf", None
-        return type(x).__name__, None
-
-    km, cm = node(meta)
-    kt, ct = node(tmpl)
-    where = repr(path) if path else "the root"
-    if km != kt and not ({km, kt} <= {"list", "tuple"} and km != "leaf"):
-        return f"at {where} the checkpoint has a {km}, the template a {kt}"
-    if cm is None or ct is None:
-        return None
-    if set(cm) != set(ct):
-        return f"at {where} the checkpoint has keys {sorted(cm)[:10]}, the template {sorted(ct)[:10]}"
-    for k in cm:
-        d = _structure_diff(cm[k], ct[k], f"{path}/{k}" if path else k)
-        if d:
-            return d
-    return None
-
-
-class _QuietFailedSave(logging.Filter):
-    """Drops orbax's background-thread tracebacks about one directory (the failure is raised as CheckpointError)."""
-
-    def __init__(self, directory: str):
-        super().__init__()
-        self.directory = directory
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return True
-        return not ("raised an exception" in msg and self.directory in msg)
 
 
 # --------------------------------------------------------------------------------- the checkpointer
@@ -392,16 +146,16 @@ class SparseCheckpointer:
         self.async_ = async_
         self._lock = threading.RLock()
         self._pending: dict | None = None  # the save in flight: step, kind, staging manager
-        self._dir_lock: _DirLock | _SharedWriter | None = None
+        self._dir_lock: DirLock | SharedWriter | None = None
         self._mngr: ocp.CheckpointManager | None = None
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {e.strerror or e}") from None
-        lock: _DirLock | _SharedWriter | None = _SharedWriter()
-        if _primary():
+        lock: DirLock | SharedWriter | None = SharedWriter()
+        if primary():
             lock = try_lock(self.directory)
-        if not _agree(lock is not None):
+        if not agree(lock is not None):
             raise CheckpointError(
                 f"{self.directory} is already open for writing by another SparseCheckpointer (in this or another "
                 "process); a checkpoint directory has one writer at a time: close the other one first"
@@ -409,8 +163,8 @@ class SparseCheckpointer:
         assert lock is not None
         self._dir_lock = lock
         try:
-            self.recovered = recover_directory(self.directory) if _primary() else []
-            _sync("recovered")
+            self.recovered = recover_directory(self.directory) if primary() else []
+            sync("recovered")
             for msg in self.recovered:
                 logging.getLogger(__name__).warning("%s: %s", self.directory, msg)
             options = ocp.CheckpointManagerOptions(
@@ -420,7 +174,7 @@ class SparseCheckpointer:
         except BaseException:
             self._dir_lock.release()
             raise
-        self._log_filter: _QuietFailedSave | None = _QuietFailedSave(self.directory)
+        self._log_filter: QuietFailedSave | None = QuietFailedSave(self.directory)
         logging.getLogger("absl").addFilter(self._log_filter)
 
     @classmethod
@@ -496,8 +250,8 @@ class SparseCheckpointer:
 
     def _finish(self, pending: dict) -> None:
         step = pending["step"]
-        step_path = _step_dir(self.directory, step)
-        staging = step_path + _STAGING_SUFFIX
+        step_path = step_dir(self.directory, step)
+        staging = step_path + STAGING_SUFFIX
         mngr = pending.get("staging_mngr") or self._manager
         try:
             mngr.wait_until_finished()
@@ -505,10 +259,10 @@ class SparseCheckpointer:
             self._cleanup_failed(step, pending)
             if not isinstance(e, Exception):
                 raise
-            raise _save_error(e, step, self.directory) from None
-        _sync(f"saved:{step}")  # every process's shards written and the step committed by process 0
+            raise save_error(e, step, self.directory) from None
+        sync(f"saved:{step}")  # every process's shards written and the step committed by process 0
         if pending["kind"] == "new":
-            if not _committed(step_path):
+            if not committed(step_path):
                 self._cleanup_failed(step, pending)
                 raise CheckpointError(
                     f"saving step {step} to {self.directory} did not commit (no {COMMIT_MARKER}); "
@@ -520,37 +274,37 @@ class SparseCheckpointer:
         with contextlib.suppress(Exception):
             pending["staging_mngr"].close()
         staged = os.path.join(staging, str(step))
-        if not _committed(staged):
+        if not committed(staged):
             self._cleanup_failed(step, pending)
             raise CheckpointError(
                 f"overwriting step {step} in {self.directory} did not commit; the previous "
                 f"version of step {step} is unchanged"
             )
-        backup = step_path + _BACKUP_SUFFIX
-        if _primary():
+        backup = step_path + BACKUP_SUFFIX
+        if primary():
             os.rename(step_path, backup)
             os.rename(staged, step_path)
             shutil.rmtree(backup)
             shutil.rmtree(staging)
-        _sync(f"swapped:{step}")
+        sync(f"swapped:{step}")
         self._manager.reload()
 
     def _cleanup_failed(self, step: int, pending: dict) -> None:
-        step_path = _step_dir(self.directory, step)
+        step_path = step_dir(self.directory, step)
         # let orbax's other background writers of this save stop before deleting their folders
         with contextlib.suppress(Exception):
             (pending.get("staging_mngr") or self._manager).wait_until_finished()
         if pending["kind"] == "overwrite":
             with contextlib.suppress(Exception):
                 pending["staging_mngr"].close()
-            if _primary():
-                _rmtree_settled(step_path + _STAGING_SUFFIX)
-        elif _primary():
-            if os.path.isdir(step_path) and not _committed(step_path):
+            if primary():
+                rmtree_settled(step_path + STAGING_SUFFIX)
+        elif primary():
+            if os.path.isdir(step_path) and not committed(step_path):
                 shutil.rmtree(step_path, ignore_errors=True)
-        for name in os.listdir(self.directory) if _primary() else []:
-            if name.startswith(f"{step}{_ORBAX_TMP}"):
-                _rmtree_settled(os.path.join(self.directory, name))
+        for name in os.listdir(self.directory) if primary() else []:
+            if name.startswith(f"{step}{ORBAX_TMP}"):
+                rmtree_settled(os.path.join(self.directory, name))
         with contextlib.suppress(Exception):
             self._manager.reload()
 
@@ -559,10 +313,10 @@ class SparseCheckpointer:
             return
         steps = checkpoint_steps(self.directory)
         extra = steps[: max(0, len(steps) - self.max_to_keep)]
-        for old in extra if _primary() else []:  # the oldest by step number; orbax normally did this already
-            shutil.rmtree(_step_dir(self.directory, old), ignore_errors=True)
+        for old in extra if primary() else []:  # the oldest by step number; orbax normally did this already
+            shutil.rmtree(step_dir(self.directory, old), ignore_errors=True)
         if extra:
-            _sync("retention")
+            sync("retention")
             self._manager.reload()
 
     # -- steps -------------------------------------------------------------------------------------
@@ -695,8 +449,8 @@ class SparseCheckpointer:
                 f"this SparseCheckpointer of {self.directory} is closed or read-only; open a new one to save"
             )
         self.wait()  # one save at a time; finishes (or reports the failure of) the previous async save
-        _sync(f"save:{step}")  # every process sees the same directory before deciding
-        step_path = _step_dir(self.directory, step)
+        sync(f"save:{step}")  # every process sees the same directory before deciding
+        step_path = step_dir(self.directory, step)
         committed = self.all_steps()
         exists = os.path.exists(step_path)
         if exists and not overwrite:
@@ -715,16 +469,16 @@ class SparseCheckpointer:
             raise CheckpointError(f"cannot save step {step}: checkpoint directory {self.directory} is not writable")
         if exists:  # overwrite: write the whole new step aside, swap it in once committed
             if os.path.isdir(step_path) and step not in committed:
-                if _primary():
+                if primary():
                     shutil.rmtree(step_path)  # an incomplete step: nothing to keep
-                _sync(f"removed-incomplete:{step}")
+                sync(f"removed-incomplete:{step}")
                 self._manager.reload()
                 exists = False
         if exists:
-            staging = step_path + _STAGING_SUFFIX
-            if _primary():
+            staging = step_path + STAGING_SUFFIX
+            if primary():
                 shutil.rmtree(staging, ignore_errors=True)
-            _sync(f"staging:{step}")
+            sync(f"staging:{step}")
             options = ocp.CheckpointManagerOptions(enable_async_checkpointing=self.async_, create=True)
             pending = {
                 "step": step,
@@ -741,7 +495,7 @@ class SparseCheckpointer:
             self._cleanup_failed(step, pending)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise _save_error(e, step, self.directory) from None
+            raise save_error(e, step, self.directory) from None
         if not saved:
             self._cleanup_failed(step, pending)
             raise CheckpointError(f"orbax refused to save step {step} in {self.directory}")
@@ -764,7 +518,7 @@ class SparseCheckpointer:
 
     def _restore(self, step: int | None, *, template: Any, items: Sequence[str] | None, verify: bool) -> Checkpoint:
         self.wait()
-        side = _interrupted_replaces(self.directory)
+        side = interrupted_replaces(self.directory)
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -774,7 +528,7 @@ class SparseCheckpointer:
                     f"(incomplete steps: {checkpoint_steps(self.directory, committed=False)})"
                     + (f"; {hints}" if hints.strip() else "")
                 )
-        step_path = _step_dir(self.directory, step)
+        step_path = step_dir(self.directory, step)
         if step not in self.all_steps():
             hint = recovery_hint(self.directory, step)
             hint = f"; {hint}" if hint else ""
@@ -873,19 +627,19 @@ class SparseCheckpointer:
         try:
             res = self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
         except Exception as e:  # noqa: BLE001 - orbax/json raise many types; name the item
-            raise _wrap(e, f"step {step}: cannot read {what}") from e
+            raise wrap_error(e, f"step {step}: cannot read {what}") from e
         return res[name]
 
     def _restore_array(
         self, step: int, name: str, entries: dict, template: PyTree, mask_at: Mapping[str, Any], verify: bool
     ) -> PyTree:
-        item_dir = os.path.join(_step_dir(self.directory, step), name)
+        item_dir = os.path.join(step_dir(self.directory, step), name)
 
         def metadata():
             try:  # this item's metadata only (the manager's item_metadata reads every item's)
                 meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
             except Exception as e:  # noqa: BLE001
-                raise _wrap(e, f"step {step}: cannot read the metadata of item {name!r} ({item_dir})") from e
+                raise wrap_error(e, f"step {step}: cannot read the metadata of item {name!r} ({item_dir})") from e
             return getattr(meta, "tree", meta)
 
         if template is not None:
@@ -896,11 +650,11 @@ class SparseCheckpointer:
             res = self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(target)}))
         except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many types; name the item
             if template is not None and "tree structures do not match" in str(e):
-                diff = _structure_diff(metadata(), template) or "(containers differ; leaf paths are equal)"
+                diff = structure_diff(metadata(), template) or "(containers differ; leaf paths are equal)"
                 raise CheckpointError(
                     f"step {step} item {name!r}: the template's tree structure does not match the checkpoint's: {diff}"
                 ) from None
-            raise _wrap(e, f"step {step}: cannot read item {name!r} ({item_dir})") from e
+            raise wrap_error(e, f"step {step}: cannot read item {name!r} ({item_dir})") from e
         stored = res[name]
         canon = lambda p: canonical_tree(p, entries)  # noqa: E731
         found = {canon(p) for p, _ in tree_lib.leaves_with_paths(stored)}

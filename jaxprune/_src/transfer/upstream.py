@@ -197,7 +197,7 @@ def save_upstream(path: str, up: Upstream) -> str:
 
 def is_saved_upstream(path: str) -> bool:
     """Whether ``path`` holds a committed upstream checkpoint."""
-    from jaxprune._src.checkpoint.checkpointer import checkpoint_steps
+    from jaxprune._src.checkpoint.directory import checkpoint_steps
 
     return os.path.isdir(path) and bool(checkpoint_steps(path))
 
