@@ -8,9 +8,10 @@ uses. Non-array arguments and keyword arguments are static.
 XLA's cost analysis counts a loop body once, whatever its trip count, so a
 model whose layers are one ``lax.scan`` (``nn.scan``, ``nnx.scan``) would read
 about ``num_layers`` times too cheap. Functions containing ``scan`` are
-therefore compiled with every scan fully unrolled (same arithmetic, counted
-per iteration). ``while_loop`` bodies (trip count unknown when compiling) are
-still counted once.
+therefore compiled with their scans fully unrolled (same arithmetic, counted
+per iteration), including scans inside ``jit`` / ``remat`` calls. Still counted
+once: ``while_loop`` bodies (trip count unknown when compiling) and scans inside
+``cond`` branches or ``custom_jvp`` / ``custom_vjp`` functions.
 """
 
 from __future__ import annotations
