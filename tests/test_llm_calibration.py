@@ -128,11 +128,18 @@ def test_rules_select_and_unsupported_uses_are_named():
     stats = calibrate(fn, params, [x], rules=[("conv", False)])
     assert list(stats) == ["dense"]
 
-    def scanned(p, x):
-        return jax.lax.scan(lambda h, w: (h @ w, None), x, p["stack"])[0]
+    def looped(p, x):  # a while loop's trip count is unknown: its kernels are refused by name
+        return jax.lax.while_loop(lambda c: c[1] < 2, lambda c: (c[0] @ p["w"], c[1] + 1), (x, 0))[0]
 
-    with pytest.raises(ValueError, match=r"'stack' is used inside lax.scan"):
-        calibrate(scanned, {"stack": jnp.ones((2, 3, 3))}, [jnp.ones((1, 3))])
+    with pytest.raises(ValueError, match=r"'w' is used inside lax.while"):
+        calibrate(looped, {"w": jnp.ones((3, 3))}, [jnp.ones((1, 3))])
+    # scanned stacks are calibrated per layer (tests/test_llm_scanned.py)
+    st = calibrate(
+        lambda p, x: jax.lax.scan(lambda h, w: (h @ w, None), x, p["stack"])[0],
+        {"stack": jnp.ones((2, 3, 3))},
+        [jnp.ones((1, 3))],
+    )
+    assert st["stack"].layers == 2 and st["stack"].xtx.shape == (2, 3, 3)
     with pytest.raises(ValueError, match="batches is empty"):
         calibrate(lambda p, x: x @ p["dense"], params, [])
 

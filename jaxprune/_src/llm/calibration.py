@@ -40,11 +40,13 @@ input axes are its window and input-feature axes, and ``X^T X`` is
 
 Supported: kernels of ``dot_general`` (Dense, DenseGeneral, Einsum, ``x @ W``,
 ``jnp.einsum``) and of ungrouped convolutions (any layout, stride, padding,
-dilation). Not supported (``ValueError`` naming the leaf, exclude it with
-``rules``): grouped / depthwise convolution kernels, kernels with dot_general
-batch dimensions and kernels used inside ``lax.scan``/``while``/``cond`` (unroll
-the stack or use :func:`~jaxprune._src.llm.sparsegpt.sparsegpt_sequential` per
-layer).
+dilation), also inside ``lax.scan`` bodies: a kernel stacked over scanned
+layers (``nn.scan``, ``nnx.scan``) gets per-layer statistics
+(``LayerStats.layers``; :mod:`jaxprune._src.llm.stacked`). Not supported
+(``ValueError`` naming the leaf, exclude it with ``rules``): grouped /
+depthwise convolution kernels, kernels with dot_general batch dimensions, kernels
+used inside ``while``/``cond`` or sliced by nested scans (unroll the stack or use
+:func:`~jaxprune._src.llm.sparsegpt.sparsegpt_sequential` per layer).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from jaxprune._src.llm.conv_rows import conv_kernel_in_axes, conv_rows
+from jaxprune._src.llm.stacked import StackPair, capture_scan, per_layer
 from jaxprune._src.structured.axis_rules import CALLS
 from jaxprune._src.tree import Rules, leaves_with_paths, prunable_tree
 from jaxprune._src.types import PyTree
@@ -81,7 +84,7 @@ _VIEW_OPS = {
     "sharding_constraint",
     "optimization_barrier",
 }
-_LOOPS = {"scan", "while", "cond"}
+_LOOPS = {"while", "cond"}
 
 
 @dataclasses.dataclass
@@ -92,16 +95,29 @@ class LayerStats:
     ``sq_norms`` its diagonal ``(d_in,)``; ``in_axes`` the leaf axes contracted
     with the activation (``None``: the leading axes whose sizes multiply to
     ``d_in``, as for Flax kernels).
+
+    A kernel stacked over the layers of a ``lax.scan`` has ``layers`` set:
+    ``xtx`` is ``(layers, d_in, d_in)``, ``sq_norms`` ``(layers, d_in)``,
+    ``count`` the rows each layer saw and ``in_axes`` refer to one layer's
+    slice (the leaf without its leading layer axis); :meth:`layer` gives one
+    layer's statistics.
     """
 
     xtx: jax.Array
     sq_norms: jax.Array
     count: int
     in_axes: tuple[int, ...] | None = None
+    layers: int | None = None
 
     @property
     def d_in(self) -> int:
-        return int(self.xtx.shape[0])
+        return int(self.xtx.shape[-1])
+
+    def layer(self, i: int) -> LayerStats:
+        """The statistics of layer ``i`` of a stacked kernel."""
+        if self.layers is None:
+            raise ValueError("LayerStats.layer: these statistics are not stacked over scanned layers")
+        return LayerStats(self.xtx[i], self.sq_norms[i], self.count, self.in_axes)
 
 
 def check_layer_stats(stats: Any, path: str = "") -> None:
@@ -113,10 +129,11 @@ def check_layer_stats(stats: Any, path: str = "") -> None:
     if not isinstance(stats, LayerStats):
         raise TypeError(f"stats[{path!r}] must be a LayerStats (from calibrate), got {type(stats).__name__}")
     xs, qs = np.shape(stats.xtx), np.shape(stats.sq_norms)
-    if len(xs) != 2 or xs[0] != xs[1]:
-        raise ValueError(f"stats[{path!r}].xtx must be a square (d_in, d_in) matrix, got shape {xs}")
-    if qs != (xs[0],):
-        raise ValueError(f"stats[{path!r}].sq_norms must have shape ({xs[0]},) to match xtx {xs}, got {qs}")
+    lead = () if stats.layers is None else (stats.layers,)
+    if len(xs) != 2 + len(lead) or xs[-1] != xs[-2] or xs[: len(lead)] != lead:
+        raise ValueError(f"stats[{path!r}].xtx must be a square {lead} + (d_in, d_in) matrix, got shape {xs}")
+    if qs != lead + (xs[-1],):
+        raise ValueError(f"stats[{path!r}].sq_norms must have shape {lead + (xs[-1],)} to match xtx {xs}, got {qs}")
     count = stats.count
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(
@@ -144,6 +161,11 @@ def kernel_in_axes(shape: Sequence[int], stats: LayerStats, path: str = "") -> t
     """The leaf axes that are the kernel's input (contracted) axes, checked against ``stats``."""
     shape = tuple(int(s) for s in shape)
     check_layer_stats(stats, path)
+    if stats.layers is not None:
+        raise ValueError(
+            f"leaf {path!r}: its statistics are stacked over {stats.layers} scanned layers; take one layer's with "
+            "stats.layer(i) for the slice leaf[i]"
+        )
     d_in = stats.d_in
     if stats.in_axes is not None:
         axes = _check_axes(stats.in_axes, len(shape), f"leaf {path!r} of shape {shape}")
@@ -204,6 +226,20 @@ class _Capture:
         self.stats: dict[int, list] = {}  # leaf -> [xtx, sq, count]
         self.in_axes: dict[int, tuple[int, ...]] = {}
         self.bad: dict[int, str] = {}
+        self.stacked: set[int] = set()  # leaves whose statistics are per scanned layer
+
+    def add(self, leaf: int, moments: tuple, axes: tuple[int, ...], *, stacked: bool) -> None:
+        """Accumulates ``(xtx, sq, n)`` of ``leaf`` contracted on ``axes`` (``stacked``: per scanned layer)."""
+        if self.in_axes.setdefault(leaf, axes) != axes:
+            self.bad.setdefault(leaf, f"is contracted on axes {axes} and on {self.in_axes[leaf]}")
+            return
+        if leaf in self.stats and (leaf in self.stacked) != stacked:
+            self.bad.setdefault(leaf, "is used both inside a lax.scan (sliced per layer) and outside it")
+            return
+        if stacked:
+            self.stacked.add(leaf)
+        acc = self.stats.get(leaf)
+        self.stats[leaf] = list(moments) if acc is None else [a + m for a, m in zip(acc, moments)]
 
     def dot(self, eqn, vals, tags, memo: dict) -> None:
         """Adds the stats of the activation operand of one dot_general (``memo``: per evaluated jaxpr frame)."""
@@ -222,15 +258,10 @@ class _Capture:
         order = np.argsort(leaf_c)
         axes = tuple(int(leaf_c[i]) for i in order)
         xc_sorted = tuple(int(xc[i]) for i in order)
-        if self.in_axes.setdefault(tag.leaf, axes) != axes:
-            self.bad.setdefault(tag.leaf, f"is contracted on axes {axes} and on {self.in_axes[tag.leaf]}")
-            return
         key = (xvar, xc_sorted)
         if key not in memo:
             memo[key] = self._moments(xv, xc_sorted)
-        xtx, sq, n = memo[key]
-        acc = self.stats.get(tag.leaf)
-        self.stats[tag.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
+        self.add(tag.leaf, memo[key], axes, stacked=False)
 
     def conv(self, eqn, vals, tags) -> None:
         """Adds the im2col patch stats of the input of one convolution whose kernel is a tagged leaf."""
@@ -243,12 +274,12 @@ class _Capture:
         if why is not None:
             self.bad.setdefault(rt.leaf, why)
             return
-        if self.in_axes.setdefault(rt.leaf, axes) != axes:
-            self.bad.setdefault(rt.leaf, f"is contracted on axes {axes} and on {self.in_axes[rt.leaf]}")
-            return
-        xtx, sq, n = self._moments(conv_rows(vals[0], np.shape(vals[1]), eqn.params, rt.perm), (1,))
-        acc = self.stats.get(rt.leaf)
-        self.stats[rt.leaf] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
+        self.add(
+            rt.leaf,
+            self._moments(conv_rows(vals[0], np.shape(vals[1]), eqn.params, rt.perm), (1,)),
+            axes,
+            stacked=False,
+        )
 
     def _moments(self, x, xc):
         rest = tuple(d for d in range(x.ndim) if d not in xc)
@@ -297,6 +328,8 @@ class _Capture:
                 closed = sub if isinstance(sub, jcore.ClosedJaxpr) else None
                 inner = closed.jaxpr if closed is not None else sub
                 outs, out_tags = self.eval(inner, closed.consts if closed is not None else (), vals, tags)
+            elif name == "scan" and any(t is not None for t in tags):
+                outs = capture_scan(self, eqn, vals, tags, lambda: _Capture(self.dtype, self.row_mask), _Tag)
             else:
                 if any(t is not None for t in tags):
                     self._note(eqn, tags, out_tags)
@@ -380,6 +413,7 @@ def calibrate(
     cache: dict[tuple, Any] = {}
     totals: dict[int, list] = {}
     in_axes: dict[int, tuple[int, ...]] = {}
+    stacked: set[int] = set()
     iterator: Iterable[Any] = batches
     if progress:
         from tqdm import tqdm
@@ -391,7 +425,9 @@ def calibrate(
         n_batches += 1
         key = _batch_key(batch)
         if key not in cache:
-            cache[key] = _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes, n_batches - 1)
+            cache[key] = _instrument(
+                fn, treedef, leaves, batch, cand, paths, dtype, row_mask, (in_axes, stacked), n_batches - 1
+            )
         out, ok_batch = cache[key](leaves, batch)
         finite.append(ok_batch)
         for i, (xtx, sq, n) in out.items():
@@ -399,7 +435,10 @@ def calibrate(
             totals[i] = [xtx, sq, n] if acc is None else [acc[0] + xtx, acc[1] + sq, acc[2] + n]
     if n_batches == 0:
         raise ValueError("calibrate: batches is empty")
-    stats = {paths[i]: LayerStats(t[0], t[1], int(t[2]), in_axes[i]) for i, t in sorted(totals.items())}
+    stats = {
+        paths[i]: LayerStats(t[0], t[1], int(t[2]), in_axes[i], int(t[0].shape[0]) if i in stacked else None)
+        for i, t in sorted(totals.items())
+    }
     _check_calibrated(stats, finite)
     return stats
 
@@ -422,7 +461,7 @@ def _check_calibrated(stats: dict[str, LayerStats], finite: list[jax.Array]) -> 
         )
 
 
-def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axes_out, index=0):
+def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, found, index=0):
     try:
         closed = jax.make_jaxpr(lambda ls, b: fn(jax.tree_util.tree_unflatten(treedef, ls), b))(leaves, batch)
     except (TypeError, ValueError, IndexError, KeyError) as e:
@@ -448,7 +487,8 @@ def _instrument(fn, treedef, leaves, batch, cand, paths, dtype, row_mask, in_axe
                 f"calibrate: leaf {paths[i]!r} {why}; exclude it with rules=[({paths[i]!r}, False)] "
                 "or restructure the model"
             )
-        in_axes_out.update(cap.in_axes)
+        found[0].update(cap.in_axes)
+        found[1].update(cap.stacked)
         ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v[0])) for v in cap.stats.values()] or [True]))
         return {i: tuple(v) for i, v in cap.stats.items()}, ok
 
@@ -483,12 +523,16 @@ def reconstruction_error(params: PyTree, pruned: PyTree, stats: dict[str, LayerS
                 f"reconstruction_error: leaf {path!r} has shape {np.shape(a[path])} in params but "
                 f"{np.shape(b[path])} in pruned"
             )
-        axes = kernel_in_axes(np.shape(a[path]), st, path)
-        w = kernel_matrix(jnp.asarray(a[path], jnp.float32), axes)
-        d = w - kernel_matrix(jnp.asarray(b[path], jnp.float32), axes)
-        h = st.xtx.astype(jnp.float32)
-        hp = jax.lax.Precision.HIGHEST
-        err = jnp.sum(d * jnp.matmul(h, d, precision=hp))
-        ref = jnp.sum(w * jnp.matmul(h, w, precision=hp))
+
+        def errors(wb, st, path=path):
+            axes = kernel_in_axes(np.shape(wb[0]), st, path)
+            w = kernel_matrix(jnp.asarray(wb[0], jnp.float32), axes)
+            d = w - kernel_matrix(jnp.asarray(wb[1], jnp.float32), axes)
+            h = st.xtx.astype(jnp.float32)
+            hp = jax.lax.Precision.HIGHEST
+            return jnp.stack([jnp.sum(d * jnp.matmul(h, d, precision=hp)), jnp.sum(w * jnp.matmul(h, w, precision=hp))])
+
+        # a stacked (scanned) kernel: per-layer errors summed, relative to the summed outputs of all layers
+        err, ref = jnp.reshape(per_layer(errors, StackPair(a[path], b[path]), st, path), (-1, 2)).sum(0)
         out[path] = float(err / jnp.maximum(ref, jnp.finfo(jnp.float32).tiny))
     return out

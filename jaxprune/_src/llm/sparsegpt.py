@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src.llm.calibration import LayerStats, calibrate, from_matrix, kernel_in_axes, kernel_matrix
+from jaxprune._src.llm.stacked import StackPair, per_layer
 from jaxprune._src.llm.wanda import parse_structure, resolve_sparsity, selected_leaves
 from jaxprune._src.tree import Rules, check_same_structure, is_none, leaves_with_paths, map_with_path
 from jaxprune._src.types import PyTree
@@ -213,12 +214,20 @@ def sparsegpt(
     def one(path: str, w: Any, ok: bool) -> Any:
         if not ok or (masks is not None and path not in fixed):
             return w
-        st = stats[path]
         if not jnp.issubdtype(jnp.asarray(w).dtype, jnp.floating):
             raise TypeError(
                 f"sparsegpt: leaf {path!r} has dtype {jnp.asarray(w).dtype}; SparseGPT updates the kept weights and "
                 "needs a floating-point kernel (use wanda_masks, or exclude it with rules)"
             )
+        if path in fixed and np.shape(fixed[path]) != np.shape(w):
+            raise ValueError(f"masks leaf {path!r} has shape {np.shape(fixed[path])}, expected {np.shape(w)}")
+        pair = StackPair(w, fixed[path]) if path in fixed else StackPair(w)
+        new, keep = per_layer(lambda wm, st: update(path, wm, st), pair, stats[path], path)  # per layer if scanned
+        out_masks[path] = keep
+        return new
+
+    def update(path: str, wm: tuple, st: LayerStats) -> tuple[jax.Array, jax.Array]:
+        w = wm[0]
         axes = kernel_in_axes(np.shape(w), st, path)
         mat = kernel_matrix(jnp.asarray(w), axes).astype(jnp.float32)  # float32 math, one compile for any dtype
         if nm is not None and mat.shape[0] % nm[1]:
@@ -226,11 +235,7 @@ def sparsegpt(
                 f"N:M for leaf {path!r}: input size {mat.shape[0]} is not divisible by M={nm[1]} "
                 "(exclude it with rules)"
             )
-        fp = None
-        if path in fixed:
-            if np.shape(fixed[path]) != np.shape(w):
-                raise ValueError(f"masks leaf {path!r} has shape {np.shape(fixed[path])}, expected {np.shape(w)}")
-            fp = ~kernel_matrix(jnp.asarray(fixed[path], bool), axes)
+        fp = None if len(wm) == 1 else ~kernel_matrix(jnp.asarray(wm[1], bool), axes)
         new, keep = sparsegpt_matrix(
             mat, hessian(st, damp), sparsity=float(sparsity or 0.0), nm=nm, block_size=int(block_size), fixed_prune=fp
         )
@@ -238,8 +243,7 @@ def sparsegpt(
             if not bool(jnp.all(jnp.isfinite(mat))):
                 raise ValueError(f"sparsegpt: leaf {path!r} has NaN/Inf weights")
             raise ValueError(f"sparsegpt: leaf {path!r}: non-finite result (H not positive definite?); raise damp")
-        out_masks[path] = from_matrix(keep, np.shape(w), axes)
-        return from_matrix(new, np.shape(w), axes).astype(jnp.asarray(w).dtype)
+        return from_matrix(new, np.shape(w), axes).astype(jnp.asarray(w).dtype), from_matrix(keep, np.shape(w), axes)
 
     new_params = map_with_path(one, params, chosen)
     mask_tree = map_with_path(lambda path, _: out_masks.get(path), params)

@@ -147,7 +147,17 @@ def _moments(
     f = stats_fn or _stats_fn(apply_fn, variables, dtype, row_mask)
     out: dict[str, list] = {}
     for batch in batches:
-        for k, (s, q, c) in f(variables, jax.tree.map(jnp.asarray, batch), offs).items():
+        try:
+            found = f(variables, jax.tree.map(jnp.asarray, batch), offs).items()
+        except jax.errors.UnexpectedTracerError as e:
+            raise ValueError(
+                "input_moments / flap_prune: a layer runs inside a JAX transformation of the model's own (most "
+                "likely a scanned layer stack, nn.scan / scan_layers=True); FLAP's per-layer input moments are "
+                "intercepted with nn.intercept_methods, which cannot see into it: calibrate the unrolled model "
+                "(the same params unstacked into one module per layer), or use wanda_masks / sparsegpt, which "
+                "calibrate scanned stacks per layer"
+            ) from e
+        for k, (s, q, c) in found:
             s, q = np.asarray(s, np.float64), np.asarray(q, np.float64)
             if k in out:
                 out[k][0] += s

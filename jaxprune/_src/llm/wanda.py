@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxprune._src.distributions import check_sparsity
 from jaxprune._src.llm.calibration import LayerStats, from_matrix, kernel_in_axes, kernel_matrix
+from jaxprune._src.llm.stacked import per_layer
 from jaxprune._src.masks import nm_masks
 from jaxprune._src.tree import Rules, leaves_with_paths, map_with_path, rule_tree
 from jaxprune._src.types import PyTree
@@ -129,7 +130,9 @@ def wanda_masks(
     def one(path: str, w: Any, ok: bool) -> Any:
         if not ok:
             return None
-        st = stats[path]
+        return per_layer(lambda w, st: keep_mask(path, w, st), w, stats[path], path)  # per layer if scanned
+
+    def keep_mask(path: str, w: Any, st: LayerStats) -> Any:
         axes = kernel_in_axes(np.shape(w), st, path)
         mat = kernel_matrix(jnp.asarray(w), axes)
         score = jnp.abs(mat).astype(jnp.float32) * jnp.sqrt(st.sq_norms.astype(jnp.float32))[:, None]
