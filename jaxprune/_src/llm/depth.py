@@ -210,7 +210,7 @@ def _check_blocks(blocks: Iterable[int], num: int) -> list[int]:
 
 def remove_blocks_params(
     params: Mapping[str, Any], blocks: Iterable[int], *, prefix: str = "block_", scan_key: str = "blocks"
-) -> dict:
+) -> Mapping[str, Any]:
     """``params`` without the given blocks: ``{prefix}{i}`` subtrees renumbered, or ``scan_key`` leaves sliced.
 
     Works on the first level holding the blocks (a Linen ``{'params': ...}`` dict: each collection).
@@ -247,7 +247,7 @@ def remove_blocks_params(
                 f"remove_blocks_params: the leaves under {scan_key!r} must all have the same leading (layer) axis, "
                 f"got leading sizes {dict(list(sizes.items())[:8])}"
             )
-        num = int(next(iter(sizes.values())))
+        num = int(next(iter(sizes.values())) or 0)
         drop = _check_blocks(blocks, num)
         keep = np.asarray([i for i in range(num) if i not in drop])
         return {**params, scan_key: jax.tree.map(lambda x: x[keep], params[scan_key])}
