@@ -66,6 +66,12 @@ def train_config(quick: bool) -> dict:
     )
 
 
+_DATA_NAMES = {
+    "pydoc": "the training topics of pydoc_data.topics",
+    "pydoc+docstrings": "the training topics of pydoc_data.topics + the standard library's docstrings",
+}
+
+
 def training_tokens(cfg: dict):
     """The decoder's training text: the training topics, plus the stdlib docstrings for ``data="pydoc+docstrings"``."""
     import numpy as np
@@ -571,10 +577,12 @@ def write_outputs(out, rows, meta):
     atomic(os.path.join(out, "results.json"), json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))
     cfg = meta["config"]
     lines = [
-        "# Pruning a byte-level Llama-style decoder (pydoc_data.topics text)",
+        "# Pruning a byte-level Llama-style decoder trained on Python's own documentation",
         "",
-        f"Model: {cfg['model']}; trained {cfg['steps']} steps (batch {cfg['batch']} x {cfg['seq_len']} bytes). "
-        f"Held-out perplexity on {meta['eval_sequences']} held-out sequences (per byte). Recovery finetune: "
+        f"Model: {cfg['model']}; trained {cfg['steps']} steps (batch {cfg['batch']} x {cfg['seq_len']} bytes, "
+        f"AdamW lr {cfg['lr']}) on {_DATA_NAMES[cfg.get('data', 'pydoc')]}. "
+        f"Held-out perplexity on {meta['eval_sequences']} held-out sequences (held-out topics, per byte). "
+        "Recovery finetune: "
         f"{meta['finetune_steps']} steps, batch {meta['finetune_batch']}"
         + (", distillation" if meta["distill"] else "")
         + f". Load average during the run: {[round(x, 1) for x in meta['loadavg']]} "
