@@ -640,6 +640,7 @@ def main(argv=None) -> int:
     ap.add_argument("--distill", action="store_true", help="recovery finetune by distillation from the dense model")
     ap.add_argument("--finetune-steps", type=int, default=30, help="recovery finetune steps per method (0: none)")
     ap.add_argument("--lr", type=float, default=None, help="decoder training learning rate (default: the config's)")
+    ap.add_argument("--seed", type=int, default=None, help="decoder training seed (default: the config's, 0)")
     ap.add_argument(
         "--data",
         choices=("pydoc", "pydoc+docstrings"),
@@ -665,6 +666,8 @@ def main(argv=None) -> int:
         cfg["lr"] = args.lr
     if args.data is not None:
         cfg["data"] = args.data
+    if args.seed is not None:
+        cfg["seed"] = args.seed
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     model, params, info = train_or_load(cfg, cache)
     if args.train_only:
