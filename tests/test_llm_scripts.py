@@ -1,31 +1,17 @@
 """scripts/prune_llm.py --quick runs end to end: every method gives a finite held-out perplexity."""
 
-import json
 import math
-import os
-import pathlib
-import subprocess
 import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from script_runs import ROOT, run_script
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "flap", "depth")
 
 
 def test_prune_llm_quick_has_every_method(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "prune_llm.py"), "--quick", "--no-cache", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    result = json.loads((out / "results.json").read_text())
+    result = run_script("prune_llm.py", out, "--quick", "--no-cache")
     rows = {r["name"]: r for r in result["rows"]}
     assert result["meta"]["quick"] is True
     dense = rows["dense"]
